@@ -1,0 +1,86 @@
+"""claude-net: a hub for AI coding agents on one LXD host.
+
+This module is the public API for plugins; import from here, never from submodules::
+
+    from claude_net import hookimpl, Node, ExecResult, NotFound
+"""
+
+from .errors import (
+    AuditError,
+    BadRequest,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    GatewayTimeout,
+    HubError,
+    NotFound,
+    NotSupported,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
+from .hookspecs import hookimpl, hookspec
+from .types import (
+    Actor,
+    Command,
+    Event,
+    ExecOptions,
+    ExecResult,
+    Migration,
+    Node,
+    ReadOptions,
+    Route,
+    WriteOptions,
+    isotime,
+    validate_node_name,
+    validate_remote_path,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Actor",
+    "AuditError",
+    "BadRequest",
+    "Command",
+    "ConfigError",
+    "Conflict",
+    "Event",
+    "ExecOptions",
+    "ExecResult",
+    "Forbidden",
+    "GatewayTimeout",
+    "HubError",
+    "Migration",
+    "Node",
+    "NotFound",
+    "NotSupported",
+    "PayloadTooLarge",
+    "RateLimited",
+    "ReadOptions",
+    "Route",
+    "Unauthorized",
+    "Unavailable",
+    "WriteOptions",
+    "__version__",
+    "await_me_maybe",
+    "help_field",
+    "hookimpl",
+    "hookspec",
+    "isotime",
+    "validate_node_name",
+    "validate_remote_path",
+]
+
+
+def __getattr__(name: str):  # lazy: keep `import claude_net` cheap for the CLI and plugins
+    if name == "await_me_maybe":
+        from .hub import await_me_maybe
+
+        return await_me_maybe
+    if name == "help_field":
+        from .config import help_field
+
+        return help_field
+    raise AttributeError(name)

@@ -1,0 +1,288 @@
+"""Built-in request path for the capability hooks: exec, file read/write, container ops.
+
+Each endpoint validates input, resolves the actor, goes through ``hub.guarded`` (authorize,
+pending event, run, final event) and dispatches to whichever backend owns the node. The core
+never knows which backends exist: a node nobody owns is a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+
+from claude_net import (
+    BadRequest,
+    ExecOptions,
+    GatewayTimeout,
+    NotSupported,
+    PayloadTooLarge,
+    ReadOptions,
+    Route,
+    WriteOptions,
+    hookimpl,
+)
+from claude_net.types import NODE_NAME_RE, validate_remote_path
+
+#: extra seconds a backend gets past the requested timeout before the core gives up on it
+TIMEOUT_GRACE = 5.0
+NAME = {"type": "string", "pattern": NODE_NAME_RE.pattern,
+        "x-pattern-help": "be a node name: lowercase letters, digits and '-', at most 63 characters"}
+PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/",
+        "x-pattern-help": "be an absolute path (start with '/')"}
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def _dispatch(hub, hook_name: str, node, **kwargs):
+    awaitable = getattr(hub.pm.hook, hook_name)(hub=hub, node=node, **kwargs)
+    if awaitable is None:
+        what = {"execute": "run commands", "read_file": "read files", "write_file": "write files",
+                "container_op": "perform container operations"}[hook_name]
+        if node.backend == "hub":
+            raise NotSupported(f"{node.name} is a messaging-only node: no backend can {what} there",
+                               code="no_backend")
+        raise NotSupported(f"no installed backend can {what} on {node.name} (backend {node.backend})",
+                           code="no_backend")
+    return awaitable
+
+
+# -- exec ---------------------------------------------------------------------------------------
+
+
+async def exec_(ctx):
+    hub, actor, body = ctx.hub, ctx.actor, ctx.body
+    limits = hub.settings.limits
+    target, command = body["target"], body["command"]
+    if "\x00" in command:
+        raise BadRequest("command must not contain NUL bytes", code="invalid_field", field="command")
+    timeout = float(body.get("timeout", limits.exec_timeout))
+    if timeout > limits.exec_timeout_max:
+        raise BadRequest(f"timeout must be at most {limits.exec_timeout_max:g} seconds", code="invalid_field",
+                         field="timeout")
+    cwd = body.get("cwd")
+    if cwd is not None:
+        validate_remote_path(cwd, field_name="cwd")
+    env = body.get("env") or {}
+    for value in env.values():
+        if "\x00" in value:
+            raise BadRequest("env values must not contain NUL bytes", code="invalid_field", field="env")
+    options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=limits.exec_max_output)
+
+    async def run():
+        node = await hub.nodes.get(target)
+        awaitable = _dispatch(hub, "execute", node, command=command, options=options)
+        async with hub.exec_slot():
+            try:
+                result = await asyncio.wait_for(awaitable, timeout + TIMEOUT_GRACE)
+            except asyncio.TimeoutError:
+                raise GatewayTimeout(f"the {node.backend} backend did not finish within {timeout:g}s",
+                                     code="timeout") from None
+        if result.timed_out:
+            raise GatewayTimeout(
+                f"the command did not finish within {timeout:g}s and was stopped",
+                code="timeout", stdout=_decode(result.stdout), stderr=_decode(result.stderr),
+                exitCode=result.exit_code, truncated=result.truncated, durationMs=round(result.duration_ms, 1),
+            )
+        return result
+
+    result = await hub.guarded(
+        actor, action="exec", event_type="exec", target=target, detail=command, run=run,
+        request={"command": command, "cwd": cwd},
+        result_data=lambda r: {"exit_code": r.exit_code, "truncated": r.truncated},
+    )
+    out = {
+        "stdout": _decode(result.stdout),
+        "stderr": _decode(result.stderr),
+        "exitCode": result.exit_code,
+        "durationMs": round(result.duration_ms, 1),
+    }
+    if result.truncated:
+        out["truncated"] = True
+    return out
+
+
+# -- files --------------------------------------------------------------------------------------
+
+
+async def file_read(ctx):
+    hub, actor, body = ctx.hub, ctx.actor, ctx.body
+    target = body["target"]
+    path = validate_remote_path(body["path"])
+    encoding = body.get("encoding")
+    options = ReadOptions(max_size=hub.settings.limits.file_max_bytes)
+
+    async def run():
+        node = await hub.nodes.get(target)
+        return await _dispatch(hub, "read_file", node, path=path, options=options)
+
+    data = await hub.guarded(actor, action="file_read", event_type="file_read", target=target, detail=path,
+                             run=run, request={"path": path}, result_data=lambda d: {"bytes": len(d)},
+                             fail_closed=False)
+    if encoding in (None, "utf-8"):
+        try:
+            return {"content": data.decode("utf-8"), "encoding": "utf-8", "size": len(data)}
+        except UnicodeDecodeError:
+            if encoding == "utf-8":
+                raise BadRequest(f"{path} is not valid UTF-8; read it with encoding 'base64'",
+                                 code="not_utf8") from None
+    return {"content": base64.b64encode(data).decode("ascii"), "encoding": "base64", "size": len(data)}
+
+
+def _mode(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value, 8)
+        except ValueError:
+            raise BadRequest("mode must be an octal string like '0644' or an integer", code="invalid_field",
+                             field="mode") from None
+    if not 0 <= value <= 0o7777:
+        raise BadRequest("mode must be between 0 and 07777", code="invalid_field", field="mode")
+    return value
+
+
+async def file_write(ctx):
+    hub, actor, body = ctx.hub, ctx.actor, ctx.body
+    target = body["target"]
+    path = validate_remote_path(body["path"])
+    limit = hub.settings.limits.file_max_bytes
+    if body.get("encoding", "utf-8") == "base64":
+        try:
+            data = base64.b64decode(body["content"], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("content is not valid base64", code="invalid_field", field="content") from None
+    else:
+        data = body["content"].encode("utf-8")
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the file is {len(data)} bytes; the limit is {limit}", limit=limit)
+    options = WriteOptions(max_size=limit, mode=_mode(body.get("mode")), uid=body.get("uid"), gid=body.get("gid"),
+                           mkdirs=bool(body.get("mkdirs", False)))
+
+    async def run():
+        node = await hub.nodes.get(target)
+        return await _dispatch(hub, "write_file", node, path=path, data=data, options=options)
+
+    extra = await hub.guarded(actor, action="file_write", event_type="file_write", target=target, detail=path,
+                              run=run, request={"path": path, "size": len(data)},
+                              result_data=lambda _: {"bytes": len(data)})
+    return {"path": path, "size": len(data), **(extra or {})}
+
+
+# -- containers ---------------------------------------------------------------------------------
+
+
+def _container(op: str):
+    async def handler(ctx):
+        hub, actor, body = ctx.hub, ctx.actor, ctx.body
+        name = body["name"] if op != "list_snapshots" else ctx.query["name"]
+        args = {k: v for k, v in body.items() if k != "name"}
+        detail = " ".join([op, name] + ([str(args["snapshot"])] if args.get("snapshot") else []))
+
+        async def run():
+            node = await hub.nodes.get(name)
+            result = await _dispatch(hub, "container_op", node, op=op, args=args)
+            if op in ("start", "stop", "restore"):
+                hub.nodes.invalidate()
+            return result
+
+        extra = await hub.guarded(actor, action="container", event_type="container", target=name, detail=detail,
+                                  run=run, request={"op": op, **args},
+                                  fail_closed=op != "list_snapshots")
+        return {"name": name, **(extra or {})}
+
+    handler.__name__ = f"container_{op}"
+    return handler
+
+
+SNAPSHOT_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+                 "x-pattern-help": "be 1-63 letters, digits, '.', '_' or '-'"}
+
+
+@hookimpl
+def register_routes(hub):
+    limits = hub.settings.limits
+    file_body_max = limits.file_max_bytes * 4 // 3 + 65536
+    container_schema = {"type": "object", "additionalProperties": False, "required": ["name"],
+                        "properties": {"name": NAME, "from": {"type": "string"}}}
+    return [
+        Route(
+            "POST", "/api/exec", exec_,
+            summary="Run a shell command on a node (needs the exec pathway actor -> target)",
+            description="Runs `[shell, -c, command]` inside the target. Non-zero exit codes are still `ok`; "
+                        "a timeout answers 504 with the partial output.",
+            body_schema={
+                "type": "object", "additionalProperties": False, "required": ["target", "command"],
+                "properties": {
+                    "target": NAME,
+                    "command": {"type": "string", "minLength": 1, "maxLength": 131072},
+                    "timeout": {"type": "number", "minimum": 0.1, "maximum": limits.exec_timeout_max},
+                    "cwd": PATH,
+                    "env": {"type": "object", "maxProperties": 64,
+                            "additionalProperties": {"type": "string", "maxLength": 32768},
+                            "propertyNames": {"pattern": ENV_NAME}},
+                    "from": {"type": "string"},
+                },
+            },
+            response_schema={"type": "object", "properties": {
+                "ok": {"const": True}, "stdout": {"type": "string"}, "stderr": {"type": "string"},
+                "exitCode": {"type": ["integer", "null"]}, "truncated": {"type": "boolean"},
+                "durationMs": {"type": "number"}}},
+            tags=["capabilities"],
+        ),
+        Route(
+            "POST", "/api/file/read", file_read,
+            summary="Read a file on a node (needs the file_read pathway)",
+            description="`encoding` 'utf-8' or 'base64'; omitted: utf-8 when the file decodes, else base64.",
+            body_schema={"type": "object", "additionalProperties": False, "required": ["target", "path"],
+                         "properties": {"target": NAME, "path": PATH,
+                                        "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+                                        "from": {"type": "string"}}},
+            response_schema={"type": "object", "properties": {
+                "ok": {"const": True}, "content": {"type": "string"},
+                "encoding": {"type": "string", "enum": ["utf-8", "base64"]}, "size": {"type": "integer"}}},
+            tags=["capabilities"],
+        ),
+        Route(
+            "POST", "/api/file/write", file_write,
+            summary="Write a file on a node (needs the file_write pathway)",
+            body_schema={"type": "object", "additionalProperties": False, "required": ["target", "path", "content"],
+                         "properties": {
+                             "target": NAME, "path": PATH, "content": {"type": "string"},
+                             "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
+                             "mode": {"type": ["integer", "string"]},
+                             "uid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
+                             "gid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
+                             "mkdirs": {"type": "boolean"},
+                             "from": {"type": "string"}}},
+            max_body=file_body_max, tags=["capabilities"],
+        ),
+        Route("POST", "/api/container/start", _container("start"), summary="Start a container (admin)",
+              body_schema=container_schema, tags=["containers"]),
+        Route("POST", "/api/container/stop", _container("stop"),
+              summary="Stop a container: graceful, then forced after `timeout` seconds (admin)",
+              body_schema={**container_schema, "properties": {
+                  **container_schema["properties"], "force": {"type": "boolean"},
+                  "timeout": {"type": "number", "minimum": 0, "maximum": 600}}},
+              tags=["containers"]),
+        Route("POST", "/api/container/snapshot", _container("snapshot"),
+              summary="Snapshot a container; default name is today's UTC date (admin)",
+              body_schema={**container_schema, "properties": {
+                  **container_schema["properties"], "snapshot": SNAPSHOT_NAME,
+                  "expires": {"type": "string", "maxLength": 64}}},
+              tags=["containers"]),
+        Route("POST", "/api/container/restore", _container("restore"),
+              summary="Restore a container to a snapshot (admin)",
+              body_schema={**container_schema, "required": ["name", "snapshot"], "properties": {
+                  **container_schema["properties"], "snapshot": SNAPSHOT_NAME}},
+              tags=["containers"]),
+        Route("GET", "/api/container/snapshots", _container("list_snapshots"),
+              summary="List a container's snapshots (admin)",
+              query_schema={"type": "object", "additionalProperties": False, "required": ["name"],
+                            "properties": {"name": NAME}},
+              tags=["containers"]),
+    ]

@@ -1,0 +1,265 @@
+"""Built-in messaging (v1 behaviour): send, inbox with ack and long-poll, machines.
+
+Also owns the core tables (tokens, node_seen, messages) and lists token holders as nodes, so an
+agent with a token is reachable by message even when no backend knows it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from claude_net import Event, Migration, Node, NotFound, PayloadTooLarge, Route, hookimpl
+from claude_net.types import NODE_NAME_RE, WILDCARD, isotime
+
+NAME_PATTERN = NODE_NAME_RE.pattern
+NAME_HELP = "be a node name: lowercase letters, digits and '-', at most 63 characters"
+_SECRETISH = re.compile(r"cn_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}|(?i:(password|secret|token|api[_-]?key)\s*[=:]\s*)\S+")
+
+
+@hookimpl
+def migrations():
+    return [
+        Migration(
+            "claude_net",
+            1,
+            [
+                "CREATE TABLE IF NOT EXISTS tokens ("
+                " id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_hash TEXT NOT NULL,"
+                " admin BOOLEAN NOT NULL DEFAULT FALSE, created_at TEXT NOT NULL,"
+                " revoked_at TEXT, last_used_at TEXT)",
+                "CREATE INDEX IF NOT EXISTS tokens_name ON tokens (name)",
+                "CREATE TABLE IF NOT EXISTS node_seen (name TEXT PRIMARY KEY, last_seen TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS messages ("
+                " id {autoid}, from_machine TEXT NOT NULL, to_machine TEXT NOT NULL,"
+                " message TEXT NOT NULL, timestamp TEXT NOT NULL, read_at TEXT,"
+                " unauthenticated BOOLEAN NOT NULL DEFAULT FALSE, idempotency_key TEXT)",
+                "CREATE INDEX IF NOT EXISTS messages_inbox ON messages (to_machine, read_at, id)",
+                "CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency"
+                " ON messages (from_machine, to_machine, idempotency_key) WHERE idempotency_key IS NOT NULL",
+            ],
+            description="tokens, node_seen, messages",
+        )
+    ]
+
+
+@hookimpl
+async def list_nodes(hub):
+    rows = await hub.db.fetch_all("SELECT DISTINCT name FROM tokens WHERE revoked_at IS NULL")
+    return [Node(name=r["name"], backend="hub", state="registered") for r in rows]
+
+
+def summarize(text: str, limit: int = 80) -> str:
+    text = _SECRETISH.sub(lambda m: (m.group(1) or "") + "[redacted]" if m.group(1) else "[redacted]", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _message_json(row) -> dict:
+    return {
+        "id": row["id"],
+        "from": row["from_machine"],
+        "to": row["to_machine"],
+        "message": row["message"],
+        "time": row["timestamp"],
+        "unauthenticated": bool(row["unauthenticated"]),
+    }
+
+
+async def send(ctx):
+    hub, actor, body = ctx.hub, ctx.actor, ctx.body
+    to, message = body["to"], body["message"]
+    limit = hub.settings.messaging.max_bytes
+    size = len(message.encode())
+    if size > limit:
+        raise PayloadTooLarge(f"the message is {size} bytes; the limit is {limit}", limit=limit)
+    key = ctx.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 200):
+        from claude_net import BadRequest
+
+        raise BadRequest("Idempotency-Key must be 1 to 200 characters", code="invalid_header")
+
+    async def deliver():
+        if to == WILDCARD:
+            nodes, _ = await hub.nodes.all()
+            recipients = [n.name for n in nodes if n.name != actor.name]
+        else:
+            await hub.nodes.get(to)
+            recipients = [to]
+        now = isotime()
+        ids, duplicate = [], False
+        async with hub.db.transaction() as tx:
+            for recipient in recipients:
+                if key is not None:
+                    existing = await tx.fetch_val(
+                        "SELECT id FROM messages WHERE from_machine = :f AND to_machine = :t AND idempotency_key = :k",
+                        {"f": actor.name, "t": recipient, "k": key},
+                    )
+                    if existing is not None:
+                        ids.append(existing)
+                        duplicate = True
+                        continue
+                ids.append(await tx.fetch_val(
+                    "INSERT INTO messages (from_machine, to_machine, message, timestamp, unauthenticated,"
+                    " idempotency_key) VALUES (:f, :t, :m, :now, :u, :k) RETURNING id",
+                    {"f": actor.name, "t": recipient, "m": message, "now": now, "u": actor.unauthenticated, "k": key},
+                ))
+        for recipient in recipients:
+            await hub.bus.publish(f"inbox:{recipient}", {"to": recipient})
+        return recipients, ids, duplicate
+
+    if not await hub.authorize(actor, "message", to, {"message": message}):
+        await hub.emit(Event("message", actor.name, to, summarize(message), "denied", via=actor.via,
+                             unauthenticated=actor.unauthenticated))
+        from claude_net.hub import deny_sentence
+        from claude_net import Forbidden
+
+        raise Forbidden(deny_sentence(actor, "message", to), code="denied")
+    try:
+        recipients, ids, duplicate = await deliver()
+    except Exception as exc:
+        from claude_net import HubError
+
+        await hub.emit(Event("message", actor.name, to, summarize(message), "error", via=actor.via,
+                             unauthenticated=actor.unauthenticated,
+                             data={"error": exc.message if isinstance(exc, HubError) else "internal error"}))
+        raise
+    if not duplicate:
+        await hub.emit(Event("message", actor.name, to, summarize(message), "ok", via=actor.via,
+                             unauthenticated=actor.unauthenticated,
+                             data={"ids": ids, "bytes": size, "recipients": len(recipients)}))
+    result = {"id": ids[0] if ids else None}
+    if to == WILDCARD:
+        result.update(ids=ids, recipients=recipients)
+    if duplicate:
+        result["duplicate"] = True
+    return result
+
+
+async def _fetch_inbox(hub, name: str, limit: int, ack: bool) -> list[dict]:
+    if ack:
+        rows = await hub.db.fetch_all(
+            "UPDATE messages SET read_at = :now WHERE id IN ("
+            " SELECT id FROM messages WHERE to_machine = :name AND read_at IS NULL ORDER BY id LIMIT :limit"
+            + ("" if hub.db.is_sqlite else " FOR UPDATE SKIP LOCKED")
+            + ") RETURNING id, from_machine, to_machine, message, timestamp, unauthenticated",
+            {"name": name, "limit": limit, "now": isotime()},
+        )
+        rows.sort(key=lambda r: r["id"])
+    else:
+        rows = await hub.db.fetch_all(
+            "SELECT id, from_machine, to_machine, message, timestamp, unauthenticated FROM messages"
+            " WHERE to_machine = :name AND read_at IS NULL ORDER BY id LIMIT :limit",
+            {"name": name, "limit": limit},
+        )
+    return [_message_json(r) for r in rows]
+
+
+async def inbox(ctx):
+    hub, actor, q = ctx.hub, ctx.actor, ctx.query
+    limit, ack = q.get("limit", 50), q.get("ack", False)
+    wait = min(q.get("wait", 0), hub.settings.messaging.max_wait)
+    messages = await _fetch_inbox(hub, actor.name, limit, ack)
+    if not messages and wait > 0:
+        deadline = time.monotonic() + wait
+        async with hub.bus.subscribe(f"inbox:{actor.name}", maxsize=1) as sub:
+            messages = await _fetch_inbox(hub, actor.name, limit, ack)  # closes the gap before subscribing
+            while not messages and (remaining := deadline - time.monotonic()) > 0:
+                if await sub.get(timeout=remaining) is None:
+                    break
+                messages = await _fetch_inbox(hub, actor.name, limit, ack)
+    return {"messages": messages, "count": len(messages)}
+
+
+async def ack(ctx):
+    hub, actor = ctx.hub, ctx.actor
+    ids = ctx.body["ids"]
+    if not ids:
+        return {"acked": []}
+    params = {f"i{n}": v for n, v in enumerate(ids)}
+    rows = await hub.db.fetch_all(
+        f"UPDATE messages SET read_at = :now WHERE to_machine = :name AND read_at IS NULL"
+        f" AND id IN ({', '.join(':' + k for k in params)}) RETURNING id",
+        {"name": actor.name, "now": isotime(), **params},
+    )
+    acked = sorted(r["id"] for r in rows)
+    return {"acked": acked, "ignored": sorted(set(ids) - set(acked))}
+
+
+async def machines(ctx):
+    hub = ctx.hub
+    nodes, errors = await hub.nodes.all()
+    unread = {r["to_machine"]: r["n"] for r in await hub.db.fetch_all(
+        "SELECT to_machine, COUNT(*) AS n FROM messages WHERE read_at IS NULL GROUP BY to_machine")}
+    seen = await hub.last_seen()
+    rows = [
+        {
+            "name": n.name,
+            "backend": n.backend,
+            "state": n.state,
+            "capabilities": sorted(n.capabilities),
+            "lastSeen": seen.get(n.name),
+            "unread": unread.get(n.name, 0),
+            "info": dict(n.info),
+        }
+        for n in nodes
+    ]
+    return {"machines": rows, "unavailable": errors}
+
+
+NAME = {"type": "string", "pattern": NAME_PATTERN, "x-pattern-help": NAME_HELP}
+MESSAGE = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "from": {"type": "string"}, "to": {"type": "string"},
+    "message": {"type": "string"}, "time": {"type": "string"}, "unauthenticated": {"type": "boolean"}}}
+
+
+@hookimpl
+def register_routes(hub):
+    max_wait = hub.settings.messaging.max_wait
+    return [
+        Route(
+            "POST", "/api/send", send,
+            summary="Send a message to a node (or '*' for every known node)",
+            description="Stored until the recipient reads it. An `Idempotency-Key` header makes retries safe: "
+                        "a repeated key from the same sender stores the message once.",
+            body_schema={
+                "type": "object", "additionalProperties": False, "required": ["to", "message"],
+                "properties": {
+                    "to": {"type": "string", "pattern": f"{NAME_PATTERN}|^\\*$", "x-pattern-help": NAME_HELP + " or '*'"},
+                    "message": {"type": "string", "minLength": 1},
+                    "from": {"type": "string", "description": "v1 compatibility: must equal the token's node"},
+                },
+            },
+            response_schema={"type": "object", "properties": {"ok": {"const": True}, "id": {"type": "integer"},
+                                                              "ids": {"type": "array"}, "duplicate": {"type": "boolean"}}},
+            legacy_v1=True, tags=["messaging"],
+        ),
+        Route(
+            "GET", "/api/inbox", inbox,
+            summary="Your unread messages, oldest first",
+            description="`ack=true` marks exactly the returned messages read in the same transaction; "
+                        "`wait=N` long-polls up to N seconds for the first message.",
+            query_schema={"type": "object", "additionalProperties": False, "properties": {
+                "limit": {"type": "integer", "minimum": 1, "maximum": 500},
+                "ack": {"type": "boolean"},
+                "wait": {"type": "number", "minimum": 0, "maximum": max_wait},
+            }},
+            response_schema={"type": "object", "properties": {"ok": {"const": True}, "count": {"type": "integer"},
+                                                              "messages": {"type": "array", "items": MESSAGE}}},
+            legacy_v1=True, tags=["messaging"],
+        ),
+        Route(
+            "POST", "/api/inbox/ack", ack,
+            summary="Mark messages read after processing them",
+            body_schema={"type": "object", "additionalProperties": False, "required": ["ids"], "properties": {
+                "ids": {"type": "array", "maxItems": 1000, "items": {"type": "integer", "minimum": 1}},
+                "from": {"type": "string"}}},
+            legacy_v1=True, tags=["messaging"],
+        ),
+        Route(
+            "GET", "/api/machines", machines,
+            summary="Every known node with backend, state, last seen and unread count",
+            query_schema={"type": "object", "additionalProperties": False, "properties": {}},
+            tags=["messaging"],
+        ),
+    ]

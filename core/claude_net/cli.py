@@ -1,0 +1,342 @@
+"""The ``claude-net`` command. Imports stay inside commands: only ``serve`` loads the web stack.
+
+Operator commands (token, plugins, init, permit, ...) act on the database directly through a
+:class:`claude_net.hub.Hub` opened without serving; client verbs (send, inbox, machines) talk
+to a running hub over HTTP with ``CLAUDE_NET_URL`` and ``CLAUDE_NET_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+class CliContext:
+    """What a command gets: the parsed config path and helpers to open a hub or call the API."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._settings = None
+        self._pm = None
+
+    @property
+    def settings(self):
+        if self._settings is None:
+            from .config import load_settings
+
+            self._settings = load_settings(self.args.config)
+        return self._settings
+
+    def plugin_manager(self):
+        if self._pm is None:
+            from .plugins import make_plugin_manager
+
+            s = self.settings
+            self._pm = make_plugin_manager(allow=s.plugins.allow, deny=s.plugins.deny)
+        return self._pm
+
+    def hub(self):
+        """An async context manager yielding an opened (not serving) hub."""
+        import contextlib
+
+        from .hub import Hub
+
+        @contextlib.asynccontextmanager
+        async def opened():
+            hub = Hub(self.settings, self.plugin_manager())
+            await hub.open()
+            try:
+                yield hub
+            finally:
+                await hub.close()
+
+        return opened()
+
+    def cli_actor(self):
+        from .types import Actor
+
+        return Actor(name=os.environ.get("CLAUDE_NET_CLI_ACTOR", "host"), admin=True, via="cli")
+
+    # -- HTTP client for the verbs that talk to a running hub ----------------------------------
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 70) -> dict:
+        import urllib.error
+        import urllib.request
+
+        url = os.environ.get("CLAUDE_NET_URL", "http://127.0.0.1:8765").rstrip("/") + path
+        token = os.environ.get("CLAUDE_NET_TOKEN")
+        if not token:
+            raise SystemExit("error: set CLAUDE_NET_TOKEN (create one with `claude-net token create NAME`)")
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                err = json.loads(exc.read())
+            except ValueError:
+                err = {"error": f"HTTP {exc.code}"}
+            raise SystemExit(f"error: {err.get('error')} ({err.get('code', exc.code)})") from None
+        except urllib.error.URLError as exc:
+            raise SystemExit(f"error: cannot reach the hub at {url}: {exc.reason}") from None
+
+
+def run_async(coro) -> Any:
+    return asyncio.run(coro)
+
+
+# -- core commands ------------------------------------------------------------------------------
+
+
+def cmd_serve(args, ctx: CliContext) -> int:
+    from .serve import serve
+
+    return serve(ctx.settings, host=args.host, port=args.port)
+
+
+def cmd_init(args, ctx: CliContext) -> int:
+    from pathlib import Path
+
+    from .config import config_path, starter_config
+    from .hub import Hub  # noqa: F401  (plugins declare their sections through the manager)
+
+    path = Path(args.path) if args.path else config_path(args.config)
+    if path.exists() and not args.force:
+        print(f"error: {path} exists (use --force to overwrite)", file=sys.stderr)
+        return 1
+    pm = ctx.plugin_manager()
+    sections: dict[str, type] = {}
+    for impl in pm.hook.config_sections.get_hookimpls():
+        sections.update(impl.function() or {})
+    path.write_text(starter_config(sections))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_token(args, ctx: CliContext) -> int:
+    from . import auth
+
+    async def go() -> int:
+        async with ctx.hub() as hub:
+            if args.token_cmd == "create":
+                token = await auth.create_token(hub.db, args.name, admin=args.admin, replace=args.replace)
+                print(token)
+                print(f"token for {args.name}{' (admin)' if args.admin else ''} created; it is shown only once",
+                      file=sys.stderr)
+            elif args.token_cmd == "list":
+                rows = await auth.list_tokens(hub.db, include_revoked=args.all)
+                if args.json:
+                    print(json.dumps([r.to_json() for r in rows], indent=2))
+                else:
+                    print(f"{'NAME':<24} {'ID':<13} {'ADMIN':<6} {'CREATED':<28} STATUS")
+                    for r in rows:
+                        status = f"revoked {r.revoked_at}" if r.revoked_at else "active"
+                        admin = "yes" if r.admin or hub.is_admin(r.name) else "no"
+                        print(f"{r.name:<24} {r.id:<13} {admin:<6} {r.created_at:<28} {status}")
+            else:
+                n = await auth.revoke_tokens(hub.db, args.name)
+                print(f"revoked {n} token(s) of {args.name}")
+        return 0
+
+    return run_async(go())
+
+
+def cmd_plugins(args, ctx: CliContext) -> int:
+    pm = ctx.plugin_manager()
+    rows = pm.describe()
+    if args.json:
+        print(json.dumps({"plugins": rows, "failed": [f.__dict__ for f in pm.failures]}, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['name']}  ({row['source']})")
+        print(f"    hooks: {', '.join(row['hooks']) or '-'}")
+    for failure in pm.failures:
+        print(f"FAILED {failure.name}: {failure.error}")
+    return 0
+
+
+def cmd_check(args, ctx: CliContext) -> int:
+    from .hub import Hub
+
+    settings = ctx.settings
+    hub = Hub(settings, ctx.plugin_manager())
+    problems = settings.bind_sections(hub.config_sections(), strict=False)
+    for failure in hub.pm.failures:
+        problems.append(f"plugin {failure.name} failed to load: {failure.error}")
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    if not problems:
+        print(f"configuration OK ({settings.path or 'defaults only'})")
+    return 1 if problems else 0
+
+
+def cmd_migrate(args, ctx: CliContext) -> int:
+    async def go():
+        async with ctx.hub():
+            pass
+
+    run_async(go())
+    print("database is up to date")
+    return 0
+
+
+def cmd_send(args, ctx: CliContext) -> int:
+    result = ctx.api("POST", "/api/send", {"to": args.to, "message": args.message})
+    print(f"sent (id {result.get('id')})")
+    return 0
+
+
+def cmd_inbox(args, ctx: CliContext) -> int:
+    from urllib.parse import urlencode
+
+    query = {"limit": args.limit}
+    if args.ack:
+        query["ack"] = "true"
+    if args.wait:
+        query["wait"] = args.wait
+    result = ctx.api("GET", "/api/inbox?" + urlencode(query), timeout=args.wait + 15)
+    if args.json:
+        print(json.dumps(result["messages"], indent=2))
+        return 0
+    for m in result["messages"]:
+        print(f"[{m['id']}] {m['time']} {m['from']}: {m['message']}")
+    if not result["messages"]:
+        print("no unread messages", file=sys.stderr)
+    return 0
+
+
+def cmd_machines(args, ctx: CliContext) -> int:
+    result = ctx.api("GET", "/api/machines")
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{'NAME':<24} {'BACKEND':<8} {'STATE':<12} {'UNREAD':>6}  LAST SEEN")
+    for m in result["machines"]:
+        print(f"{m['name']:<24} {m['backend']:<8} {m['state']:<12} {m['unread']:>6}  {m['lastSeen'] or '-'}")
+    for backend, error in result.get("unavailable", {}).items():
+        print(f"(backend {backend} unavailable: {error})")
+    return 0
+
+
+def build_parser(ctx_holder: list) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="claude-net", description="A hub for AI coding agents on one LXD host.")
+    parser.add_argument("--config", "-c", help="config file (default: $CLAUDE_NET_CONFIG or ./claude-net.toml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the hub (Hypercorn)")
+    p.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default from config: 8765)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("init", help="write a commented starter config")
+    p.add_argument("path", nargs="?", help="where to write it (default: the config path)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("token", help="create, list and revoke bearer tokens")
+    tsub = p.add_subparsers(dest="token_cmd", required=True, metavar="ACTION")
+    t = tsub.add_parser("create", help="create a token for NAME; prints only the token")
+    t.add_argument("name")
+    t.add_argument("--admin", action="store_true", help="the token has admin rights")
+    t.add_argument("--replace", action="store_true", help="revoke NAME's current token and issue a new one")
+    t = tsub.add_parser("list", help="list tokens (never the secrets)")
+    t.add_argument("--all", action="store_true", help="include revoked tokens")
+    t.add_argument("--json", action="store_true")
+    t = tsub.add_parser("revoke", help="revoke every token of NAME")
+    t.add_argument("name")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("plugins", help="list loaded plugins and the hooks each implements")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("check", help="validate the configuration and plugins")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("migrate", help="apply database migrations and exit")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("send", help="send a message (uses CLAUDE_NET_URL and CLAUDE_NET_TOKEN)")
+    p.add_argument("to", help="node name, or '*' for everyone")
+    p.add_argument("message")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("inbox", help="read your unread messages")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--ack", action="store_true", help="mark the shown messages read")
+    p.add_argument("--wait", type=float, default=0, help="wait up to N seconds for a message")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inbox)
+
+    p = sub.add_parser("machines", help="list nodes with state and unread counts")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_machines)
+    return parser
+
+
+def _plugin_commands(config: str | None):
+    """Commands contributed by plugins. Loading plugin modules must stay cheap (see docs)."""
+    from .config import load_settings
+    from .plugins import make_plugin_manager
+
+    try:
+        settings = load_settings(config)
+        pm = make_plugin_manager(allow=settings.plugins.allow, deny=settings.plugins.deny)
+    except Exception:
+        pm = make_plugin_manager()
+    commands = []
+    for batch in pm.hook.register_commands():
+        commands.extend(batch or ())
+    return commands, pm
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", "-c")
+    known, _ = pre.parse_known_args(argv)
+    parser = build_parser([])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    from .errors import ConfigError, HubError
+
+    try:
+        commands, pm = _plugin_commands(known.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for command in commands:
+        if command.name in sub.choices:
+            continue
+        p = sub.add_parser(command.name, help=command.help)
+        command.configure(p)
+        p.set_defaults(func=command.run, plugin_command=True)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    ctx = CliContext(args)
+    ctx._pm = pm
+    try:
+        result = args.func(args, ctx)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except HubError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

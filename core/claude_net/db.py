@@ -1,0 +1,266 @@
+"""Database access through ``databases``: SQLite by default, PostgreSQL by URL.
+
+SQL is written once with ``:name`` parameters and portable types. The differences live here:
+
+* **SQLite**: ``databases``' SQLite backend opens a new connection (and thread) per acquire,
+  and its query path costs six thread hops per statement, which together cost most of a
+  request. The hub instead holds one persistent ``databases`` connection for its whole life and
+  runs each statement on its aiosqlite connection in a single hop (``execute_fetchall``;
+  sqlite3 binds ``:name`` parameters natively), serialised with an asyncio lock (SQLite runs
+  one writer at a time anyway). WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for write
+  transactions, so concurrent processes queue for the lock instead of failing mid-transaction.
+* **PostgreSQL**: the ``databases`` asyncpg pool; transactions per connection; migrations under
+  an advisory lock so several replicas can start at once.
+
+Driver errors are mapped to the hub's errors: a unique violation becomes :class:`Conflict`; a
+locked, read-only or unreachable database becomes :class:`Unavailable` (503), never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+from .errors import Conflict, Unavailable
+from .types import Migration, isotime
+
+log = logging.getLogger("claude_net.db")
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+MIGRATION_LOCK_KEY = 0x636C6E65  # "clne": advisory lock id for migrations on PostgreSQL
+
+
+def dialect_of(url: str) -> str:
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "sqlite":
+        return "sqlite"
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    raise ValueError(f"unsupported database URL scheme {scheme!r} (use sqlite+aiosqlite:// or postgresql+asyncpg://)")
+
+
+def redact_url(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _map_error(exc: BaseException) -> BaseException:
+    name = type(exc).__name__
+    text = str(exc)
+    if name in ("IntegrityError", "UniqueViolationError") or "UNIQUE constraint" in text:
+        return Conflict("that record already exists", code="conflict")
+    if isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError)) or name in (
+        "OperationalError",
+        "InterfaceError",
+        "ConnectionDoesNotExistError",
+        "CannotConnectNowError",
+        "ReadOnlySQLTransactionError",
+        "TooManyConnectionsError",
+        "PostgresConnectionError",
+        "ConnectionFailureError",
+        "AdminShutdownError",
+        "DatabaseError",
+    ):
+        reason = "the database is busy" if "locked" in text or "busy" in text else "the database is unavailable"
+        if "readonly" in text or "read-only" in text:
+            reason = "the database is read-only"
+        return Unavailable(f"{reason}; try again shortly", code="database_unavailable")
+    return exc
+
+
+class _Executor:
+    """Query methods shared by the database and its transactions. Rows come back as dicts."""
+
+    async def _rows(self, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def fetch_all(self, sql: str, values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return await self._rows(sql, values)
+
+    async def fetch_one(self, sql: str, values: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        rows = await self._rows(sql, values)
+        return rows[0] if rows else None
+
+    async def fetch_val(self, sql: str, values: Mapping[str, Any] | None = None) -> Any:
+        rows = await self._rows(sql, values)
+        return next(iter(rows[0].values())) if rows else None
+
+    async def execute(self, sql: str, values: Mapping[str, Any] | None = None) -> None:
+        """Run a statement. Use ``fetch_all(... RETURNING ...)`` when you need affected rows."""
+        await self._rows(sql, values)
+
+
+async def _sqlite_rows(raw: Any, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    # One hop to aiosqlite's thread per statement (execute + fetchall together); sqlite3 takes
+    # ``:name`` parameters natively, so nothing needs compiling.
+    rows = await raw.execute_fetchall(sql, dict(values or {}))
+    return [dict(row) for row in rows]
+
+
+async def _pg_rows(conn: Any, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    rows = await conn.fetch_all(query=sql, values=dict(values or {}))
+    return [dict(row._mapping) for row in rows]
+
+
+async def _mapped(awaitable: Any) -> Any:
+    try:
+        return await awaitable
+    except Exception as exc:
+        mapped = _map_error(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+
+
+class Transaction(_Executor):
+    def __init__(self, connection: Any, sqlite: bool) -> None:
+        self._connection = connection
+        self._sqlite = sqlite
+
+    async def _rows(self, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        fetch = _sqlite_rows if self._sqlite else _pg_rows
+        return await _mapped(fetch(self._connection, sql, values))
+
+
+class Database(_Executor):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.dialect = dialect_of(url)
+        self._db: Any = None
+        self._conn: Any = None  # SQLite: the persistent ``databases`` connection
+        self._raw: Any = None  # SQLite: its aiosqlite connection
+        self._lock = asyncio.Lock()
+        self.connected = False
+
+    def __repr__(self) -> str:
+        return f"<Database {redact_url(self.url)}>"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    async def connect(self) -> None:
+        import databases
+
+        if self.is_sqlite:
+            # A URL like sqlite+aiosqlite:////abs/path: make sure the directory exists.
+            self._db = databases.Database(self.url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        else:
+            self._db = databases.Database(self.url, min_size=1, max_size=10, command_timeout=30)
+        try:
+            await self._db.connect()
+            if self.is_sqlite:
+                import sqlite3
+
+                self._conn = self._db.connection()
+                await self._conn.__aenter__()
+                self._raw = self._conn.raw_connection
+                self._raw.row_factory = sqlite3.Row
+                for pragma in (
+                    "PRAGMA journal_mode=WAL",
+                    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+                    "PRAGMA synchronous=NORMAL",
+                    "PRAGMA foreign_keys=ON",
+                ):
+                    await self._raw.execute_fetchall(pragma)
+            else:
+                await self._db.fetch_val("SELECT 1")
+        except Exception as exc:
+            mapped = _map_error(exc)
+            raise Unavailable(f"cannot connect to the database {redact_url(self.url)}: {exc}",
+                              code="database_unavailable") from (exc if mapped is exc else mapped)
+        self.connected = True
+
+    async def disconnect(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.__aexit__(None, None, None)
+            self._conn = self._raw = None
+        if self._db is not None:
+            with contextlib.suppress(Exception):
+                await self._db.disconnect()
+        self.connected = False
+
+    async def _rows(self, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        if not self.connected:
+            raise Unavailable("the database is not connected", code="database_unavailable")
+        if self.is_sqlite:
+            async with self._lock:
+                return await _mapped(_sqlite_rows(self._raw, sql, values))
+        return await _mapped(_pg_rows(self._db, sql, values))
+
+    async def execute_many(self, sql: str, values: Sequence[Mapping[str, Any]]) -> None:
+        async with self.transaction() as tx:
+            for row in values:
+                await tx.execute(sql, row)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """A write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE)."""
+        if not self.connected:
+            raise Unavailable("the database is not connected", code="database_unavailable")
+        if self.is_sqlite:
+            async with self._lock:
+                tx = Transaction(self._raw, sqlite=True)
+                await tx.execute("BEGIN IMMEDIATE")
+                try:
+                    yield tx
+                    await tx.execute("COMMIT")
+                except BaseException:
+                    if self._raw.in_transaction:
+                        with contextlib.suppress(Exception):
+                            await self._raw.execute_fetchall("ROLLBACK")
+                    raise
+        else:
+            try:
+                async with self._db.connection() as conn:
+                    async with conn.transaction():
+                        yield Transaction(conn, sqlite=False)
+            except Exception as exc:
+                mapped = _map_error(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def render(self, statement: str) -> str:
+        autoid = "INTEGER PRIMARY KEY AUTOINCREMENT" if self.is_sqlite else "BIGSERIAL PRIMARY KEY"
+        return statement.replace("{autoid}", autoid)
+
+    async def migrate(self, migrations: Iterable[Migration]) -> list[str]:
+        """Apply pending migrations once, in order; safe from several processes at once."""
+        ordered = sorted(migrations, key=lambda m: (m.plugin, m.version))
+        seen: set[tuple[str, int]] = set()
+        for m in ordered:
+            if (m.plugin, m.version) in seen:
+                raise ValueError(f"duplicate migration {m.plugin} v{m.version}")
+            seen.add((m.plugin, m.version))
+        applied: list[str] = []
+        async with self.transaction() as tx:
+            if not self.is_sqlite:
+                await tx.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+            await tx.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " plugin TEXT NOT NULL, version INTEGER NOT NULL, description TEXT NOT NULL DEFAULT '',"
+                " applied_at TEXT NOT NULL, PRIMARY KEY (plugin, version))"
+            )
+            done = {(r["plugin"], r["version"]) for r in await tx.fetch_all("SELECT plugin, version FROM schema_migrations")}
+            for m in ordered:
+                if (m.plugin, m.version) in done:
+                    continue
+                statements = m.postgresql if (m.postgresql is not None and not self.is_sqlite) else m.statements
+                for statement in statements:
+                    await tx.execute(self.render(statement))
+                await tx.execute(
+                    "INSERT INTO schema_migrations (plugin, version, description, applied_at)"
+                    " VALUES (:plugin, :version, :description, :at)",
+                    {"plugin": m.plugin, "version": m.version, "description": m.description, "at": isotime()},
+                )
+                applied.append(f"{m.plugin} v{m.version}")
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        return applied

@@ -1,0 +1,216 @@
+"""Every hook of claude-net. Plugins implement these with ``@claude_net.hookimpl``.
+
+Each hook receives ``hub`` (the running :class:`claude_net.hub.Hub`: settings, database, node
+registry, event bus) as its first argument; like every pluggy argument it may be left out of an
+implementation that does not need it. Each spec's docstring is its contract; the same text,
+with examples, is in ``docs/plugin-hooks.md`` (a test keeps the two in step).
+
+Pluggy has no async support. Hooks that may do I/O let an implementation return an awaitable,
+which the core awaits. ``firstresult`` hooks must be plain functions that decide *synchronously*
+whether they apply (return ``None``) and only then return an awaitable: an ``async def`` would
+return a coroutine, which is never ``None``, and so would always win. A test enforces this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .types import (
+    Actor,
+    Command,
+    Event,
+    ExecOptions,
+    ExecResult,
+    Migration,
+    Node,
+    ReadOptions,
+    Route,
+    WriteOptions,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hub import Hub
+
+hookspec = pluggy.HookspecMarker("claude_net")
+hookimpl = pluggy.HookimplMarker("claude_net")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration, schema and CLI (called without a running hub)
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def config_sections() -> Mapping[str, type]:
+    """Declare this plugin's configuration sections.
+
+    Return ``{"section": SettingsDataclass}``. The section's TOML table (``[section]``; dotted
+    names such as ``"ssh"`` may hold nested tables typed as ``dict[str, OtherDataclass]``) is
+    validated against the dataclass: unknown keys and wrong types are reported with the file
+    and key; missing keys take the dataclass defaults. ``field(metadata={"help": "..."})``
+    texts appear in ``claude-net init``'s starter config. The parsed instance is available as
+    ``hub.settings.section("name")``. Section names are unique across plugins.
+    """
+
+
+@hookspec
+def migrations() -> Sequence[Migration]:
+    """Return this plugin's versioned schema migrations.
+
+    Each :class:`Migration` is applied once, in ``(plugin, version)`` order, inside one
+    transaction, under a lock that makes concurrent starts of several processes safe.
+    Migrations only create or extend this plugin's own tables.
+    """
+
+
+@hookspec
+def register_commands() -> Sequence[Command]:
+    """Return CLI verbs (:class:`Command`) this plugin adds to ``claude-net``.
+
+    Called every time the CLI starts, including for ``--help``: import nothing heavy at module
+    level or here; import inside ``Command.run``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle and HTTP surface
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def startup(hub: Hub) -> Awaitable[None] | None:
+    """Called once when the hub starts, after migrations. May return an awaitable.
+
+    Start background tasks here (register them with ``hub.spawn`` so they are cancelled at
+    shutdown). An exception aborts the start with the plugin named in the error.
+    """
+
+
+@hookspec
+def shutdown(hub: Hub) -> Awaitable[None] | None:
+    """Called once when the hub stops, before the database closes. May return an awaitable.
+
+    Release connections and thread pools. Exceptions are logged and do not stop other plugins'
+    shutdown.
+    """
+
+
+@hookspec
+def register_routes(hub: Hub) -> Sequence[Route]:
+    """Return HTTP endpoints (:class:`Route`) this plugin serves.
+
+    The core wraps every route with authentication (unless ``auth=False``, which a test
+    restricts to an explicit allow-list), the admin check, JSON body and query validation
+    against the route's schemas, and error mapping; all routes appear in ``/api/openapi.json``.
+    Paths must be unique; a clash aborts the start naming both plugins.
+    """
+
+
+@hookspec
+def register_asgi_apps(hub: Hub) -> Sequence[tuple[str, Any]]:
+    """Return ``(path_prefix, asgi_app)`` pairs served beside the Quart app (e.g. ``/mcp``).
+
+    The mounted app handles its own authentication; it must accept only the hub's bearer
+    tokens (see :meth:`Hub.authenticate`). The prefix must not overlap ``/api``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes and policy
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def list_nodes(hub: Hub) -> Awaitable[Sequence[Node]] | Sequence[Node] | None:
+    """Return the nodes this backend owns, with cheap current status (may be an awaitable).
+
+    The core merges all listings (cached for ``nodes.cache_seconds``) to resolve names and to
+    answer ``/api/machines``. Raise :class:`claude_net.Unavailable` when the backend cannot be
+    reached: the core reports that backend as unavailable and keeps serving the others.
+    """
+
+
+@hookspec
+def authorize(
+    hub: Hub, actor: Actor, action: str, target: str | None, detail: Mapping[str, Any]
+) -> bool | None | Awaitable[bool | None]:
+    """Decide whether ``actor`` may perform ``action`` on ``target``.
+
+    Return ``True`` to allow, ``False`` to deny, ``None`` for no opinion (or an awaitable of
+    one of those). Every implementation is called: any ``False`` denies, at least one ``True``
+    is needed, no answers deny. Actions: ``message``, ``exec``, ``file_read``, ``file_write``,
+    ``container``, ``permit``, ``permissions_view``, ``activity_view``, ``admin``.
+    ``detail`` holds the request's particulars (command, path, op) for finer policies.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Capabilities: firstresult, owner returns an awaitable, everyone else None synchronously
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def execute(hub: Hub, node: Node, command: str, options: ExecOptions) -> Awaitable[ExecResult] | None:
+    """Run ``command`` on ``node``. Stops at first non-None result.
+
+    The backend that owns ``node`` (``node.backend``) returns an awaitable of
+    :class:`ExecResult`; every other implementation returns ``None`` synchronously.
+    The command runs as ``[shell, "-c", command]`` in the node; no host-side shell ever sees it.
+    Honour ``options.timeout`` (end the process, set ``timed_out``), cap each stream at
+    ``options.max_output`` bytes (set ``truncated``). Raise :class:`claude_net.Conflict` if the
+    node is stopped, :class:`claude_net.Unavailable` if its daemon or server is unreachable.
+    """
+
+
+@hookspec(firstresult=True)
+def read_file(hub: Hub, node: Node, path: str, options: ReadOptions) -> Awaitable[bytes] | None:
+    """Read the file at absolute ``path`` on ``node``. Stops at first non-None result.
+
+    Same ownership rule as ``execute``. Resolve symlinks inside the node, never on the host.
+    Raise :class:`claude_net.NotFound` (missing), :class:`claude_net.BadRequest` (a directory),
+    :class:`claude_net.PayloadTooLarge` (larger than ``options.max_size``).
+    """
+
+
+@hookspec(firstresult=True)
+def write_file(
+    hub: Hub, node: Node, path: str, data: bytes, options: WriteOptions
+) -> Awaitable[Mapping[str, Any] | None] | None:
+    """Write ``data`` to absolute ``path`` on ``node``. Stops at first non-None result.
+
+    Same ownership rule as ``execute``. Apply ``options.mode/uid/gid``; create parent
+    directories only when ``options.mkdirs``. Readers must never see a half-written file where
+    the backend can avoid it. The awaitable may return extra JSON fields for the response.
+    """
+
+
+@hookspec(firstresult=True)
+def container_op(
+    hub: Hub, node: Node, op: str, args: Mapping[str, Any]
+) -> Awaitable[Mapping[str, Any] | None] | None:
+    """Perform a container operation on ``node``. Stops at first non-None result.
+
+    ``op`` is one of ``start``, ``stop``, ``snapshot``, ``restore``, ``list_snapshots`` (more
+    may come). Same ownership rule as ``execute``. A backend whose nodes are not containers
+    raises :class:`claude_net.NotSupported` with a sentence saying so. The awaitable returns
+    extra JSON fields for the response, e.g. ``{"snapshot": "2026-11-26"}``.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def on_event(hub: Hub, event: Event) -> Awaitable[None] | None:
+    """Observe an :class:`Event`. Every implementation is called; may return an awaitable.
+
+    A failing subscriber is logged and never breaks the request or other subscribers, with
+    one exception: an audit subscriber that cannot record a ``pending`` event of a guarded
+    action raises :class:`claude_net.AuditError`, and the action is refused with a 503.
+    Slow work (network calls) belongs in a queue of the plugin's own, not in this call.
+    """

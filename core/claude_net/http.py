@@ -1,0 +1,298 @@
+"""The HTTP surface: ``create_app`` wraps every plugin route with auth, validation and errors.
+
+One place maps :class:`claude_net.errors.HubError` (and Quart's own HTTP errors) to
+``{"ok": false, "error": "...", "code": "..."}``; anything unexpected is logged and answered with
+a generic 500 that never leaks internals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from quart import Quart, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .errors import BadRequest, Forbidden, HubError, PayloadTooLarge, Unauthorized
+from .hub import Hub
+from .schema import coerce_query, validate
+from .types import Actor, Event, Route, validate_node_name
+
+log = logging.getLogger("claude_net.http")
+
+#: routes reachable without a token; a test walks the URL map against this list
+PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json"})
+
+
+@dataclass
+class RequestContext:
+    hub: Hub
+    actor: Actor | None
+    body: dict[str, Any]
+    query: dict[str, Any]
+    params: dict[str, Any]
+    request_id: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def json_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False), status=status,
+                    headers=headers, content_type="application/json")
+
+
+def error_response(exc: HubError, request_id: str | None = None) -> Response:
+    headers = {"X-Request-Id": request_id} if request_id else None
+    if exc.status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="claude-net"'}
+    return json_response(exc.to_json(), exc.status, headers)
+
+
+def _bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("the Authorization header must be 'Bearer <token>'", code="bad_auth_header")
+    return value.strip()
+
+
+class RouteView:
+    def __init__(self, hub: Hub, route: Route) -> None:
+        self.hub = hub
+        self.route = route
+        self.__name__ = f"{route.method.lower()}_{re.sub(r'[^a-z0-9]+', '_', route.path.lower())}"
+
+    async def __call__(self, **params: Any) -> Response:
+        request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+        try:
+            response = await self._handle(params, request_id)
+        except HubError as exc:
+            return error_response(exc, request_id)
+        response.headers.setdefault("X-Request-Id", request_id)
+        return response
+
+    async def _handle(self, params: dict[str, Any], request_id: str) -> Response:
+        route, hub = self.route, self.hub
+        wants_body = route.method in ("POST", "PUT", "PATCH", "DELETE") and route.body_schema is not None
+        query_args = dict(request.args)
+        query_from = query_args.pop("from", None) if route.legacy_v1 else None
+        # Authenticate before reading the body, so anonymous callers cost nothing; only legacy v1
+        # messaging (opt-in) needs the body first, to learn the name from its `from` field.
+        token = _bearer(request.headers.get("Authorization")) if route.auth else None
+        actor: Actor | None = None
+        if token is not None:
+            actor = await hub.authenticate(token)
+            if actor is None:
+                await hub.emit(Event("auth", None, None, f"invalid or revoked token on {route.method} {route.path} "
+                                     f"from {request.remote_addr}", "denied"))
+                raise Unauthorized("the token is invalid or has been revoked", code="invalid_token")
+        elif route.auth and not (route.legacy_v1 and hub.settings.messaging.allow_unauthenticated):
+            raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)", code="missing_token")
+
+        body: dict[str, Any] = await self._read_json() if wants_body else {}
+        body_from = body.pop("from", None)
+        if body_from is not None and not isinstance(body_from, str):
+            raise BadRequest("from must be a string", code="invalid_field", field="from")
+        if route.auth and actor is None:  # legacy v1: the name comes from `from`
+            name = body_from or query_from
+            if name is None:
+                raise Unauthorized("a bearer token (or, for v1 clients, a 'from' field) is required",
+                                   code="missing_token")
+            validate_node_name(name, field_name="from")
+            hub.seen(name)
+            actor = Actor(name=name, unauthenticated=True)
+        elif actor is not None and body_from is not None and body_from != actor.name:
+            await hub.emit(Event("auth", actor.name, None,
+                                 f"'from' field {body_from[:70]!r} does not match the token of {actor.name} "
+                                 f"on {route.method} {route.path}", "denied", via=actor.via))
+            raise Forbidden(f"'from' is {body_from[:70]!r} but the token belongs to {actor.name}",
+                            code="from_mismatch")
+        if route.admin and (actor is None or not actor.admin):
+            await hub.emit(Event("admin", actor.name if actor else None, None,
+                                 f"{route.method} {route.path} (admin only)", "denied", via="http"))
+            raise Forbidden(f"{route.method} {route.path} is for admins only", code="admin_only")
+
+        query = coerce_query(query_args, route.query_schema) if route.query_schema else query_args
+        if wants_body:
+            validate(body, route.body_schema)
+        ctx = RequestContext(hub, actor, body, query, params, request_id, request.headers)
+        result = await route.handler(ctx)
+        if isinstance(result, Response):
+            return result
+        return json_response({"ok": True, **(result or {})})
+
+    async def _read_json(self) -> dict[str, Any]:
+        limit = self.route.max_body or self.hub.settings.limits.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {limit}", limit=limit)
+        request.max_content_length = limit
+        try:
+            raw = await request.get_data(cache=False)
+        except RequestEntityTooLarge:
+            raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes", limit=limit) from None
+        if not raw:
+            raise BadRequest("a JSON object body is required", code="invalid_json")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object", code="invalid_json")
+        return body
+
+
+def _view(route_view: RouteView):
+    async def view(**params: Any) -> Response:
+        return await route_view(**params)
+
+    view.__name__ = route_view.__name__
+    return view
+
+
+class _Mounts:
+    """ASGI middleware that sends a path prefix to another ASGI app (e.g. the MCP endpoint)."""
+
+    def __init__(self, app: Any, mounts: list[tuple[str, Any]]) -> None:
+        self.app = app
+        self.mounts = mounts
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path = scope.get("path", "")
+            for prefix, mounted in self.mounts:
+                if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                    await mounted(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Any = None, *, plugins: Any = (), load_entrypoints: bool = True, hub: Hub | None = None) -> Quart:
+    """Build the Quart app around a :class:`Hub` (created from ``settings`` unless given)."""
+    from .config import load_settings
+
+    if hub is None:
+        hub = Hub(settings if settings is not None else load_settings(), plugins=plugins,
+                  load_entrypoints=load_entrypoints)
+    app = Quart("claude_net")
+    app.config["BODY_TIMEOUT"] = 30
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["MAX_CONTENT_LENGTH"] = max(hub.settings.limits.max_body_bytes,
+                                           hub.settings.limits.file_max_bytes * 4 // 3 + 65536)
+    app.extensions["claude_net"] = hub
+    app.hub = hub  # type: ignore[attr-defined]
+
+    routes: list[tuple[str, Route]] = []
+    seen: dict[tuple[str, str], str] = {}
+    for impl in hub.pm.hook.register_routes.get_hookimpls():
+        for route in impl.function(**{a: hub for a in impl.argnames}) or ():
+            key = (route.method.upper(), route.path)
+            if key in seen:
+                raise ValueError(f"route {key[0]} {key[1]} is registered by both {seen[key]} and {impl.plugin_name}")
+            if not route.auth and route.path not in PUBLIC_PATHS:
+                raise ValueError(f"plugin {impl.plugin_name}: route {route.path} wants auth=False but is not in "
+                                 "the public allow-list")
+            seen[key] = impl.plugin_name
+            routes.append((impl.plugin_name, route))
+            app.add_url_rule(route.path, endpoint=f"{impl.plugin_name}:{key[0]}:{route.path}",
+                             view_func=_view(RouteView(hub, route)), methods=[key[0]])
+    app.extensions["claude_net_routes"] = routes
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        if (exc.code or 500) >= 500:
+            return json_response({"ok": False, "error": "internal error; the hub's log has the details",
+                                  "code": "internal"}, exc.code or 500)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.code or 500, "http_error")
+        message = {404: f"no such endpoint: {request.method} {request.path}",
+                   405: f"{request.method} is not allowed on {request.path}",
+                   413: "the request body is too large"}.get(exc.code or 500, exc.description or exc.name)
+        return json_response({"ok": False, "error": message, "code": code}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"ok": False, "error": "internal error; the hub's log has the details",
+                              "code": "internal"}, 500)
+
+    @app.before_serving
+    async def start_hub() -> None:
+        await hub.start()
+
+    @app.after_serving
+    async def stop_hub() -> None:
+        await hub.stop()
+
+    mounts: list[tuple[str, Any]] = []
+    for impl in hub.pm.hook.register_asgi_apps.get_hookimpls():
+        for prefix, asgi in impl.function(**{a: hub for a in impl.argnames}) or ():
+            if prefix.startswith("/api"):
+                raise ValueError(f"plugin {impl.plugin_name}: mount {prefix} overlaps /api")
+            mounts.append((prefix, asgi))
+    if mounts:
+        app.asgi_app = _Mounts(app.asgi_app, mounts)  # type: ignore[method-assign]
+    return app
+
+
+def openapi_document(app: Quart) -> dict[str, Any]:
+    """OpenAPI 3.1 for every route the app serves, built from the same schemas that validate."""
+    from . import __version__
+
+    error = {"$ref": "#/components/schemas/Error"}
+    paths: dict[str, Any] = {}
+    for plugin, route in app.extensions["claude_net_routes"]:
+        path = re.sub(r"<(?:[a-z]+:)?([a-zA-Z_]+)>", r"{\1}", route.path)
+        op: dict[str, Any] = {
+            "summary": route.summary,
+            "description": route.description or route.summary,
+            "operationId": f"{route.method.lower()}{re.sub(r'[^a-zA-Z0-9]+', '_', path)}",
+            "tags": list(route.tags) or [plugin],
+            "x-plugin": plugin,
+        }
+        params = [
+            {"name": m, "in": "path", "required": True, "schema": {"type": "string"}}
+            for m in re.findall(r"{([a-zA-Z_]+)}", path)
+        ]
+        if route.query_schema:
+            required = set(route.query_schema.get("required", ()))
+            for name, schema in route.query_schema.get("properties", {}).items():
+                params.append({"name": name, "in": "query", "required": name in required, "schema": schema})
+        if params:
+            op["parameters"] = params
+        if route.body_schema is not None and route.method != "GET":
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body_schema}}}
+        ok_schema = route.response_schema or {"type": "object", "properties": {"ok": {"const": True}}}
+        responses: dict[str, Any] = {
+            "200": {"description": "success",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}} if route.stream
+                    else {"application/json": {"schema": ok_schema}}},
+        }
+        for status in (["400", "401", "403", "404", "409", "413", "429", "503", "504"] if route.auth else ["400"]):
+            responses[status] = {"description": "error", "content": {"application/json": {"schema": error}}}
+        op["responses"] = responses
+        if route.auth:
+            op["security"] = [{"bearer": []}]
+        else:
+            op["security"] = []
+        paths.setdefault(path, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "claude-net hub API", "version": __version__,
+                 "description": "Messaging, permissioned exec and files, container control and audit for AI agents."},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["ok", "error", "code"],
+                    "properties": {"ok": {"const": False}, "error": {"type": "string"}, "code": {"type": "string"}},
+                }
+            },
+        },
+    }

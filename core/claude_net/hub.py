@@ -1,0 +1,360 @@
+"""The running hub: settings, plugin manager, database, node registry, event bus.
+
+Independent of HTTP: the Quart app, the CLI and plugins (Telegram, MCP) all act through a
+:class:`Hub`, so every path goes through the same authorization, events and error mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from . import auth
+from .bus import Bus
+from .config import Settings
+from .db import Database
+from .errors import AuditError, Forbidden, HubError, NotFound, Unavailable
+from .plugins import PluginManager, make_plugin_manager
+from .types import Actor, Event, Node, isotime
+
+log = logging.getLogger("claude_net.hub")
+T = TypeVar("T")
+
+#: actions only admins may perform, whatever any policy plugin says (enforced by builtin.roles)
+ADMIN_ONLY_ACTIONS = frozenset({"container", "permit", "permissions_view", "activity_view", "admin"})
+
+
+async def await_me_maybe(value: Any) -> Any:
+    """Await ``value`` if it is awaitable; hooks may answer synchronously or not."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class NodeRegistry:
+    """Merged, briefly cached view of every backend's ``list_nodes``."""
+
+    LIST_TIMEOUT = 5.0
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self._nodes: dict[str, Node] = {}
+        self._errors: dict[str, str] = {}
+        self._fetched_at = -1e9
+        self._refreshing: asyncio.Task[None] | None = None
+
+    async def _fetch(self) -> None:
+        impls = self.hub.pm.hook.list_nodes.get_hookimpls()
+
+        async def one(impl: Any) -> tuple[str, list[Node] | None, str | None]:
+            try:
+                result = impl.function(**{a: self.hub for a in impl.argnames if a == "hub"})
+                nodes = await asyncio.wait_for(await_me_maybe(result), self.LIST_TIMEOUT)
+                return impl.plugin_name, list(nodes or ()), None
+            except asyncio.TimeoutError:
+                return impl.plugin_name, None, f"did not answer within {self.LIST_TIMEOUT:g}s"
+            except HubError as exc:
+                return impl.plugin_name, None, exc.message
+            except Exception as exc:  # a broken backend must not take the registry down
+                log.exception("list_nodes of %s failed", impl.plugin_name)
+                return impl.plugin_name, None, f"{type(exc).__name__}: {exc}"
+
+        results = await asyncio.gather(*(one(impl) for impl in impls))
+        merged: dict[str, Node] = {}
+        errors: dict[str, str] = {}
+        for plugin, nodes, error in results:
+            if error is not None:
+                errors[plugin] = error
+                continue
+            for node in nodes or ():
+                current = merged.get(node.name)
+                if current is None or (node.capabilities and not current.capabilities):
+                    merged[node.name] = node
+                elif node.capabilities and current.capabilities and node.backend != current.backend:
+                    log.warning("node %s is claimed by both %s and %s; using %s",
+                                node.name, current.backend, node.backend, current.backend)
+        self._nodes, self._errors = merged, errors
+        self._fetched_at = time.monotonic()
+
+    async def refresh(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._fetch())
+        await asyncio.shield(self._refreshing)
+
+    async def all(self, *, fresh: bool = False) -> tuple[list[Node], dict[str, str]]:
+        """Every known node (sorted) and ``{plugin: error}`` for backends that could not list."""
+        if fresh or time.monotonic() - self._fetched_at > self.hub.settings.nodes.cache_seconds:
+            await self.refresh()
+        return sorted(self._nodes.values(), key=lambda n: n.name), dict(self._errors)
+
+    async def get(self, name: str) -> Node:
+        """Resolve a node name; refreshes once on a miss. 404 if unknown, 503 if a backend is down."""
+        await self.all()
+        node = self._nodes.get(name)
+        if node is None and time.monotonic() - self._fetched_at > 0.25:
+            await self.refresh()
+            node = self._nodes.get(name)
+        if node is None:
+            if self._errors:
+                down = ", ".join(sorted(self._errors))
+                raise Unavailable(f"unknown node {name!r} (backend unavailable: {down})", code="backend_unavailable")
+            raise NotFound(f"unknown node {name!r}", code="unknown_node")
+        return node
+
+    def invalidate(self) -> None:
+        self._fetched_at = -1e9
+
+
+class Hub:
+    def __init__(self, settings: Settings, pm: PluginManager | None = None, *, plugins: Iterable[Any] = (),
+                 load_entrypoints: bool = True) -> None:
+        self.settings = settings
+        self.pm = pm or make_plugin_manager(
+            plugins=plugins,
+            load_entrypoints=load_entrypoints,
+            allow=settings.plugins.allow,
+            deny=settings.plugins.deny,
+            trace=settings.plugins.trace,
+        )
+        self.config_problems = settings.bind_sections(self.config_sections(), strict=False)
+        self.db = Database(settings.core.database_url)
+        self.bus = Bus()
+        self.nodes = NodeRegistry(self)
+        self.started = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_seen: dict[str, str] = {}
+        self._exec_slots: asyncio.Semaphore | None = None
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def config_sections(self) -> dict[str, type]:
+        sections: dict[str, type] = {}
+        for impl in self.pm.hook.config_sections.get_hookimpls():
+            for name, cls in (impl.function() or {}).items():
+                if name in sections and sections[name] is not cls:
+                    raise ValueError(f"config section [{name}] is declared by two plugins ({impl.plugin_name})")
+                sections[name] = cls
+        return sections
+
+    def is_admin(self, name: str) -> bool:
+        return name in self.settings.core.admins
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect the database and apply migrations; no plugin startup (CLI commands use this)."""
+        if not self.db.connected:
+            await self.db.connect()
+            migrations = [m for batch in self.pm.hook.migrations() for m in (batch or ())]
+            await self.db.migrate(migrations)
+
+    async def close(self) -> None:
+        await self.db.disconnect()
+
+    async def start(self) -> None:
+        if self.started:
+            return
+        await self.open()
+        await self.bus.start()
+        self._exec_slots = asyncio.Semaphore(self.settings.limits.exec_concurrency)
+        for impl in reversed(self.pm.hook.startup.get_hookimpls()):
+            try:
+                await await_me_maybe(impl.function(**{a: self for a in impl.argnames}))
+            except Exception as exc:
+                raise RuntimeError(f"plugin {impl.plugin_name} failed to start: {type(exc).__name__}: {exc}") from exc
+        self.spawn(self._flush_last_seen_forever(), name="last-seen")
+        self.started = True
+
+    async def stop(self) -> None:
+        if not self.started and not self.db.connected:
+            return
+        self.started = False
+        for impl in self.pm.hook.shutdown.get_hookimpls():
+            try:
+                await await_me_maybe(impl.function(**{a: self for a in impl.argnames}))
+            except Exception:
+                log.exception("plugin %s failed to shut down cleanly", impl.plugin_name)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        with contextlib.suppress(Exception):
+            await self._flush_last_seen()
+        await self.bus.stop()
+        await self.db.disconnect()
+
+    def spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
+        """Run a background task for the hub's lifetime; cancelled at stop, failures logged."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"claude-net:{name}")
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s failed", name, exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    # -- identity ------------------------------------------------------------------------------
+
+    async def authenticate(self, token: str, *, via: str = "http") -> Actor | None:
+        info = await auth.verify_token(self.db, token)
+        if info is None:
+            return None
+        self._last_seen[info.name] = isotime()
+        return Actor(name=info.name, admin=info.admin or self.is_admin(info.name), via=via)
+
+    def seen(self, name: str) -> None:
+        self._last_seen[name] = isotime()
+
+    async def last_seen(self) -> dict[str, str]:
+        rows = await self.db.fetch_all("SELECT name, last_seen FROM node_seen")
+        seen = {r["name"]: r["last_seen"] for r in rows}
+        for name, at in self._last_seen.items():
+            if at > seen.get(name, ""):
+                seen[name] = at
+        return seen
+
+    async def _flush_last_seen(self) -> None:
+        pending, self._last_seen = self._last_seen, {}
+        if not pending:
+            return
+        try:
+            async with self.db.transaction() as tx:
+                for name, at in pending.items():
+                    await tx.execute(
+                        "INSERT INTO node_seen (name, last_seen) VALUES (:name, :at) "
+                        "ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen "
+                        "WHERE node_seen.last_seen < excluded.last_seen",
+                        {"name": name, "at": at},
+                    )
+        except HubError:
+            for name, at in pending.items():  # keep them for the next flush
+                self._last_seen[name] = max(at, self._last_seen.get(name, ""))
+
+    async def _flush_last_seen_forever(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            await self._flush_last_seen()
+
+    # -- policy -------------------------------------------------------------------------------
+
+    async def authorize(self, actor: Actor, action: str, target: str | None,
+                        detail: Mapping[str, Any] | None = None) -> bool:
+        """Combine every ``authorize`` answer: any False denies, at least one True needed."""
+        answers = self.pm.hook.authorize(hub=self, actor=actor, action=action, target=target, detail=detail or {})
+        allowed = False
+        for answer in answers:
+            answer = await await_me_maybe(answer)
+            if answer is False:
+                return False
+            if answer is True:
+                allowed = True
+        return allowed
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def emit(self, event: Event) -> None:
+        """Deliver ``event`` to every ``on_event`` subscriber.
+
+        For a ``pending`` event an :class:`AuditError` propagates (the caller refuses the
+        action); every other failure is logged and swallowed.
+        """
+        for impl in self.pm.hook.on_event.get_hookimpls():
+            kwargs = {name: {"hub": self, "event": event}[name] for name in impl.argnames}
+            try:
+                await await_me_maybe(impl.function(**kwargs))
+            except AuditError:
+                if event.result == "pending":
+                    raise
+                log.error("could not record %s event %s (%s)", event.type, event.id, event.result)
+            except Exception:
+                log.exception("on_event subscriber %s failed on %s", impl.plugin_name, event.type)
+
+    async def guarded(
+        self,
+        actor: Actor,
+        *,
+        action: str,
+        event_type: str,
+        target: str | None,
+        detail: str,
+        run: Callable[[], Awaitable[T]],
+        request: Mapping[str, Any] | None = None,
+        result_data: Callable[[T], dict[str, Any]] | None = None,
+        fail_closed: bool = True,
+    ) -> T:
+        """Authorize, record, run and record an action — the one path every capability takes.
+
+        Denied: one ``denied`` event, then :class:`Forbidden`. Allowed: a ``pending`` event
+        (when ``fail_closed``, an audit failure refuses the action with 503), then ``run()``,
+        then the final event (``ok`` or ``error``) with the same id.
+        """
+        if not await self.authorize(actor, action, target, request or {}):
+            await self.emit(Event(event_type, actor.name, target, detail, "denied", via=actor.via,
+                                  unauthenticated=actor.unauthenticated, data={"action": action}))
+            raise Forbidden(deny_sentence(actor, action, target), code="denied", action=action)
+        event = Event(event_type, actor.name, target, detail, "pending", via=actor.via,
+                      unauthenticated=actor.unauthenticated, data={"action": action})
+        if fail_closed:
+            try:
+                await self.emit(event)
+            except AuditError as exc:
+                raise Unavailable(f"the action was not run because the audit log cannot be written ({exc.message})",
+                                  code="audit_unavailable") from exc
+        else:
+            await self.emit(event)
+        started = time.monotonic()
+        try:
+            result = await run()
+        except BaseException as exc:
+            event.result = "error"
+            if isinstance(exc, HubError):
+                event.data.update(error=exc.message, code=exc.code)
+            elif isinstance(exc, asyncio.CancelledError):
+                event.data.update(error="the request was cancelled", code="cancelled")
+            else:
+                event.data.update(error="internal error", code="internal")
+            event.data["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+            event.time = isotime()
+            await asyncio.shield(self.emit(event))
+            raise
+        event.result = "ok"
+        event.time = isotime()
+        event.data["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        if result_data is not None:
+            event.data.update(result_data(result))
+        await self.emit(event)
+        return result
+
+    @contextlib.asynccontextmanager
+    async def exec_slot(self):
+        assert self._exec_slots is not None, "hub not started"
+        async with self._exec_slots:
+            yield
+
+
+_VERBS = {
+    "exec": "run commands on",
+    "file_read": "read files on",
+    "file_write": "write files on",
+    "message": "send messages to",
+    "container": "manage the container",
+}
+
+
+def deny_sentence(actor: Actor, action: str, target: str | None) -> str:
+    if action in ADMIN_ONLY_ACTIONS:
+        return f"denied: {action} is an admin-only action and {actor.name} is not an admin"
+    verb = _VERBS.get(action, action)
+    where = target or "that target"
+    return (f"denied: {actor.name} may not {verb} {where}; ask an admin to grant the pathway "
+            f"{actor.name} -> {where} (e.g. `claude-net permit {actor.name} {where}`)")

@@ -1,0 +1,46 @@
+"""``claude-net serve``: the Quart app under Hypercorn, with graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+log = logging.getLogger("claude_net.serve")
+
+
+def serve(settings, *, host: str | None = None, port: int | None = None) -> int:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from .db import redact_url
+    from .hub import Hub
+    from .http import create_app
+
+    logging.basicConfig(level=settings.core.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    hub = Hub(settings)
+    problems = settings.bind_sections(hub.config_sections(), strict=False)
+    if problems:
+        for p in problems:
+            log.error("config: %s", p)
+        return 2
+    for failure in hub.pm.failures:
+        log.error("plugin %s was not loaded: %s", failure.name, failure.error)
+    app = create_app(hub=hub)
+    config = Config()
+    config.bind = [f"{host or settings.core.host}:{port or settings.core.port}"]
+    config.accesslog = None
+    config.graceful_timeout = 10
+    config.keep_alive_timeout = 75
+    log.info("claude-net serving on http://%s with %s", config.bind[0], redact_url(settings.core.database_url))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
+
+    asyncio.run(main())
+    return 0

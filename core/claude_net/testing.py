@@ -1,0 +1,178 @@
+"""pytest plugin shipped with claude-net (entry point ``pytest11``): fixtures for plugin authors.
+
+* ``database_url`` — parametrized over SQLite and PostgreSQL (``--db sqlite|postgresql|both``
+  or ``CLAUDE_NET_TEST_DB``); PostgreSQL gets a fresh database per test from the server at
+  ``CLAUDE_NET_TEST_PG`` (default: the local socket ``/var/run/postgresql``).
+* ``make_settings(**overrides)`` — validated :class:`Settings` on that database.
+* ``hub_harness`` — ``async with hub_harness(plugins=[...]) as h:`` a started app with a Quart
+  test client; ``await h.token("name", admin=True)`` and ``await h.call("POST", path, token, json)``.
+* ``require_component(name, ok, why)`` — skip on a laptop, **fail** under ``CI=true``: a green CI
+  run means every real component was really there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+PG_DEFAULT = "postgresql+asyncpg://root@/{db}?host=/var/run/postgresql"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_component(name: str, available: bool, why: str = "") -> None:
+    """Skip when ``name`` is missing locally; fail under CI, where it must be present."""
+    if available:
+        return
+    message = f"{name} is not available{': ' + why if why else ''}"
+    if in_ci():
+        pytest.fail(f"CI=true but {message} (.ci/run must install and start it)", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("claude-net")
+    group.addoption("--db", choices=["sqlite", "postgresql", "both"],
+                    default=os.environ.get("CLAUDE_NET_TEST_DB", "both"),
+                    help="database(s) for tests that use the database_url fixture (default: both)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_kind" in metafunc.fixturenames:
+        choice = metafunc.config.getoption("--db")
+        kinds = ["sqlite", "postgresql"] if choice == "both" else [choice]
+        metafunc.parametrize("db_kind", kinds, scope="function")
+
+
+def pg_url_template() -> str:
+    return os.environ.get("CLAUDE_NET_TEST_PG", PG_DEFAULT)
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    template = pg_url_template()
+    url = template.format(db="postgres").replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _pg_available() -> tuple[bool, str]:
+    try:
+        import asyncpg  # noqa: F401
+    except ImportError:
+        return False, "asyncpg is not installed"
+    import asyncio
+
+    try:
+        asyncio.run(_pg_admin("SELECT 1"))
+    except Exception as exc:  # noqa: BLE001
+        return False, f"cannot connect ({type(exc).__name__}: {exc}); run scripts/dev-services postgresql"
+    return True, ""
+
+
+_PG_STATE: dict[str, Any] = {}
+
+
+@pytest.fixture
+def database_url(db_kind: str, tmp_path) -> Any:
+    """A fresh, empty database of kind ``db_kind`` for one test."""
+    if db_kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+        return
+    if "ok" not in _PG_STATE:
+        _PG_STATE["ok"], _PG_STATE["why"] = _pg_available()
+    require_component("PostgreSQL", _PG_STATE["ok"], _PG_STATE["why"])
+    import asyncio
+
+    name = f"cn_test_{secrets.token_hex(6)}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield pg_url_template().format(db=name)
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def make_settings(database_url, tmp_path):
+    """Build validated Settings on the test database; keyword overrides are nested dicts."""
+    from .config import load_settings
+
+    def make(overrides: Mapping[str, Any] | None = None, **kwargs: Any):
+        merged: dict[str, Any] = {"database_url": database_url}
+        merged.update(overrides or {})
+        merged.update(kwargs)
+        return load_settings(tmp_path / "absent.toml" if False else None, environ={}, overrides=merged)
+
+    return make
+
+
+@dataclass
+class Harness:
+    app: Any
+    hub: Any
+    client: Any
+
+    async def token(self, name: str, *, admin: bool = False) -> str:
+        from .auth import create_token
+
+        return await create_token(self.hub.db, name, admin=admin, replace=True)
+
+    async def call(self, method: str, path: str, token: str | None = None, json_body: Any = None, *,
+                   headers: Mapping[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+        """Make a request; returns (status, parsed JSON body)."""
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        kwargs: dict[str, Any] = {"headers": hdrs}
+        if raw is not None:
+            kwargs["data"] = raw
+        elif json_body is not None:
+            kwargs["data"] = json.dumps(json_body)
+            hdrs.setdefault("Content-Type", "application/json")
+        response = await self.client.open(path, method=method, **kwargs)
+        data = await response.get_data()
+        try:
+            return response.status_code, json.loads(data)
+        except ValueError:
+            return response.status_code, data
+
+
+@pytest.fixture
+def hub_harness(make_settings):
+    """``async with hub_harness(plugins=[...], settings=..., load_entrypoints=False) as h``."""
+    from .http import create_app
+
+    @contextlib.asynccontextmanager
+    async def harness(*, plugins=(), settings=None, load_entrypoints: bool = False,
+                      **overrides: Any) -> AsyncIterator[Harness]:
+        app = create_app(settings or make_settings(**overrides), plugins=plugins, load_entrypoints=load_entrypoints)
+        async with app.test_app() as test_app:
+            yield Harness(app, app.hub, test_app.test_client())
+
+    return harness
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)

@@ -1,0 +1,218 @@
+"""Plain data types shared by the core and plugins. No I/O, no heavy imports."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from .errors import BadRequest
+
+NODE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+WILDCARD = "*"
+
+
+def validate_node_name(name: object, *, field_name: str = "name", wildcard: bool = False) -> str:
+    """Return ``name`` if it is a valid node name (or ``*`` when ``wildcard``), else raise 400."""
+    if wildcard and name == WILDCARD:
+        return WILDCARD
+    if not isinstance(name, str) or not NODE_NAME_RE.fullmatch(name):
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 70 else repr(name[:70] + "...")
+        raise BadRequest(
+            f"{field_name} {shown} is not a valid node name "
+            "(lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)",
+            code="invalid_name",
+        )
+    return name
+
+
+def validate_remote_path(path: object, *, field_name: str = "path") -> str:
+    """A path inside a node: absolute, no NUL, no '..' component, bounded length."""
+    if not isinstance(path, str) or not path:
+        raise BadRequest(f"{field_name} must be a non-empty string", code="invalid_path")
+    if "\x00" in path:
+        raise BadRequest(f"{field_name} must not contain NUL bytes", code="invalid_path")
+    if not path.startswith("/"):
+        raise BadRequest(f"{field_name} must be absolute (start with '/'): {path[:100]!r}", code="invalid_path")
+    if len(path.encode()) > 4096:
+        raise BadRequest(f"{field_name} is longer than 4096 bytes", code="invalid_path")
+    if ".." in path.split("/"):
+        raise BadRequest(f"{field_name} must not contain '..' components", code="invalid_path")
+    return path
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def isotime(moment: datetime | None = None) -> str:
+    """Fixed-width UTC ISO 8601 timestamp; sorts lexically in every database."""
+    moment = moment or utcnow()
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting. Always derived from an authenticated credential, never from a request field."""
+
+    name: str
+    admin: bool = False
+    #: the channel the action came through: "http", "cli", "telegram", "mcp"
+    via: str = "http"
+    #: True only for legacy v1 messaging accepted without a token (opt-in, messaging only)
+    unauthenticated: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    """A machine the hub can reach. ``backend`` names the plugin that owns it."""
+
+    name: str
+    backend: str
+    #: "running", "stopped", "reachable", "unreachable", "unknown", ...
+    state: str = "unknown"
+    #: whether exec/file calls are possible on this node at all (False for message-only nodes)
+    capabilities: frozenset[str] = frozenset()
+    #: backend-specific status (memory, processes, addresses, ...); JSON-serialisable
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    timeout: float
+    cwd: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: cap for stdout and for stderr, each, in bytes
+    max_output: int = 1024 * 1024
+
+
+@dataclass
+class ExecResult:
+    """What a backend's ``execute`` awaitable returns. Output is raw bytes; the core decodes it."""
+
+    exit_code: int | None
+    stdout: bytes = b""
+    stderr: bytes = b""
+    truncated: bool = False
+    timed_out: bool = False
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    max_size: int
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    max_size: int
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    mkdirs: bool = False
+
+
+ContainerOp = Literal["start", "stop", "snapshot", "restore", "list_snapshots"]
+Result = Literal["pending", "ok", "denied", "error"]
+
+
+@dataclass
+class Event:
+    """Something that happened (or is about to). Every action produces events; see docs/plugin-hooks.md.
+
+    A guarded action emits one event with ``result="pending"`` before it runs and one with the
+    final result (same ``id``) after. A denial emits a single event with ``result="denied"``.
+    """
+
+    type: str
+    actor: str | None
+    target: str | None = None
+    detail: str = ""
+    result: Result = "ok"
+    via: str = "http"
+    unauthenticated: bool = False
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    time: str = field(default_factory=isotime)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": self.time,
+            "type": self.type,
+            "from": self.actor,
+            "target": self.target,
+            "detail": self.detail,
+            "result": self.result,
+            "via": self.via,
+            "unauthenticated": self.unauthenticated,
+            "data": self.data,
+        }
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """An HTTP endpoint contributed by a plugin (or the core) through ``register_routes``.
+
+    ``handler(request_ctx)`` is awaited with a :class:`claude_net.http.RequestContext` and returns
+    a JSON-able dict (``"ok": True`` is added) or a Quart response (for streams).
+    The core authenticates (unless ``auth=False``), checks ``admin``, parses and validates the
+    body against ``body_schema`` and the query against ``query_schema`` (JSON Schema subset), and
+    maps errors. Schemas also feed ``/api/openapi.json``.
+    """
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str = ""
+    description: str = ""
+    body_schema: Mapping[str, Any] | None = None
+    query_schema: Mapping[str, Any] | None = None
+    response_schema: Mapping[str, Any] | None = None
+    auth: bool = True
+    admin: bool = False
+    #: maximum request body in bytes (None: the hub's default)
+    max_body: int | None = None
+    tags: Sequence[str] = ()
+    #: a streaming response (SSE); documented as text/event-stream
+    stream: bool = False
+    #: accept v1 clients that send only ``from`` and no token, when
+    #: ``messaging.allow_unauthenticated`` is on (messaging routes only)
+    legacy_v1: bool = False
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A versioned schema change owned by one plugin. Applied once, in (plugin, version) order.
+
+    ``statements`` are portable SQL; ``{autoid}`` expands to the dialect's auto-increment
+    primary key. ``postgresql`` optionally overrides the statements on PostgreSQL.
+    Migrations only add: existing tables of other plugins are never altered.
+    """
+
+    plugin: str
+    version: int
+    statements: Sequence[str]
+    postgresql: Sequence[str] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI verb contributed by ``register_commands``.
+
+    ``configure(parser)`` adds arguments to an ``argparse`` sub-parser; ``run(args, ctx)`` does
+    the work (may be async) and returns an exit code. Keep imports inside ``run``: the CLI must
+    start fast.
+    """
+
+    name: str
+    help: str
+    configure: Callable[[Any], None]
+    run: Callable[..., Any]
