@@ -129,6 +129,9 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_seen: dict[str, str] = {}
         self._exec_slots: asyncio.Semaphore | None = None
+        #: per-hub runtime state of plugins, keyed by plugin name (pools, clients, queues).
+        #: Plugins keep state here, never in module globals: one process may run several hubs.
+        self.plugin_state: dict[str, Any] = {}
 
     # -- configuration --------------------------------------------------------------------------
 
