@@ -104,6 +104,11 @@ class RouteView:
                 raise Unauthorized("a bearer token (or, for v1 clients, a 'from' field) is required",
                                    code="missing_token")
             validate_node_name(name, field_name="from")
+            if await hub.db.fetch_val("SELECT 1 FROM tokens WHERE name = :n AND revoked_at IS NULL", {"n": name}):
+                await hub.emit(Event("auth", None, name, f"unauthenticated v1 request claiming {name}, which has "
+                                     f"a token, on {route.method} {route.path}", "denied", unauthenticated=True))
+                raise Unauthorized(f"{name} has a token: send it as 'Authorization: Bearer <token>'",
+                                   code="missing_token")
             hub.seen(name)
             actor = Actor(name=name, unauthenticated=True)
         elif actor is not None and body_from is not None and body_from != actor.name:
@@ -179,7 +184,7 @@ def create_app(settings: Any = None, *, plugins: Any = (), load_entrypoints: boo
     if hub is None:
         hub = Hub(settings if settings is not None else load_settings(), plugins=plugins,
                   load_entrypoints=load_entrypoints)
-    app = Quart("claude_net")
+    app = Quart("claude_net", static_folder=None)
     app.config["BODY_TIMEOUT"] = 30
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = max(hub.settings.limits.max_body_bytes,

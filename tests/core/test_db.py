@@ -1,0 +1,96 @@
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from claude_net import Conflict, Migration
+from claude_net.db import Database
+
+
+async def test_transaction_rolls_back_on_error(database_url):
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
+        await db.execute("INSERT INTO t (id, v) VALUES (1, 'a')")
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO t (id, v) VALUES (2, 'b')")
+                raise RuntimeError("abort")
+        assert await db.fetch_val("SELECT COUNT(*) FROM t") == 1
+        with pytest.raises(Conflict):
+            await db.execute("INSERT INTO t (id, v) VALUES (3, 'a')")
+        rows = await db.fetch_all("SELECT id, v FROM t ORDER BY id")
+        assert rows == [{"id": 1, "v": "a"}]
+    finally:
+        await db.disconnect()
+
+
+async def test_concurrent_transactions_do_not_interleave(database_url):
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+        await db.execute("INSERT INTO counter (id, n) VALUES (1, 0)")
+
+        async def bump():
+            async with db.transaction() as tx:
+                n = await tx.fetch_val("SELECT n FROM counter WHERE id = 1" + ("" if db.is_sqlite else " FOR UPDATE"))
+                await asyncio.sleep(0)
+                await tx.execute("UPDATE counter SET n = :n WHERE id = 1", {"n": n + 1})
+
+        await asyncio.gather(*(bump() for _ in range(20)))
+        assert await db.fetch_val("SELECT n FROM counter WHERE id = 1") == 20
+    finally:
+        await db.disconnect()
+
+
+MIGRATE_SCRIPT = """
+import asyncio, sys
+from claude_net.db import Database
+from claude_net import Migration
+async def main():
+    db = Database(sys.argv[1])
+    await db.connect()
+    await db.migrate([Migration("race", v, [f"CREATE TABLE race_{v} (id INTEGER)"]) for v in range(1, 6)])
+    await db.disconnect()
+asyncio.run(main())
+"""
+
+
+def test_migrations_are_safe_from_several_processes_at_once(database_url):
+    procs = [subprocess.Popen([sys.executable, "-c", MIGRATE_SCRIPT, database_url], stderr=subprocess.PIPE)
+             for _ in range(4)]
+    errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+
+    async def check():
+        db = Database(database_url)
+        await db.connect()
+        rows = await db.fetch_all("SELECT version FROM schema_migrations WHERE plugin = 'race' ORDER BY version")
+        await db.disconnect()
+        return [r["version"] for r in rows]
+
+    assert asyncio.run(check()) == [1, 2, 3, 4, 5]
+
+
+async def test_unreachable_database_is_unavailable():
+    from claude_net import Unavailable
+
+    db = Database("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    with pytest.raises(Unavailable):
+        await db.connect()
+    db = Database("sqlite+aiosqlite:////nonexistent-dir/x/y.db")
+    with pytest.raises(Unavailable):
+        await db.connect()
+
+
+async def test_duplicate_migration_versions_rejected(database_url):
+    db = Database(database_url)
+    await db.connect()
+    try:
+        with pytest.raises(ValueError, match="duplicate"):
+            await db.migrate([Migration("d", 1, ["SELECT 1"]), Migration("d", 1, ["SELECT 1"])])
+    finally:
+        await db.disconnect()

@@ -1,0 +1,165 @@
+"""A small backend plugin that lives in the tests: it proves the hook contract end to end.
+
+It owns nodes ``box1``/``box2`` (running) and ``boxoff`` (stopped), keeps files in memory and
+"executes" a tiny command language, so every core path (dispatch, errors, events) is exercised
+without pretending to be LXD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from claude_net import (
+    BadRequest,
+    Conflict,
+    ExecResult,
+    Node,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    hookimpl,
+)
+
+CAPS = frozenset({"exec", "file_read", "file_write", "container"})
+
+
+class TestBox:
+    __test__ = False
+    __name__ = "testbox"
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.calls: list[tuple[str, str, object]] = []
+        self.states = {"box1": "running", "box2": "running", "boxoff": "stopped"}
+        self.snapshots: dict[str, list[str]] = {}
+        self.gate: asyncio.Event | None = None
+        self.down = False
+
+    @hookimpl
+    def list_nodes(self):
+        if self.down:
+            raise Unavailable("testbox daemon is down")
+        return [Node(name, "testbox", state, CAPS, {"kind": "test"}) for name, state in self.states.items()]
+
+    def _check(self, node):
+        if self.states[node.name] != "running":
+            raise Conflict(f"{node.name} is stopped; start it first", code="not_running")
+
+    @hookimpl
+    def execute(self, node, command, options):
+        if node.backend != "testbox":
+            return None
+
+        async def run():
+            self._check(node)
+            self.calls.append(("exec", node.name, command))
+            if command.startswith("sleep "):
+                try:
+                    await asyncio.wait_for(asyncio.sleep(float(command.split()[1])), options.timeout)
+                except asyncio.TimeoutError:
+                    return ExecResult(exit_code=None, stdout=b"partial", timed_out=True,
+                                      duration_ms=options.timeout * 1000)
+            if command == "wait-gate" and self.gate is not None:
+                await self.gate.wait()
+            if command.startswith("exit "):
+                return ExecResult(exit_code=int(command.split()[1]), stderr=b"failed\n")
+            if command.startswith("spew "):
+                data = b"x" * int(command.split()[1])
+                cap = options.max_output
+                return ExecResult(exit_code=0, stdout=data[:cap], truncated=len(data) > cap)
+            if command == "binary":
+                return ExecResult(exit_code=0, stdout=b"\xff\xfe ok")
+            if command == "env":
+                return ExecResult(exit_code=0, stdout="\n".join(f"{k}={v}" for k, v in options.env.items()).encode())
+            return ExecResult(exit_code=0, stdout=f"{node.name}: {command}\n".encode(), duration_ms=1.0)
+
+        return run()
+
+    @hookimpl
+    def read_file(self, node, path, options):
+        if node.backend != "testbox":
+            return None
+
+        async def run():
+            self._check(node)
+            self.calls.append(("read", node.name, path))
+            if path.endswith("/"):
+                raise BadRequest(f"{path} is a directory", code="is_directory")
+            data = self.files.get((node.name, path))
+            if data is None:
+                raise NotFound(f"{path} does not exist on {node.name}", code="no_such_file")
+            if len(data) > options.max_size:
+                raise PayloadTooLarge("too large")
+            return data
+
+        return run()
+
+    @hookimpl
+    def write_file(self, node, path, data, options):
+        if node.backend != "testbox":
+            return None
+
+        async def run():
+            self._check(node)
+            self.calls.append(("write", node.name, path))
+            self.files[(node.name, path)] = data
+            return {"mode": oct(options.mode) if options.mode is not None else None}
+
+        return run()
+
+    @hookimpl
+    def container_op(self, node, op, args):
+        if node.backend != "testbox":
+            return None
+
+        async def run():
+            self.calls.append((op, node.name, dict(args)))
+            if op == "start":
+                self.states[node.name] = "running"
+            elif op == "stop":
+                self.states[node.name] = "stopped"
+            elif op == "snapshot":
+                name = args.get("snapshot") or "2026-01-01"
+                self.snapshots.setdefault(node.name, []).append(name)
+                return {"snapshot": name}
+            elif op == "restore":
+                if args["snapshot"] not in self.snapshots.get(node.name, []):
+                    raise NotFound(f"{node.name} has no snapshot {args['snapshot']!r}", code="no_such_snapshot")
+            elif op == "list_snapshots":
+                return {"snapshots": self.snapshots.get(node.name, [])}
+            return {}
+
+        return run()
+
+
+class Recorder:
+    """Records every event it sees; can be told to fail like an unwritable audit log."""
+
+    __name__ = "recorder"
+
+    def __init__(self) -> None:
+        self.events = []
+        self.fail_pending = False
+
+    @hookimpl
+    def on_event(self, event):
+        from claude_net import AuditError
+
+        if self.fail_pending and event.result == "pending":
+            raise AuditError("disk full")
+        self.events.append((event.type, event.actor, event.target, event.result, event.id))
+
+
+class Allow:
+    """A policy that allows one (source, target) pathway for exec and files."""
+
+    __name__ = "allow"
+
+    def __init__(self, source: str, target: str) -> None:
+        self.source, self.target = source, target
+
+    @hookimpl
+    def authorize(self, actor, action, target):
+        if action in ("exec", "file_read", "file_write") and (actor.name, target) == (self.source, self.target):
+            return True
+        return None
