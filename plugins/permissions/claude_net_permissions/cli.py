@@ -1,0 +1,112 @@
+"""``claude-net permit``, ``revoke`` and ``permissions``: operator verbs acting on the database.
+
+They open the hub without serving (``ctx.hub()``) and act as ``ctx.cli_actor()`` through the same
+service functions as the HTTP API, so every change is authorized and recorded in the activity feed.
+Imported only when one of these verbs runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import model, service
+
+LEGEND = ("x exec, r file read, w file write; '-' explicit deny; '.' no rule (broader rules apply); "
+          "'~' expires; '*' every node")
+
+
+def _print_change(permission: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(permission, indent=2))
+        return
+    source, target = permission["source"], permission["target"]
+    if not permission.get("stored"):
+        removed = permission.get("removed", 0)
+        what = ", ".join(f"{source} -> {t}" for t in permission.get("removed_targets", ())) or "nothing"
+        print(f"removed {removed} rule(s): {what}")
+    elif permission["allow"]:
+        until = f" until {permission['expires_at']}" if permission.get("expires_at") else ""
+        print(f"permitted {source} -> {target}: {', '.join(permission['capabilities'])}{until}")
+    else:
+        print(f"revoked {source} -> {target} (explicit deny; beats broader grants)")
+
+
+async def run_permit(args, ctx) -> int:
+    capabilities = ["file_read"] if args.read_only else args.capabilities
+    async with ctx.hub() as hub:
+        permission = await service.set_permission(
+            hub, ctx.cli_actor(), args.source, args.target, allow=True,
+            capabilities=capabilities, expires=args.expires, aliases=True)
+    _print_change(permission, args.json)
+    return 0
+
+
+async def run_revoke(args, ctx) -> int:
+    async with ctx.hub() as hub:
+        permission = await service.revoke(hub, ctx.cli_actor(), args.source, args.target, inherit=args.inherit)
+    _print_change(permission, args.json)
+    return 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+
+
+def _ordered(names: set[str]) -> list[str]:
+    return sorted(names, key=lambda n: (n != model.WILDCARD, n))
+
+
+def render_rules(rules: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The stored rules as a matrix: rows are sources, columns targets (expired rules listed apart)."""
+    live = [r for r in rules if not r["expired"]]
+    expired = [r for r in rules if r["expired"]]
+    lines: list[str] = []
+    if not live:
+        lines.append("no rules: every exec and file call by a non-admin is denied")
+    else:
+        sources = _ordered({r["source"] for r in live})
+        targets = _ordered({r["target"] for r in live})
+        by_key = {(r["source"], r["target"]): r for r in live}
+        rows = []
+        for source in sources:
+            row = [source]
+            for target in targets:
+                rule = by_key.get((source, target))
+                row.append(model.cell(rule["capabilities"], expiring=bool(rule["expires_at"]))
+                           if rule else model.cell((), rule_exists=False))
+            rows.append(row)
+        lines += _table(["SOURCE \\ TARGET", *targets], rows)
+        expiring = [r for r in live if r["expires_at"]]
+        for r in expiring:
+            lines.append(f"~ {r['source']} -> {r['target']} expires {r['expires_at']}")
+    for r in expired:
+        lines.append(f"(expired, ignored) {r['source']} -> {r['target']} since {r['expires_at']}")
+    lines.append(f"legend: {LEGEND}")
+    return lines
+
+
+def render_effective(matrix: Mapping[str, Mapping[str, Sequence[str]]]) -> list[str]:
+    """The resolved matrix for known nodes: what each source may do on each target right now."""
+    names = list(matrix)
+    if not names:
+        return ["no known nodes"]
+    rows = [[s, *("".join(model.LETTERS[c] for c in model.CAPABILITIES if c in matrix[s][t]) or "-"
+                  for t in names)] for s in names]
+    return _table(["SOURCE \\ TARGET", *names], rows) + [
+        "legend: x exec, r file read, w file write, '-' denied (admins may do everything regardless)"]
+
+
+async def run_permissions(args, ctx) -> int:
+    async with ctx.hub() as hub:
+        view = await service.permissions_view(hub, effective=args.effective)
+    if args.json:
+        print(json.dumps(view, indent=2))
+        return 0
+    lines = render_effective(view["effective"]) if args.effective else render_rules(view["permissions"])
+    print("\n".join(lines))
+    for backend, error in (view.get("unavailable") or {}).items():
+        print(f"(backend {backend} unavailable: {error})")
+    return 0

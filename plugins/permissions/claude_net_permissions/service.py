@@ -1,0 +1,181 @@
+"""Service functions of the permissions matrix, shared by the HTTP routes, the CLI and other
+plugins (Telegram, MCP). Every change goes through ``hub.guarded`` with action ``permit``: it is
+authorized (admin-only, by the built-in roles policy), recorded (pending + final event, fail
+closed) and takes effect on the very next call (nothing is cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from claude_net import Actor, BadRequest, isotime
+
+from . import model
+from .model import COLUMNS, WILDCARD, Decision
+
+_RULE_COLUMNS = "source, target, can_exec, can_read, can_write, granted_by, granted_at, expires_at"
+
+#: the one query of the hot path: at most four primary-key lookups, '*' compared literally
+_APPLICABLE = (
+    f"SELECT {_RULE_COLUMNS} FROM exec_permissions"
+    " WHERE source IN (:source, '*') AND target IN (:target, '*')"
+    " AND (expires_at IS NULL OR expires_at > :now)"
+)
+
+_UPSERT = (
+    f"INSERT INTO exec_permissions ({_RULE_COLUMNS})"
+    " VALUES (:source, :target, :can_exec, :can_read, :can_write, :granted_by, :granted_at, :expires_at)"
+    " ON CONFLICT (source, target) DO UPDATE SET can_exec = excluded.can_exec, can_read = excluded.can_read,"
+    " can_write = excluded.can_write, granted_by = excluded.granted_by, granted_at = excluded.granted_at,"
+    " expires_at = excluded.expires_at"
+    f" RETURNING {_RULE_COLUMNS}"
+)
+
+
+def _now_iso(now: datetime | None) -> str:
+    return isotime(now) if now is not None else isotime()
+
+
+async def applicable_rules(hub, source: str, target: str, *, now: datetime | None = None) -> dict:
+    """Unexpired rules that could decide ``source -> target``, keyed by ``(source, target)``."""
+    rows = await hub.db.fetch_all(_APPLICABLE, {"source": source, "target": target, "now": _now_iso(now)})
+    return {(r["source"], r["target"]): r for r in rows}
+
+
+async def resolve_permission(hub, source: str, target: str, capability: str, *,
+                             now: datetime | None = None) -> Decision:
+    """What the matrix says about ``source`` using ``capability`` on ``target`` (see :mod:`.model`).
+
+    ``Decision.allowed`` is True (a rule grants it), False (the deciding rule does not grant it)
+    or None (no rule applies: deny by default). Admin status is not considered here.
+    """
+    if capability not in COLUMNS:
+        raise ValueError(f"unknown capability {capability!r}")
+    return model.decide(await applicable_rules(hub, source, target, now=now), source, target, capability)
+
+
+async def authorize(hub, actor: Actor, action: str, target: Any) -> bool | None:
+    """The ``authorize`` hook's answer for exec/file_read/file_write (see ``__init__``)."""
+    if not isinstance(target, str) or target == WILDCARD:
+        return False  # capabilities always name one node; never let a literal '*' through
+    decision = await resolve_permission(hub, actor.name, target, action)
+    return decision.allowed
+
+
+async def set_permission(
+    hub,
+    actor: Actor,
+    source: str,
+    target: str,
+    *,
+    allow: bool = True,
+    capabilities: Iterable[str] | None = None,
+    expires: str | None = None,
+    inherit: bool = False,
+    aliases: bool = False,
+) -> dict[str, Any]:
+    """Grant, narrow or revoke a pathway; returns the resulting rule (or what was removed).
+
+    * ``allow=True``: store ``(source, target)`` granting ``capabilities`` (default: all three),
+      optionally until ``expires``; replaces an existing rule for the same pair.
+    * ``allow=False`` with a node ``target``: store an explicit deny for the pair, which beats
+      every broader grant (``revoke managerclaude chasclaude`` under ``permit managerclaude all``).
+    * ``allow=False`` with ``target`` ``*``/``all``: delete every rule of ``source`` (no residue).
+    * ``allow=False, inherit=True``: delete only the ``(source, target)`` rule, so broader rules
+      apply to the pair again.
+
+    ``source``/``target`` accept ``*`` and ``all`` for every node. Raises ``BadRequest`` (400),
+    ``Forbidden`` (403, not an admin: recorded as a denied ``permit`` event) or ``Unavailable``
+    (503, the audit log cannot be written: nothing was changed).
+    """
+    source = model.normalize_name(source, "source")
+    target = model.normalize_name(target, "target")
+    if not isinstance(allow, bool):
+        raise BadRequest("allow must be true or false", code="invalid_field", field="allow")
+    if allow:
+        if inherit:
+            raise BadRequest("inherit applies to revokes (allow: false) only", code="invalid_field", field="inherit")
+        caps = model.parse_capabilities(capabilities, aliases=aliases)
+        if not caps:
+            raise BadRequest("a grant needs at least one capability; to take rights away use allow: false",
+                             code="invalid_field", field="capabilities")
+        expires_at = model.parse_expires(expires)
+    else:
+        if capabilities:
+            raise BadRequest("capabilities apply to grants; to narrow a grant, permit the pair with fewer "
+                             "capabilities", code="invalid_field", field="capabilities")
+        if expires:
+            raise BadRequest("expires applies to grants only", code="invalid_field", field="expires")
+        caps, expires_at = (), None
+    delete_all = not allow and not inherit and target == WILDCARD
+    detail = model.describe(source, target, allow=allow, capabilities=caps, expires_at=expires_at, inherit=inherit)
+
+    async def run() -> dict[str, Any]:
+        now = isotime()
+        if not allow and (inherit or delete_all):
+            sql = "DELETE FROM exec_permissions WHERE source = :source" + (
+                "" if delete_all else " AND target = :target") + " RETURNING target"
+            params = {"source": source} if delete_all else {"source": source, "target": target}
+            removed = await hub.db.fetch_all(sql, params)
+            return {"source": source, "target": target, "allow": False, "capabilities": [], "stored": False,
+                    "removed": len(removed), "removed_targets": sorted(r["target"] for r in removed)}
+        row = await hub.db.fetch_one(_UPSERT, {
+            "source": source, "target": target,
+            "can_exec": "exec" in caps, "can_read": "file_read" in caps, "can_write": "file_write" in caps,
+            "granted_by": actor.name, "granted_at": now, "expires_at": expires_at,
+        })
+        return {**model.rule_json(row, now), "stored": True}
+
+    def result_data(permission: dict[str, Any]) -> dict[str, Any]:
+        data = {"source": source, "target": target, "allow": allow, "capabilities": list(caps)}
+        if expires_at:
+            data["expires_at"] = expires_at
+        if "removed" in permission:
+            data["removed"] = permission["removed"]
+        return data
+
+    return await hub.guarded(
+        actor, action="permit", event_type="permit", target=source, detail=detail, run=run,
+        request={"source": source, "target": target, "allow": allow, "capabilities": list(caps),
+                 "expires_at": expires_at, "inherit": inherit},
+        result_data=result_data,
+    )
+
+
+async def revoke(hub, actor: Actor, source: str, target: str, *, inherit: bool = False) -> dict[str, Any]:
+    """``revoke SOURCE TARGET`` (explicit deny) / ``revoke SOURCE all`` (delete every rule of SOURCE)."""
+    return await set_permission(hub, actor, source, target, allow=False, inherit=inherit)
+
+
+async def list_permissions(hub, *, include_expired: bool = True, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Every stored rule (sorted by source, target; ``*`` first), each flagged ``expired``."""
+    now_iso = _now_iso(now)
+    rows = await hub.db.fetch_all(f"SELECT {_RULE_COLUMNS} FROM exec_permissions ORDER BY source, target")
+    rules = [model.rule_json(r, now_iso) for r in rows]
+    return [r for r in rules if include_expired or not r["expired"]]
+
+
+async def known_nodes(hub) -> tuple[list[str], dict[str, str]]:
+    nodes, errors = await hub.nodes.all()
+    return [n.name for n in nodes], errors
+
+
+def effective_matrix(rules: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """Resolved capabilities for every ordered pair of ``names`` from rule dicts (expired ones ignored)."""
+    live = {(r["source"], r["target"]): r for r in rules if not r["expired"]}
+    return model.effective(live, names, names)
+
+
+async def permissions_view(hub, *, effective: bool = False) -> dict[str, Any]:
+    """What ``GET /api/permissions`` answers: the rules, the known nodes, optionally the resolved matrix."""
+    rules = await list_permissions(hub)
+    names, errors = await known_nodes(hub)
+    names = sorted(set(names) | {r[k] for r in rules for k in ("source", "target")} - {WILDCARD})
+    out: dict[str, Any] = {"permissions": rules, "nodes": names, "capabilities": list(model.CAPABILITIES)}
+    if errors:
+        out["unavailable"] = errors
+    if effective:
+        out["effective"] = effective_matrix(rules, names)
+    return out
