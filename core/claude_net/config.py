@@ -28,7 +28,8 @@ log = logging.getLogger("claude_net.config")
 
 ENV_PREFIX = "CLAUDE_NET_"
 #: client-side variables that are not settings
-RESERVED_ENV = {"CLAUDE_NET_CONFIG", "CLAUDE_NET_URL", "CLAUDE_NET_TOKEN"}
+RESERVED_ENV = {"CLAUDE_NET_CONFIG", "CLAUDE_NET_URL", "CLAUDE_NET_TOKEN", "CLAUDE_NET_CLI_ACTOR",
+                "CLAUDE_NET_TEST_DB", "CLAUDE_NET_TEST_PG"}
 DEFAULT_CONFIG = "claude-net.toml"
 MiB = 1024 * 1024
 
