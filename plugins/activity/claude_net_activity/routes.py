@@ -1,0 +1,126 @@
+"""HTTP endpoints: ``GET /api/activity`` (query) and ``GET /api/activity/stream`` (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from claude_net import Route
+
+from . import store
+
+FILTER_PROPS = {
+    "type": {"type": "string", "maxLength": 64, "description": "event type: message, exec, file_read, file_write, "
+                                                               "permit, container, auth, admin, ..."},
+    "from": {"type": "string", "maxLength": 63, "description": "acting node"},
+    "target": {"type": "string", "maxLength": 63, "description": "node acted upon"},
+    "result": {"type": "string", "enum": ["pending", "ok", "denied", "error"]},
+}
+EVENT = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "time": {"type": "string"}, "from": {"type": ["string", "null"]},
+    "type": {"type": "string"}, "target": {"type": ["string", "null"]}, "detail": {"type": "string"},
+    "result": {"type": "string", "enum": ["pending", "ok", "denied", "error"]}, "via": {"type": ["string", "null"]},
+    "unauthenticated": {"type": "boolean"}, "duration_ms": {"type": ["number", "null"]},
+    "exit_code": {"type": ["integer", "null"]}, "completed_at": {"type": ["string", "null"]},
+    "event_id": {"type": "string"}, "data": {"type": "object"}}}
+
+
+def _filters(query) -> dict:
+    return {key: query.get(key) for key in store.FILTERS if query.get(key) is not None}
+
+
+async def activity(ctx):
+    q = ctx.query
+    events, cursor = await store.query(ctx.hub, hours=q.get("hours", 24), filters=_filters(q),
+                                       limit=q.get("limit", 100), before=q.get("before"))
+    return {"events": events, "count": len(events), "next": cursor}
+
+
+def _sse(payload: dict) -> bytes:
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {payload['id']}\ndata: {data}\n\n".encode()
+
+
+async def stream(ctx):
+    from quart import Response
+
+    hub = ctx.hub
+    filters = _filters(ctx.query)
+    keepalive = store.settings_of(hub).stream_keepalive_seconds
+    closing = store.state_of(hub).closing
+
+    async def events():
+        async with hub.bus.subscribe(store.CHANNEL, maxsize=1000) as sub:
+            # The subscription exists before the first byte is sent: nothing after it is missed.
+            yield b"retry: 3000\n: connected\n\n"
+            closed = asyncio.ensure_future(closing.wait())
+            getter: asyncio.Future | None = None
+            dropped = 0
+            try:
+                while not closing.is_set():
+                    if getter is None:
+                        getter = asyncio.ensure_future(sub.queue.get())
+                    done, _ = await asyncio.wait({getter, closed}, timeout=keepalive,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if getter in done:
+                        payload, getter = getter.result(), None
+                        if sub.dropped != dropped:
+                            yield f"event: dropped\ndata: {json.dumps({'dropped': sub.dropped - dropped})}\n\n".encode()
+                            dropped = sub.dropped
+                        if store.matches(payload, filters):
+                            yield _sse(payload)
+                    elif closed in done:
+                        break
+                    else:
+                        yield b": keepalive\n\n"
+                yield b"event: end\ndata: {\"reason\":\"the hub is shutting down\"}\n\n"
+            finally:
+                for fut in (getter, closed):
+                    if fut is not None and not fut.done():
+                        fut.cancel()
+                        with contextlib.suppress(BaseException):
+                            await fut
+
+    response = Response(events(), status=200, content_type="text/event-stream; charset=utf-8",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.timeout = None  # a stream lives until the client goes away or the hub stops
+    return response
+
+
+def routes() -> list[Route]:
+    return [
+        Route(
+            "GET", "/api/activity", activity,
+            summary="The audit trail, newest first (admin only)",
+            description=(
+                "Rows of the last `hours` hours (default 24; 0 = no bound), filtered by `type`, `from`, "
+                "`target` and `result`. `limit` (default 100, at most 1000) rows per page; pass the answer's "
+                "`next` as `before` for the next (older) page. `before` also takes an ISO 8601 time. "
+                "A guarded action's row appears with result `pending` while it runs."
+            ),
+            query_schema={"type": "object", "additionalProperties": False, "properties": {
+                "hours": {"type": "number", "minimum": 0, "maximum": 87840},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "before": {"type": "string", "maxLength": 64},
+                **FILTER_PROPS,
+            }},
+            response_schema={"type": "object", "properties": {
+                "ok": {"const": True}, "events": {"type": "array", "items": EVENT},
+                "count": {"type": "integer"}, "next": {"type": ["integer", "null"]}}},
+            admin=True, tags=["activity"],
+        ),
+        Route(
+            "GET", "/api/activity/stream", stream,
+            summary="Live Server-Sent Events of new activity (admin only)",
+            description=(
+                "Each event is `id: <row id>` and `data: <row JSON>` (the same shape as /api/activity; "
+                "details longer than 1000 characters are cut, `detail_truncated: true`). A guarded action "
+                "sends its row twice: `pending`, then the final result with the same id. Filters as "
+                "/api/activity. Comments `: keepalive` every few seconds; `event: dropped` if this client "
+                "fell behind; `event: end` when the hub shuts down."
+            ),
+            query_schema={"type": "object", "additionalProperties": False, "properties": FILTER_PROPS},
+            admin=True, stream=True, tags=["activity"],
+        ),
+    ]

@@ -1,0 +1,320 @@
+"""The audit trail in ``activity_log``: record events, query them, prune old ones.
+
+Recording is one statement per event: a ``pending`` event inserts the row (before the action
+runs, so long-running actions are visible), the final event with the same ``event_id`` updates
+it; events without a pending phase (denials, messages, login failures) insert their single row. A failed write raises :class:`claude_net.AuditError`, which makes the hub refuse
+a guarded action that has not run yet (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from claude_net import AuditError, BadRequest, HubError, isotime
+
+log = logging.getLogger("claude_net.activity")
+
+PLUGIN = "activity"
+CHANNEL = "activity"
+#: advisory lock id held by the replica that prunes (PostgreSQL): "actv"
+PRUNE_LOCK_KEY = 0x61637476
+#: longest detail carried by a live-stream notification (the row keeps up to max_detail)
+STREAM_DETAIL = 1000
+#: longest JSON kept in the data column
+MAX_DATA = 8192
+
+COLUMNS = ("id, timestamp, from_machine, type, target, detail, result, event_id, via, unauthenticated,"
+           " duration_ms, exit_code, data, completed_at")
+
+_INSERT = (
+    "INSERT INTO activity_log (timestamp, from_machine, type, target, detail, result, event_id, via,"
+    " unauthenticated, duration_ms, exit_code, data, completed_at)"
+    " VALUES (:timestamp, :from_machine, :type, :target, :detail, :result, :event_id, :via,"
+    " :unauthenticated, :duration_ms, :exit_code, :data, :completed_at)"
+    " RETURNING id, timestamp"
+)
+_COMPLETE = (
+    "UPDATE activity_log SET result = :result, duration_ms = :duration_ms, exit_code = :exit_code,"
+    " data = :data, completed_at = :completed_at WHERE event_id = :event_id RETURNING id, timestamp"
+)
+
+#: filters accepted by the query API, the stream and the CLI: public name -> column
+FILTERS = {"type": "type", "from": "from_machine", "target": "target", "result": "result"}
+
+# Secrets never reach the audit trail: the hub's own tokens, bearer credentials and key=value
+# style passwords in commands are replaced by [redacted] (message bodies are already summarised
+# by the core with the same kind of rule).
+_SECRETS = re.compile(
+    r"cn_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}"
+    r"|(?P<key>(?i:\bbearer\s+|(?:password|passwd|secret|token|api[_-]?key)\s*[=:]\s*))(?P<value>[^\s'\"&;]+)"
+)
+
+
+def redact(text: str) -> str:
+    if not text:
+        return text
+    return _SECRETS.sub(lambda m: (m.group("key") or "") + "[redacted]", text)
+
+
+@dataclass
+class ActivityState:
+    """Per-hub runtime state (``hub.plugin_state["activity"]``)."""
+
+    #: set at hub shutdown: live streams end cleanly
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    #: ids of events whose pending row this process wrote and whose final event has not come yet
+    #: (a guarded action's pending and final events are always emitted by the same process)
+    pending: set[str] = field(default_factory=set)
+
+
+def state_of(hub) -> ActivityState:
+    state = hub.plugin_state.get(PLUGIN)
+    if state is None:
+        state = hub.plugin_state[PLUGIN] = ActivityState()
+    return state
+
+
+def settings_of(hub):
+    return hub.settings.section("activity")
+
+
+# -- recording ----------------------------------------------------------------------------------
+
+
+def event_params(event, max_detail: int) -> dict[str, Any]:
+    data = dict(event.data or {})
+    duration = data.pop("duration_ms", None)
+    exit_code = data.pop("exit_code", None)
+    if data.get("action") == event.type:
+        data.pop("action")
+    detail = redact(event.detail or "")
+    if len(detail) > max_detail:
+        data["detail_length"] = len(detail)
+        detail = detail[: max_detail - 1] + "…"
+    data_text = None
+    if data:
+        data_text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+        if len(data_text) > MAX_DATA:
+            data_text = json.dumps({"truncated": True, "keys": sorted(map(str, data))[:50]})
+    return {
+        "timestamp": event.time,
+        "from_machine": event.actor,
+        "type": event.type,
+        "target": event.target,
+        "detail": detail,
+        "result": event.result,
+        "event_id": event.id,
+        "via": event.via,
+        "unauthenticated": bool(event.unauthenticated),
+        "duration_ms": float(duration) if isinstance(duration, (int, float)) else None,
+        "exit_code": exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
+        "data": data_text,
+        "completed_at": None if event.result == "pending" else event.time,
+    }
+
+
+async def record(hub, event) -> dict[str, Any]:
+    """Write ``event`` (one statement) and notify live streams. Raises AuditError when it cannot.
+
+    A pending event INSERTs its row; the final event with the same id UPDATEs it (completing a
+    row this process opened); any other event INSERTs its single row — so a denial, which has
+    no pending phase, is one row, and ids have no gaps from upserts.
+    """
+    state = state_of(hub)
+    params = event_params(event, settings_of(hub).max_detail)
+    try:
+        row = None
+        if event.result != "pending" and event.id in state.pending:
+            state.pending.discard(event.id)
+            row = await hub.db.fetch_one(_COMPLETE, params)
+        if row is None:
+            row = await hub.db.fetch_one(_INSERT, params)
+            if event.result == "pending":
+                state.pending.add(event.id)
+    except Exception as exc:
+        reason = exc.message if isinstance(exc, HubError) else "database error"
+        log.error("activity: cannot record %s %s event %s: %s: %s", event.type, event.result, event.id,
+                  type(exc).__name__, exc)
+        raise AuditError(f"the activity log cannot be written: {reason}", code="audit_unavailable") from exc
+    if row is None:  # pragma: no cover - RETURNING always yields the row
+        raise AuditError("the activity log did not confirm the write", code="audit_unavailable")
+    payload = _payload(params, row["id"], row["timestamp"])
+    await hub.bus.publish(CHANNEL, payload)
+    return payload
+
+
+def _payload(params: Mapping[str, Any], row_id: int, timestamp: str) -> dict[str, Any]:
+    detail = params["detail"]
+    out = {
+        "id": row_id, "time": timestamp, "from": params["from_machine"], "type": params["type"],
+        "target": params["target"], "detail": detail if len(detail) <= STREAM_DETAIL else detail[:STREAM_DETAIL],
+        "result": params["result"], "via": params["via"], "unauthenticated": params["unauthenticated"],
+        "duration_ms": params["duration_ms"], "exit_code": params["exit_code"],
+        "completed_at": params["completed_at"], "event_id": params["event_id"],
+        "data": json.loads(params["data"]) if params["data"] else {},
+    }
+    if len(detail) > STREAM_DETAIL:
+        out["detail_truncated"] = True
+    return out
+
+
+def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    data = row["data"]
+    return {
+        "id": row["id"],
+        "time": row["timestamp"],
+        "from": row["from_machine"],
+        "type": row["type"],
+        "target": row["target"],
+        "detail": row["detail"],
+        "result": row["result"],
+        "via": row["via"],
+        "unauthenticated": bool(row["unauthenticated"]),
+        "duration_ms": row["duration_ms"],
+        "exit_code": row["exit_code"],
+        "completed_at": row["completed_at"],
+        "event_id": row["event_id"],
+        "data": json.loads(data) if data else {},
+    }
+
+
+def matches(row: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
+    return all(row.get(key) == value for key, value in filters.items() if value is not None)
+
+
+# -- querying -----------------------------------------------------------------------------------
+
+
+def parse_time(value: str, field_name: str) -> str:
+    """An ISO 8601 time (naive = UTC) as the stored fixed-width UTC string."""
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise BadRequest(f"{field_name} {value[:40]!r} is neither a row id nor an ISO 8601 time",
+                         code="invalid_field", field=field_name) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return isotime(moment)
+
+
+def _where(filters: Mapping[str, Any], params: dict[str, Any], conds: list[str]) -> None:
+    for key, column in FILTERS.items():
+        value = filters.get(key)
+        if value is not None:
+            params[f"f_{key}"] = value
+            conds.append(f"{column} = :f_{key}")
+
+
+async def query(hub, *, hours: float | None = 24, filters: Mapping[str, Any] | None = None, limit: int = 100,
+                before: str | int | None = None, now: datetime | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    """Rows newest first (by time, then id) and the cursor for the next page (or None).
+
+    ``hours``: only rows from the last N hours (None or 0: no bound). ``before``: a row id (rows
+    after it in this order, i.e. older) or an ISO 8601 time (rows strictly older).
+    """
+    params: dict[str, Any] = {"limit": limit + 1}
+    conds: list[str] = []
+    if hours:
+        params["since"] = isotime((now or datetime.now(timezone.utc)) - timedelta(hours=hours))
+        conds.append("timestamp >= :since")
+    _where(filters or {}, params, conds)
+    if before is not None and before != "":
+        text = str(before).strip()
+        if text.isdigit():
+            params["b_id"] = int(text)
+            stamp = await hub.db.fetch_val("SELECT timestamp FROM activity_log WHERE id = :id", {"id": int(text)})
+            if stamp is not None:
+                params["b_ts"] = stamp
+                conds.append("(timestamp, id) < (:b_ts, :b_id)")
+            else:  # the cursor row was pruned meanwhile: ids grow with time, close enough
+                conds.append("id < :b_id")
+        else:
+            params["b_ts"] = parse_time(text, "before")
+            conds.append("timestamp < :b_ts")
+    where = f" WHERE {' AND '.join(conds)}" if conds else ""
+    rows = await hub.db.fetch_all(
+        f"SELECT {COLUMNS} FROM activity_log{where} ORDER BY timestamp DESC, id DESC LIMIT :limit", params)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [row_json(r) for r in rows], (rows[-1]["id"] if more and rows else None)
+
+
+async def rows_after(hub, after_id: int, *, filters: Mapping[str, Any] | None = None, since: str | None = None,
+                     limit: int = 1000) -> list[dict[str, Any]]:
+    """Rows with ``id > after_id`` in id order (for export and ``--follow``)."""
+    params: dict[str, Any] = {"after": after_id, "limit": limit}
+    conds = ["id > :after"]
+    if since is not None:
+        params["since"] = since
+        conds.append("timestamp >= :since")
+    _where(filters or {}, params, conds)
+    rows = await hub.db.fetch_all(
+        f"SELECT {COLUMNS} FROM activity_log WHERE {' AND '.join(conds)} ORDER BY id LIMIT :limit", params)
+    return [row_json(r) for r in rows]
+
+
+async def rows_by_id(hub, ids: list[int]) -> list[dict[str, Any]]:
+    if not ids:
+        return []
+    params = {f"i{n}": v for n, v in enumerate(ids)}
+    rows = await hub.db.fetch_all(
+        f"SELECT {COLUMNS} FROM activity_log WHERE id IN ({', '.join(':' + k for k in params)}) ORDER BY id", params)
+    return [row_json(r) for r in rows]
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+async def prune(hub, *, days: float | None = None, batch: int | None = None, now: datetime | None = None,
+                pause: float = 0.01) -> int:
+    """Delete rows older than ``days`` (default: the configured retention) in short batches.
+
+    Each batch is its own statement/transaction, so writers are never held up for long. On
+    PostgreSQL each batch takes a transaction-level advisory lock first and stops if another
+    replica holds it (one replica prunes at a time). Returns the number of rows deleted.
+    """
+    settings = settings_of(hub)
+    days = settings.retention_days if days is None else days
+    batch = batch or settings.prune_batch
+    if not days or days <= 0:
+        return 0
+    cutoff = isotime((now or datetime.now(timezone.utc)) - timedelta(days=days))
+    sql = ("DELETE FROM activity_log WHERE id IN (SELECT id FROM activity_log WHERE timestamp < :cutoff"
+           " ORDER BY timestamp LIMIT :n) RETURNING id")
+    total = 0
+    while True:
+        if hub.db.is_sqlite:
+            deleted = len(await hub.db.fetch_all(sql, {"cutoff": cutoff, "n": batch}))
+        else:
+            async with hub.db.transaction() as tx:
+                if not await tx.fetch_val("SELECT pg_try_advisory_xact_lock(:key)", {"key": PRUNE_LOCK_KEY}):
+                    break
+                deleted = len(await tx.fetch_all(sql, {"cutoff": cutoff, "n": batch}))
+        total += deleted
+        if deleted < batch:
+            break
+        await asyncio.sleep(pause)
+    if total:
+        log.info("activity: pruned %d rows older than %s", total, cutoff)
+    return total
+
+
+async def retention_loop(hub) -> None:
+    settings = settings_of(hub)
+    if settings.retention_days <= 0:
+        return
+    while True:
+        try:
+            await prune(hub)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("activity: pruning failed; will retry in %gs", settings.prune_interval_seconds)
+        await asyncio.sleep(settings.prune_interval_seconds)
