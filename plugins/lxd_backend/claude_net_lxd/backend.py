@@ -1,0 +1,432 @@
+"""The LXD backend's runtime: client, worker threads, node listing and exec.
+
+One :class:`LxdBackend` per hub, created in ``startup`` and kept in ``hub.plugin_state["lxd"]``.
+pylxd and requests are synchronous, so every LXD call runs in a bounded thread pool and the
+event loop never blocks. Three pools keep slow work from starving quick work:
+
+* ``pool``   – short API calls (listing, files, container ops), ``[lxd] workers`` threads;
+* ``waits``  – execs, which hold a thread while the command runs (one per exec slot of the hub);
+* ``chores`` – housekeeping off the request path (deleting recorded exec output).
+
+Exec uses LXD's REST exec with ``record-output: true`` and ``wait-for-websocket: false``
+through pylxd's raw API (``client.api``): one POST, one operation wait, two log reads; the
+recorded logs are deleted in the background afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fnmatch
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pylxd
+import requests
+from pylxd import exceptions as lxd_exc
+
+from claude_net import Conflict, ExecResult, HubError, Node, NotFound, Unavailable, validate_node_name
+
+from . import scripts
+from .config import LxdSettings
+from .transport import make_session
+
+log = logging.getLogger("claude_net_lxd")
+
+BACKEND = "lxd"
+CAPABILITIES = frozenset({"exec", "file_read", "file_write", "container"})
+MARKER_ENV = "CLAUDE_NET_EXEC"
+OP_RUNNING = 103
+OP_SUCCESS = 200
+#: seconds granted, after a timeout, for the kill and the operation to wind down
+KILL_GRACE = 3.0
+
+
+class LxdError(HubError):
+    """LXD refused or failed a call for a reason that is not the caller's (shown with LXD's words)."""
+
+    status = 500
+    code = "lxd_error"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What an exec needs to know about a container, found out once per container."""
+
+    bash: str
+    guard: bool
+
+
+@dataclass(frozen=True)
+class ExecPlan:
+    name: str
+    argv: list[str]
+    shell: str
+    env: dict[str, str]
+    cwd: str | None
+    uid: int
+    gid: int
+    timeout: float
+    max_output: int
+    marker: str
+
+
+def lxd_message(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if response is not None:
+        try:
+            return str(response.json().get("error") or response.reason)
+        except Exception:  # noqa: BLE001 - not JSON
+            return f"HTTP {response.status_code}"
+    return str(exc)
+
+
+class LxdBackend:
+    def __init__(self, settings: LxdSettings, *, exec_slots: int) -> None:
+        self.cfg = settings
+        self.pool = concurrent.futures.ThreadPoolExecutor(max(1, settings.workers), thread_name_prefix="lxd")
+        self.waits = concurrent.futures.ThreadPoolExecutor(exec_slots + 4, thread_name_prefix="lxd-exec")
+        self.chores = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lxd-chores")
+        self.session, self._endpoint, self.shown = make_session(
+            settings.endpoint, maxsize=settings.workers + exec_slots + 8,
+            cert=settings.cert, key=settings.key, server_cert=settings.server_cert,
+        )
+        self.timeouts = (settings.connect_timeout, settings.request_timeout)
+        self._client: pylxd.Client | None = None
+        self._client_lock = threading.Lock()
+        self._probes: dict[str, asyncio.Future[Probe]] = {}
+        self._invalid_names: set[str] = set()
+        self.closed = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop accepting work, let running calls finish (they all have timeouts), close sockets."""
+        self.closed = True
+        for executor in (self.pool, self.waits, self.chores):
+            executor.shutdown(wait=True, cancel_futures=False)
+        self.session.close()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def api(self):
+        """pylxd's raw API node, connecting on first use (and again after a failed connect)."""
+        client = self._client
+        if client is None:
+            with self._client_lock:
+                if self._client is None:
+                    try:
+                        self._client = pylxd.Client(endpoint=self._endpoint, project=self.cfg.project or None,
+                                                    session=self.session, timeout=self.timeouts)
+                    except Exception as exc:  # noqa: BLE001 - ClientConnectionFailed, requests errors
+                        raise self.unavailable(exc) from None
+                client = self._client
+        return client.api
+
+    def unavailable(self, exc: BaseException) -> Unavailable:
+        if isinstance(exc, requests.ReadTimeout):
+            return Unavailable(f"the LXD daemon at {self.shown} did not answer within "
+                               f"{self.cfg.request_timeout:g}s", code="lxd_timeout")
+        detail = str(exc).split(":")[-1].strip() or type(exc).__name__
+        if isinstance(exc, requests.ConnectionError):
+            cause = exc.args[0] if exc.args else exc
+            reason = getattr(cause, "reason", None)
+            detail = str(reason or cause).split(": ")[-1][:200]
+        return Unavailable(f"the LXD daemon at {self.shown} is not reachable ({detail}); is it running?",
+                           code="lxd_unavailable")
+
+    def translate(self, exc: BaseException, name: str | None = None) -> BaseException:
+        """Map a pylxd/requests failure to the hub's errors (HubErrors pass through)."""
+        if isinstance(exc, HubError):
+            return exc
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout, lxd_exc.ClientConnectionFailed)):
+            return self.unavailable(exc)
+        if isinstance(exc, lxd_exc.LXDAPIException):
+            message = lxd_message(exc)
+            lowered = message.lower()
+            if "not running" in lowered or "is frozen" in lowered:
+                return Conflict(f"{name} is not running; start it first (POST /api/container/start)",
+                                code="not_running")
+            if isinstance(exc, lxd_exc.NotFound):
+                return NotFound(f"LXD has no instance {name!r} in project {self.cfg.project!r} ({message})",
+                                code="unknown_node")
+            if isinstance(exc, lxd_exc.Conflict):
+                return Conflict(f"LXD: {message}", code="lxd_conflict")
+            return LxdError(f"LXD refused the request: {message}")
+        if isinstance(exc, (ValueError, KeyError, TypeError)):
+            return LxdError(f"unexpected answer from LXD: {type(exc).__name__}: {exc}")
+        return exc
+
+    async def run(self, fn, *args: Any, pool: concurrent.futures.Executor | None = None, name: str | None = None):
+        """Run blocking ``fn(*args)`` in a worker thread; errors come back as hub errors."""
+        if self.closed:
+            raise Unavailable("the LXD backend is shutting down", code="lxd_unavailable")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool or self.pool, fn, *args)
+        except RuntimeError as exc:  # executor shut down under us
+            if "shutdown" in str(exc):
+                raise Unavailable("the LXD backend is shutting down", code="lxd_unavailable") from None
+            raise
+        except Exception as exc:
+            mapped = self.translate(exc, name)
+            if mapped is exc:
+                raise
+            raise mapped from None
+
+    def wait_operation(self, api, op_id: str, deadline: float) -> dict[str, Any]:
+        """Wait for an LXD operation until ``deadline`` (monotonic); returns its last state."""
+        while True:
+            remaining = deadline - time.monotonic()
+            seconds = max(0, int(remaining))  # LXD waits whole seconds
+            response = api.operations[op_id].wait.get(
+                params={"timeout": seconds},
+                timeout=(self.cfg.connect_timeout, seconds + self.cfg.request_timeout),
+            )
+            op = response.json()["metadata"]
+            if op.get("status_code") != OP_RUNNING or remaining <= 0:
+                return op
+            if seconds == 0:
+                time.sleep(min(0.02, max(remaining, 0.001)))
+
+    def operation(self, api, response, deadline: float, what: str) -> dict[str, Any]:
+        """Wait for the async operation started by ``response``; raise if it failed."""
+        body = response.json()
+        if body.get("type") != "async":
+            return body.get("metadata") or {}
+        op = self.wait_operation(api, body["metadata"]["id"], deadline)
+        if op.get("status_code") == OP_RUNNING:
+            raise Unavailable(f"LXD did not finish {what} in time (operation {op.get('id')} still running)",
+                              code="lxd_timeout")
+        if op.get("status_code") != OP_SUCCESS:
+            raise LxdError(f"LXD could not {what}: {op.get('err') or op.get('status')}")
+        return op
+
+    # -- nodes ------------------------------------------------------------------------------------
+
+    def node_settings(self, name: str) -> tuple[str, int, int, str, dict[str, str]]:
+        """(shell, uid, gid, cwd, env) for ``name`` from [lxd] and [lxd.nodes.NAME]."""
+        cfg, override = self.cfg, self.cfg.node(name)
+        shell, uid, gid, cwd, env = cfg.shell, cfg.user, cfg.group, cfg.cwd, dict(cfg.env)
+        if override is not None:
+            shell = override.shell or shell
+            uid = cfg.user if override.user is None else override.user
+            gid = cfg.group if override.group is None else override.group
+            cwd = override.cwd or cwd
+            env.update(override.env)
+        return shell, uid, gid, cwd, env
+
+    def wanted(self, name: str) -> bool:
+        if self.cfg.include and not any(fnmatch.fnmatchcase(name, p) for p in self.cfg.include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, p) for p in self.cfg.exclude)
+
+    def list_sync(self) -> list[Node]:
+        api = self.api()
+        recursion = 2 if self.cfg.status_details else 1
+        items = api.instances.get(params={"recursion": recursion}, timeout=self.timeouts).json()["metadata"]
+        nodes = []
+        for item in items:
+            name = item.get("name", "")
+            if not self.wanted(name):
+                continue
+            try:
+                validate_node_name(name)
+            except HubError:
+                if name not in self._invalid_names:
+                    self._invalid_names.add(name)
+                    log.warning("LXD instance %r is not a valid node name and is not served", name)
+                continue
+            info: dict[str, Any] = {
+                "type": item.get("type", "container"),
+                "status": item.get("status"),
+                "project": self.cfg.project,
+            }
+            if item.get("description"):
+                info["description"] = item["description"]
+            image = (item.get("config") or {}).get("image.description")
+            if image:
+                info["image"] = image
+            state = item.get("state") or {}
+            if state:
+                memory = (state.get("memory") or {}).get("usage")
+                if memory:
+                    info["memoryBytes"] = memory
+                if state.get("processes", -1) >= 0 and item.get("status") == "Running":
+                    info["processes"] = state["processes"]
+                addresses = [
+                    a["address"]
+                    for iface, net in (state.get("network") or {}).items() if iface != "lo"
+                    for a in net.get("addresses") or () if a.get("scope") == "global"
+                ]
+                if addresses:
+                    info["addresses"] = addresses
+            nodes.append(Node(name=name, backend=BACKEND, state=str(item.get("status", "unknown")).lower(),
+                              capabilities=CAPABILITIES, info=info))
+        return nodes
+
+    async def list_nodes(self) -> list[Node]:
+        return await self.run(self.list_sync)
+
+    def instance_status(self, name: str) -> str:
+        api = self.api()
+        return api.instances[name].state.get(timeout=self.timeouts).json()["metadata"]["status"]
+
+    async def require_running(self, node: Node) -> None:
+        """409 unless ``node`` runs; a stale cached state is checked once more with LXD."""
+        if node.state == "running":
+            return
+        status = await self.run(self.instance_status, node.name, name=node.name)
+        if status != "Running":
+            raise Conflict(f"{node.name} is {status.lower()}; start it first (POST /api/container/start)",
+                           code="not_running")
+
+    # -- exec -------------------------------------------------------------------------------------
+
+    def forget(self, name: str) -> None:
+        """Drop what was probed about ``name`` (after a restore, or when its shell vanished)."""
+        self._probes.pop(name, None)
+
+    async def probe(self, name: str) -> Probe:
+        future = self._probes.get(name)
+        if future is None or (future.done() and (future.cancelled() or future.exception() is not None)):
+            future = asyncio.ensure_future(self.run(self.probe_sync, name, pool=self.waits, name=name))
+            self._probes[name] = future
+        return await asyncio.shield(future)
+
+    def probe_sync(self, name: str) -> Probe:
+        code, out, _err, _t = self.exec_raw(name, [scripts.SH, "-c", scripts.PROBE], timeout=10)
+        if code != 0:  # no /bin/sh: exec will say what is missing
+            return Probe(bash="", guard=False)
+        facts = dict(line.split("=", 1) for line in out.decode(errors="replace").splitlines() if "=" in line)
+        return Probe(bash=facts.get("bash", ""), guard=facts.get("guard") == "1")
+
+    async def execute(self, node: Node, command: str, options) -> ExecResult:
+        shell, uid, gid, cwd, env = self.node_settings(node.name)
+        guard = False
+        if not shell or self.cfg.output_guard:
+            probe = await self.probe(node.name)
+            shell = shell or probe.bash or "/bin/sh"
+            guard = self.cfg.output_guard and probe.guard
+        env.update(options.env)
+        marker = uuid.uuid4().hex  # names this exec's processes, for the kill on timeout
+        if guard:  # the wrapper hands the marker to the command only (see scripts.EXEC_WRAPPER)
+            argv = [scripts.SH, "-c", scripts.EXEC_WRAPPER, "claude-net", shell, command,
+                    str(options.max_output + 1), marker]
+        else:
+            argv = [shell, "-c", command]
+            env[MARKER_ENV] = marker
+        plan = ExecPlan(name=node.name, argv=argv, shell=shell, env=env, cwd=options.cwd or cwd or None,
+                        uid=uid, gid=gid, timeout=options.timeout, max_output=options.max_output,
+                        marker=marker)
+        return await self.run(self.exec_sync, plan, pool=self.waits, name=node.name)
+
+    def start_exec(self, api, name: str, argv: list[str], env: dict[str, str], cwd: str | None = None,
+                   uid: int = 0, gid: int = 0) -> str:
+        body: dict[str, Any] = {
+            "command": argv, "environment": env, "interactive": False,
+            "wait-for-websocket": False, "record-output": True, "user": uid, "group": gid,
+        }
+        if cwd:
+            body["cwd"] = cwd
+        response = api.instances[name].exec.post(json=body, timeout=self.timeouts)
+        return response.json()["metadata"]["id"]
+
+    def exec_sync(self, plan: ExecPlan) -> ExecResult:
+        api = self.api()
+        started = time.monotonic()
+        op_id = self.start_exec(api, plan.name, plan.argv, plan.env, plan.cwd, plan.uid, plan.gid)
+        timed_out = False
+        try:
+            op = self.wait_operation(api, op_id, started + plan.timeout)
+            if op.get("status_code") == OP_RUNNING:
+                timed_out = True
+                self.kill_sync(plan.name, plan.marker)
+                op = self.wait_operation(api, op_id, time.monotonic() + KILL_GRACE)
+            duration = (time.monotonic() - started) * 1000
+            logs = self.log_names(op, op_id)
+            stdout = self.read_log(api, plan.name, logs[0], plan.max_output + 1)
+            stderr = self.read_log(api, plan.name, logs[1], plan.max_output + 1)
+        finally:
+            self.later(self.delete_logs, plan.name, self.log_names({}, op_id))
+        meta = op.get("metadata") or {}
+        code = meta.get("return")
+        if op.get("status_code") not in (OP_SUCCESS, OP_RUNNING) and op.get("err") == "Command not found":
+            self.forget(plan.name)
+            stderr += f"claude-net: {plan.shell}: no such shell in {plan.name} (set [lxd.nodes.{plan.name}] shell)\n".encode()
+            code = 127 if code is None else code
+        truncated = len(stdout) > plan.max_output or len(stderr) > plan.max_output
+        return ExecResult(
+            exit_code=None if timed_out and op.get("status_code") == OP_RUNNING else code,
+            stdout=stdout[: plan.max_output], stderr=stderr[: plan.max_output],
+            truncated=truncated, timed_out=timed_out, duration_ms=duration,
+        )
+
+    def exec_raw(self, name: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None,
+                 uid: int = 0, gid: int = 0, limit: int = 65536) -> tuple[int | None, bytes, bytes, bool]:
+        """Run a helper command (no wrapper); returns (exit code, stdout, stderr, timed_out)."""
+        api = self.api()
+        started = time.monotonic()
+        op_id = self.start_exec(api, name, argv, env or {}, None, uid, gid)
+        try:
+            op = self.wait_operation(api, op_id, started + timeout)
+            logs = self.log_names(op, op_id)
+            out = self.read_log(api, name, logs[0], limit)
+            err = self.read_log(api, name, logs[1], limit)
+        finally:
+            self.later(self.delete_logs, name, self.log_names({}, op_id))
+        if op.get("status_code") == OP_RUNNING:
+            return None, out, err, True
+        return (op.get("metadata") or {}).get("return"), out, err, False
+
+    def kill_sync(self, name: str, marker: str) -> None:
+        """End every process of a timed-out exec (found by its marker variable)."""
+        try:
+            code, _out, err, _t = self.exec_raw(name, [scripts.SH, "-c", scripts.KILL, "claude-net-kill", marker],
+                                                timeout=KILL_GRACE)
+            if code != 0:
+                log.warning("killing timed-out exec in %s: exit %s %s", name, code, err[:200])
+        except Exception as exc:  # noqa: BLE001 - the timeout is reported either way
+            log.warning("could not kill timed-out exec in %s: %s", name, exc)
+
+    @staticmethod
+    def log_names(op: dict[str, Any], op_id: str) -> tuple[str, str]:
+        output = (op.get("metadata") or {}).get("output") or {}
+        names = []
+        for fd, suffix in (("1", "stdout"), ("2", "stderr")):
+            path = output.get(fd)
+            names.append(path.rsplit("/", 1)[-1] if path else f"exec_{op_id}.{suffix}")
+        return names[0], names[1]
+
+    def read_log(self, api, name: str, log_name: str, limit: int) -> bytes:
+        """At most ``limit`` bytes of a recorded output log (never the whole of a huge one)."""
+        try:
+            response = api.instances[name].logs[log_name].get(stream=True, is_api=False, timeout=self.timeouts)
+        except lxd_exc.NotFound:
+            return b""
+        try:
+            return response.raw.read(limit) or b""
+        finally:
+            response.close()
+
+    def later(self, fn, *args: Any, **kwargs: Any) -> None:
+        """Run housekeeping off the request path (inline when the pool is already shut down)."""
+        try:
+            self.chores.submit(fn, *args, **kwargs)
+        except RuntimeError:
+            fn(*args, **kwargs)
+
+    def delete_logs(self, name: str, log_names: tuple[str, ...]) -> None:
+        try:
+            api = self.api()
+            for log_name in log_names:
+                try:
+                    api.instances[name].logs[log_name].delete(timeout=self.timeouts)
+                except lxd_exc.NotFound:
+                    pass
+        except Exception as exc:  # noqa: BLE001 - housekeeping: log and move on
+            log.warning("could not delete exec output logs of %s: %s", name, exc)

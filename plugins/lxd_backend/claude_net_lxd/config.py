@@ -1,0 +1,59 @@
+"""The ``[lxd]`` configuration section (plain dataclasses: imported by the CLI, keep it light)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from claude_net import help_field
+
+
+@dataclass
+class LxdNodeSettings:
+    """``[lxd.nodes.NAME]``: settings for one container; unset keys fall back to ``[lxd]``."""
+
+    shell: str = help_field("", "Shell for exec in this container ('' = the [lxd] shell / auto-detect).")
+    user: int | None = help_field(None, "uid commands run as in this container (default: [lxd] user).")
+    group: int | None = help_field(None, "gid commands run as in this container (default: [lxd] group).")
+    cwd: str = help_field("", "Working directory for exec in this container ('' = [lxd] cwd).")
+    env: dict[str, str] = help_field({}, "Extra environment for exec in this container (added to [lxd] env).")
+
+
+@dataclass
+class LxdSettings:
+    enabled: bool = help_field(True, "Serve the LXD instances of this host as nodes.")
+    endpoint: str = help_field(
+        "",
+        "LXD API: '' = the local unix socket ($LXD_DIR, the snap's, or /var/lib/lxd/unix.socket), "
+        "a socket path, or https://host:8443 (then set cert, key and server_cert).",
+    )
+    project: str = help_field("default", "LXD project whose instances are nodes.")
+    cert: str = help_field("", "Client certificate (PEM) for an https endpoint.")
+    key: str = help_field("", "Client key (PEM) for an https endpoint.")
+    server_cert: str = help_field("", "Pinned server certificate (PEM) for an https endpoint ('' = system CAs).")
+    include: list[str] = help_field([], "Only instances whose name matches one of these glob patterns (empty: all).")
+    exclude: list[str] = help_field([], "Hide instances whose name matches one of these glob patterns.")
+    shell: str = help_field(
+        "", "Shell commands run under ('' = bash when the container has it, else /bin/sh; detected once)."
+    )
+    user: int = help_field(0, "uid commands run as (0 = root).")
+    group: int = help_field(0, "gid commands run as.")
+    cwd: str = help_field("", "Working directory for exec ('' = LXD's default, the user's home).")
+    env: dict[str, str] = help_field({}, "Extra environment variables for every exec.")
+    nodes: dict[str, LxdNodeSettings] = help_field({}, "Per-container overrides: [lxd.nodes.NAME].")
+    workers: int = help_field(8, "Worker threads for short LXD API calls (listing, files, container ops).")
+    connect_timeout: float = help_field(1.5, "Seconds to connect to the LXD daemon before reporting it unavailable.")
+    request_timeout: float = help_field(30.0, "Seconds an ordinary LXD API call may take.")
+    stop_timeout: float = help_field(30.0, "Seconds a graceful stop may take before the container is forced off.")
+    operation_timeout: float = help_field(300.0, "Seconds start, snapshot and restore may take.")
+    output_guard: bool = help_field(
+        True,
+        "Cap exec output inside the container (head -c) so a runaway command cannot fill the host's "
+        "LXD log directory; falls back to capping on the hub when the container has no head/cat.",
+    )
+    status_details: bool = help_field(True, "Show memory, process count and addresses in `machines`.")
+
+    def node(self, name: str) -> LxdNodeSettings | None:
+        return self.nodes.get(name)
+
+
+SECTIONS = {"lxd": LxdSettings}

@@ -1,0 +1,67 @@
+"""Fixed shell scripts run inside containers.
+
+Every script is a constant; caller input only ever reaches it as a positional argument
+(``"$1"``, ...) of an argument vector sent through the LXD API, never spliced into script text,
+and no shell on the host is involved. They are POSIX sh (tested with busybox ash) and run under
+:data:`SH`, whatever shell the caller's command itself gets.
+"""
+
+#: the interpreter of these scripts inside the container
+SH = "/bin/sh"
+
+#: Runs the caller's command as ``"$1" -c "$2"`` and caps stdout and stderr at ``$3`` bytes each
+#: *inside* the container, so a runaway command cannot fill the host's LXD log directory. The
+#: command keeps running past the cap (the rest is drained to /dev/null); its exit status is
+#: passed out through the command substitution on fd 3. fds: 4/5 = the recorded stdout/stderr,
+#: 6 = the stdout pipe. Only the command gets the marker variable ``CLAUDE_NET_EXEC=$4``: a
+#: timeout kills the command's processes, and the readers then see EOF, flush what they have
+#: and end, so the partial output is kept. Readers see EOF when the command and every process
+#: that inherited its stdout/stderr have exited (as with ssh): background jobs should redirect
+#: their output.
+EXEC_WRAPPER = r"""S=$1; C=$2; N=$3; M=$4
+exec 4>&1 5>&2
+r=$( { { { CLAUDE_NET_EXEC=$M "$S" -c "$C" 2>&1 1>&6 3>&- 4>&- 5>&- 6>&-; echo $? >&3; } 2>/dev/null | { head -c "$N" >&5; cat >/dev/null; } 6>&- 4>&-; } 6>&1 | { head -c "$N" >&4; cat >/dev/null; } 5>&-; } 3>&1 )
+exit "${r:-255}"
+"""
+
+#: Prints what the backend needs to know about a container, one ``key=value`` per line.
+PROBE = r"""b=$(command -v bash 2>/dev/null) || b=
+echo "bash=$b"
+if command -v head >/dev/null 2>&1 && command -v cat >/dev/null 2>&1; then echo guard=1; else echo guard=0; fi
+"""
+
+#: Kills every process whose environment holds ``CLAUDE_NET_EXEC=$1`` (the exec being timed out:
+#: its shell, pipes and any background children that kept the variable). Several passes catch
+#: processes forked while the previous pass ran.
+KILL = r"""m="CLAUDE_NET_EXEC=$1"
+for pass in 1 2 3 4; do
+  found=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = "$$" ] && continue
+    if tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -qxF "$m"; then
+      kill -9 "$p" 2>/dev/null && found=1
+    fi
+  done
+  [ -z "$found" ] && break
+done
+exit 0
+"""
+
+#: Commits a file write: moves the uploaded temporary file ``$1`` over ``$2`` with one rename
+#: (readers never see a half-written file). A symlink at ``$2`` is resolved *inside the
+#: container* and the write goes through it. Unless the caller set them (``$3`` = "1": mode
+#: given, ``$4`` = "1": owner given), the replaced file's mode and owner are kept.
+#: Exit 21: ``$2`` is a directory; 23: the rename failed. The temporary file never stays behind.
+WRITE_COMMIT = r"""t=$1; p=$2
+if [ -L "$p" ]; then
+  r=$(readlink -f -- "$p" 2>/dev/null) && [ -n "$r" ] && p=$r
+fi
+if [ -d "$p" ]; then rm -f -- "$t"; exit 21; fi
+if [ -e "$p" ]; then
+  [ "$3" = 1 ] || chmod "$(stat -c %a -- "$p")" -- "$t" 2>/dev/null
+  [ "$4" = 1 ] || chown "$(stat -c %u:%g -- "$p")" -- "$t" 2>/dev/null
+fi
+e=$(mv -f -- "$t" "$p" 2>&1) || { rm -f -- "$t"; echo "$e" >&2; exit 23; }
+exit 0
+"""
