@@ -1,0 +1,162 @@
+"""File read and write over SFTP on the node's pooled connection.
+
+Reads check the size before transferring and stop as soon as the limit is passed. Writes go to a
+temporary file in the target's directory, which is then renamed over the target with the
+``posix-rename@openssh.com`` extension (an atomic ``rename(2)``): a reader sees the old file or the
+new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import secrets
+import stat
+from typing import Any
+
+import asyncssh
+
+from claude_net import (
+    BadRequest,
+    Forbidden,
+    HubError,
+    NotFound,
+    PayloadTooLarge,
+    ReadOptions,
+    Unavailable,
+    WriteOptions,
+)
+
+from .connection import NodeConnection
+
+CHUNK = 1024 * 1024
+DEFAULT_MODE = 0o644
+
+
+def _sftp_error(exc: asyncssh.SFTPError, node: str, path: str) -> HubError:
+    if isinstance(exc, asyncssh.SFTPNoSuchFile):
+        return NotFound(f"{path} does not exist on {node}", code="file_not_found")
+    if isinstance(exc, asyncssh.SFTPPermissionDenied):
+        return Forbidden(f"the SSH user on {node} may not access {path} ({exc.reason})", code="remote_permission_denied")
+    if isinstance(exc, asyncssh.SFTPFileIsADirectory):
+        return BadRequest(f"{path} on {node} is a directory", code="is_a_directory")
+    if isinstance(exc, asyncssh.SFTPNotADirectory):
+        return BadRequest(f"a component of {path} on {node} is not a directory", code="not_a_directory")
+    if isinstance(exc, asyncssh.SFTPNoSpaceOnFilesystem):
+        return Unavailable(f"no space left on {node} for {path}", code="no_space")
+    return Unavailable(f"SFTP error on {node} for {path}: {exc.reason}", code="sftp_error")
+
+
+async def read_file(node: NodeConnection, path: str, options: ReadOptions) -> bytes:
+    limit = options.max_size
+    async with node.sftp() as sftp:
+        try:
+            attrs = await sftp.stat(path)  # follows symlinks on the node, never on the hub
+            if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat.S_ISDIR(attrs.permissions or 0):
+                raise BadRequest(f"{path} on {node.name} is a directory", code="is_a_directory")
+            size = attrs.size or 0
+            if size > limit:
+                raise PayloadTooLarge(f"{path} on {node.name} is {size} bytes; the limit is {limit}", limit=limit,
+                                      size=size)
+            data = bytearray()
+            async with sftp.open(path, "rb") as f:
+                # Files like /proc/* report size 0: read until EOF, but never past the limit.
+                want = size + 1 if size else 65536
+                while True:
+                    block = await f.read(want, len(data))
+                    if not block:
+                        break
+                    data += block
+                    if len(data) > limit:
+                        raise PayloadTooLarge(f"{path} on {node.name} is larger than the limit of {limit} bytes",
+                                              limit=limit)
+                    want = min(CHUNK, limit + 1 - len(data))
+            return bytes(data)
+        except asyncssh.SFTPError as exc:
+            raise _sftp_error(exc, node.name, path) from None
+
+
+async def write_file(node: NodeConnection, path: str, data: bytes, options: WriteOptions) -> dict[str, Any]:
+    if len(data) > options.max_size:
+        raise PayloadTooLarge(f"the file is {len(data)} bytes; the limit is {options.max_size}",
+                              limit=options.max_size)
+    async with node.sftp() as sftp:
+        target, existing = await _resolve_target(sftp, node.name, path)
+        parent = posixpath.dirname(target) or "/"
+        try:
+            if options.mkdirs:
+                await sftp.makedirs(parent, exist_ok=True)
+            parent_attrs = await sftp.stat(parent)
+        except asyncssh.SFTPNoSuchFile:
+            raise NotFound(f"the directory {parent} does not exist on {node.name} (pass mkdirs: true to create it)",
+                           code="parent_not_found") from None
+        except asyncssh.SFTPError as exc:
+            raise _sftp_error(exc, node.name, parent) from None
+        if not stat.S_ISDIR(parent_attrs.permissions or 0):
+            raise BadRequest(f"{parent} on {node.name} is not a directory", code="not_a_directory")
+
+        mode = options.mode if options.mode is not None else (
+            stat.S_IMODE(existing.permissions) if existing is not None and existing.permissions is not None
+            else DEFAULT_MODE)
+        temp = posixpath.join(parent, f".{posixpath.basename(target)}.{secrets.token_hex(6)}.claude-net-tmp")
+        try:
+            # Created private (0600); the final mode is set once the content is complete.
+            async with sftp.open(temp, "wb", attrs=asyncssh.SFTPAttrs(permissions=0o600)) as f:
+                if data:
+                    await f.write(data, 0)
+                await _set_owner(f, node.name, path, existing, options)
+                await f.chmod(mode)  # after chown, which may clear set-id bits
+                with contextlib.suppress(asyncssh.SFTPOpUnsupported, asyncssh.SFTPError):
+                    await f.fsync()
+            await sftp.posix_rename(temp, target)
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await sftp.remove(temp)
+            if isinstance(exc, asyncssh.SFTPError):
+                raise _sftp_error(exc, node.name, path) from None
+            raise
+    result: dict[str, Any] = {"mode": f"{mode:04o}"}
+    if target != path:
+        result["resolvedPath"] = target
+    return result
+
+
+async def _resolve_target(sftp: asyncssh.SFTPClient, node: str, path: str) -> tuple[str, asyncssh.SFTPAttrs | None]:
+    """Where the bytes go: the path itself, or a symlink's destination (resolved on the node)."""
+    try:
+        attrs = await sftp.lstat(path)
+    except asyncssh.SFTPNoSuchFile:
+        return path, None
+    except asyncssh.SFTPError as exc:
+        raise _sftp_error(exc, node, path) from None
+    if stat.S_ISLNK(attrs.permissions or 0):
+        try:
+            target = await sftp.realpath(path)
+            attrs = await sftp.stat(target)
+        except asyncssh.SFTPNoSuchFile:
+            raise BadRequest(f"{path} on {node} is a symbolic link to a missing file", code="dangling_symlink") from None
+        except asyncssh.SFTPError as exc:
+            raise _sftp_error(exc, node, path) from None
+        path = target if isinstance(target, str) else target.decode()
+    if stat.S_ISDIR(attrs.permissions or 0):
+        raise BadRequest(f"{path} on {node} is a directory", code="is_a_directory")
+    return path, attrs
+
+
+async def _set_owner(f: asyncssh.SFTPClientFile, node: str, path: str, existing: asyncssh.SFTPAttrs | None,
+                     options: WriteOptions) -> None:
+    if options.uid is not None or options.gid is not None:
+        uid = options.uid if options.uid is not None else (existing.uid if existing is not None else None)
+        gid = options.gid if options.gid is not None else (existing.gid if existing is not None else None)
+        current = await f.stat()
+        try:
+            await f.chown(uid if uid is not None else current.uid, gid if gid is not None else current.gid)
+        except asyncssh.SFTPError as exc:
+            raise Forbidden(f"cannot give {path} on {node} the owner {uid}:{gid} ({exc.reason}); only a root "
+                            "SSH user can change ownership", code="remote_permission_denied") from None
+    elif existing is not None and existing.uid is not None and existing.gid is not None:
+        # Replacing a file keeps its owner where the SSH user may set it (root), like an in-place edit.
+        current = await f.stat()
+        if (current.uid, current.gid) != (existing.uid, existing.gid):
+            with contextlib.suppress(asyncssh.SFTPError):
+                await f.chown(existing.uid, existing.gid)
