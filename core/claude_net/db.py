@@ -6,8 +6,9 @@ SQL is written once with ``:name`` parameters and portable types. The difference
   and its query path costs six thread hops per statement, which together cost most of a
   request. The hub instead holds one persistent ``databases`` connection for its whole life and
   runs each statement on its aiosqlite connection in a single hop (``execute_fetchall``;
-  sqlite3 binds ``:name`` parameters natively), serialised with an asyncio lock (SQLite runs
-  one writer at a time anyway). WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for write
+  sqlite3 binds ``:name`` parameters natively). Autocommit statements from concurrent requests
+  pipeline on aiosqlite's queue; a transaction holds an asyncio lock that keeps other tasks'
+  statements out of it (SQLite runs one writer at a time anyway). WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for write
   transactions, so concurrent processes queue for the lock instead of failing mid-transaction.
 * **PostgreSQL**: the ``databases`` asyncpg pool; transactions per connection; migrations under
   an advisory lock so several replicas can start at once.
@@ -101,7 +102,10 @@ async def _sqlite_rows(raw: Any, sql: str, values: Mapping[str, Any] | None) -> 
 
 
 async def _pg_rows(conn: Any, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    rows = await conn.fetch_all(query=sql, values=dict(values or {}))
+    # SQLAlchemy's text() rejects values the statement does not use; sqlite3 ignores them. Same
+    # behaviour on both: unused values are dropped.
+    used = {k: v for k, v in (values or {}).items() if f":{k}" in sql}
+    rows = await conn.fetch_all(query=sql, values=used)
     return [dict(row._mapping) for row in rows]
 
 
@@ -188,8 +192,14 @@ class Database(_Executor):
         if not self.connected:
             raise Unavailable("the database is not connected", code="database_unavailable")
         if self.is_sqlite:
-            async with self._lock:
-                return await _mapped(_sqlite_rows(self._raw, sql, values))
+            if self._lock.locked():  # a transaction is open: wait so we don't run inside it
+                async with self._lock:
+                    return await _mapped(_sqlite_rows(self._raw, sql, values))
+            # No transaction open: queue the statement right away. aiosqlite runs its queue
+            # back to back on its thread, so concurrent requests pipeline instead of each
+            # waiting for a full thread round trip under a lock. (The check and the enqueue
+            # happen without yielding to the loop, so no transaction can start in between.)
+            return await _mapped(_sqlite_rows(self._raw, sql, values))
         return await _mapped(_pg_rows(self._db, sql, values))
 
     async def execute_many(self, sql: str, values: Sequence[Mapping[str, Any]]) -> None:

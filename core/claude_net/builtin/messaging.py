@@ -55,6 +55,17 @@ def summarize(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+INSERT_MESSAGE = (
+    "INSERT INTO messages (from_machine, to_machine, message, timestamp, unauthenticated, idempotency_key)"
+    " VALUES (:f, :t, :m, :now, :u, :k)"
+    " ON CONFLICT (from_machine, to_machine, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+    " RETURNING id"
+)
+SELECT_DUPLICATE = (
+    "SELECT id FROM messages WHERE from_machine = :f AND to_machine = :t AND idempotency_key = :k"
+)
+
+
 def _message_json(row) -> dict:
     return {
         "id": row["id"],
@@ -88,22 +99,22 @@ async def send(ctx):
             recipients = [to]
         now = isotime()
         ids, duplicate = [], False
-        async with hub.db.transaction() as tx:
-            for recipient in recipients:
-                if key is not None:
-                    existing = await tx.fetch_val(
-                        "SELECT id FROM messages WHERE from_machine = :f AND to_machine = :t AND idempotency_key = :k",
-                        {"f": actor.name, "t": recipient, "k": key},
-                    )
-                    if existing is not None:
-                        ids.append(existing)
-                        duplicate = True
-                        continue
-                ids.append(await tx.fetch_val(
-                    "INSERT INTO messages (from_machine, to_machine, message, timestamp, unauthenticated,"
-                    " idempotency_key) VALUES (:f, :t, :m, :now, :u, :k) RETURNING id",
-                    {"f": actor.name, "t": recipient, "m": message, "now": now, "u": actor.unauthenticated, "k": key},
-                ))
+        values = [{"f": actor.name, "t": r, "m": message, "now": now, "u": actor.unauthenticated, "k": key}
+                  for r in recipients]
+        if len(values) == 1:  # the common case: one autocommitted statement, no transaction round trips
+            new_id = await hub.db.fetch_val(INSERT_MESSAGE, values[0])
+            if new_id is None:
+                ids.append(await hub.db.fetch_val(SELECT_DUPLICATE, values[0]))
+                duplicate = True
+            else:
+                ids.append(new_id)
+        else:
+            async with hub.db.transaction() as tx:
+                for row in values:
+                    new_id = await tx.fetch_val(INSERT_MESSAGE, row)
+                    if new_id is None:
+                        new_id, duplicate = await tx.fetch_val(SELECT_DUPLICATE, row), True
+                    ids.append(new_id)
         for recipient in recipients:
             await hub.bus.publish(f"inbox:{recipient}", {"to": recipient})
         return recipients, ids, duplicate
