@@ -26,7 +26,8 @@ from .types import Actor, Event, Route, validate_node_name
 log = logging.getLogger("claude_net.http")
 
 #: routes reachable without a token; a test walks the URL map against this list
-PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json"})
+#: (the Telegram webhook authenticates each call with Telegram's secret-token header instead)
+PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json", "/api/telegram/webhook"})
 
 
 @dataclass
