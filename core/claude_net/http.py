@@ -28,6 +28,8 @@ log = logging.getLogger("claude_net.http")
 #: routes reachable without a token; a test walks the URL map against this list
 #: (the Telegram webhook authenticates each call with Telegram's secret-token header instead)
 PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json", "/api/telegram/webhook"})
+#: ASGI scope key an in-process caller sets to name its channel in ``Actor.via`` (e.g. "mcp")
+VIA_SCOPE_KEY = "claude_net.via"
 
 
 @dataclass
@@ -87,7 +89,9 @@ class RouteView:
         token = _bearer(request.headers.get("Authorization")) if route.auth else None
         actor: Actor | None = None
         if token is not None:
-            actor = await hub.authenticate(token)
+            # In-process callers (the MCP endpoint calling this API for its tools) label their channel
+            # in the ASGI scope, which no network client can set; everyone else is "http".
+            actor = await hub.authenticate(token, via=request.scope.get(VIA_SCOPE_KEY) or "http")
             if actor is None:
                 await hub.emit(Event("auth", None, None, f"invalid or revoked token on {route.method} {route.path} "
                                      f"from {request.remote_addr}", "denied"))
@@ -120,7 +124,8 @@ class RouteView:
                             code="from_mismatch")
         if route.admin and (actor is None or not actor.admin):
             await hub.emit(Event("admin", actor.name if actor else None, None,
-                                 f"{route.method} {route.path} (admin only)", "denied", via="http"))
+                                 f"{route.method} {route.path} (admin only)", "denied",
+                                 via=actor.via if actor else "http"))
             raise Forbidden(f"{route.method} {route.path} is for admins only", code="admin_only")
 
         query = coerce_query(query_args, route.query_schema) if route.query_schema else query_args
@@ -192,6 +197,7 @@ def create_app(settings: Any = None, *, plugins: Any = (), load_entrypoints: boo
                                            hub.settings.limits.file_max_bytes * 4 // 3 + 65536)
     app.extensions["claude_net"] = hub
     app.hub = hub  # type: ignore[attr-defined]
+    hub.app = app
 
     routes: list[tuple[str, Route]] = []
     seen: dict[tuple[str, str], str] = {}

@@ -132,6 +132,9 @@ class Hub:
         #: per-hub runtime state of plugins, keyed by plugin name (pools, clients, queues).
         #: Plugins keep state here, never in module globals: one process may run several hubs.
         self.plugin_state: dict[str, Any] = {}
+        #: the ASGI app serving this hub (set by ``create_app``), for plugins that call the hub's own
+        #: HTTP API in-process so their calls take the normal request path (the MCP endpoint does)
+        self.app: Any = None
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -293,13 +296,16 @@ class Hub:
         run: Callable[[], Awaitable[T]],
         request: Mapping[str, Any] | None = None,
         result_data: Callable[[T], dict[str, Any]] | None = None,
+        result_transient: Callable[[T], dict[str, Any]] | None = None,
         fail_closed: bool = True,
     ) -> T:
         """Authorize, record, run and record an action — the one path every capability takes.
 
         Denied: one ``denied`` event, then :class:`Forbidden`. Allowed: a ``pending`` event
         (when ``fail_closed``, an audit failure refuses the action with 503), then ``run()``,
-        then the final event (``ok`` or ``error``) with the same id.
+        then the final event (``ok`` or ``error``) with the same id. ``result_data`` adds
+        recorded fields to the final event's ``data``; ``result_transient`` adds fields to its
+        ``transient`` (seen by live subscribers, never stored).
         """
         if not await self.authorize(actor, action, target, request or {}):
             await self.emit(Event(event_type, actor.name, target, detail, "denied", via=actor.via,
@@ -335,8 +341,21 @@ class Hub:
         event.data["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         if result_data is not None:
             event.data.update(result_data(result))
+        if result_transient is not None:
+            event.transient.update(result_transient(result))
         await self.emit(event)
         return result
+
+    async def run_container_op(self, actor: Actor, op: str, name: str,
+                               args: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Authorize, record and run a container operation for ``actor``.
+
+        The same path as ``POST /api/container/{op}`` (``op`` in start, stop, snapshot, restore,
+        list_snapshots), for other channels such as Telegram. Returns ``{"name": ..., **extras}``.
+        """
+        from .builtin.capabilities import container_action
+
+        return await container_action(self, actor, op, name, args)
 
     @contextlib.asynccontextmanager
     async def exec_slot(self):

@@ -137,6 +137,9 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: str = field(default_factory=isotime)
+    #: extra detail for live subscribers only (e.g. the start of an exec's output, for the
+    #: Telegram echo). Never stored by the audit log and not part of :meth:`to_json`.
+    transient: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 
 from claude_net import (
     BadRequest,
@@ -22,10 +23,12 @@ from claude_net import (
     WriteOptions,
     hookimpl,
 )
-from claude_net.types import NODE_NAME_RE, validate_remote_path
+from claude_net.types import NODE_NAME_RE, validate_node_name, validate_remote_path
 
 #: extra seconds a backend gets past the requested timeout before the core gives up on it
 TIMEOUT_GRACE = 5.0
+#: bytes of stdout and of stderr an exec's final event carries for live subscribers (``transient``)
+EVENT_OUTPUT = 4096
 NAME = {"type": "string", "pattern": NODE_NAME_RE.pattern,
         "x-pattern-help": "be a node name: lowercase letters, digits and '-', at most 63 characters"}
 PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/",
@@ -93,6 +96,8 @@ async def exec_(ctx):
         actor, action="exec", event_type="exec", target=target, detail=command, run=run,
         request={"command": command, "cwd": cwd},
         result_data=lambda r: {"exit_code": r.exit_code, "truncated": r.truncated},
+        result_transient=lambda r: {"stdout": _decode(r.stdout[:EVENT_OUTPUT]),
+                                    "stderr": _decode(r.stderr[:EVENT_OUTPUT])},
     )
     out = {
         "stdout": _decode(result.stdout),
@@ -176,30 +181,54 @@ async def file_write(ctx):
 # -- containers ---------------------------------------------------------------------------------
 
 
+SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+CONTAINER_OPS = ("start", "stop", "snapshot", "restore", "list_snapshots")
+
+
+async def container_action(hub, actor, op: str, name: str, args=None) -> dict:
+    """Authorize, record and run a container operation: what ``POST /api/container/{op}`` does.
+
+    The one path for every channel (HTTP, Telegram, ...): the name (and a snapshot name) is
+    validated, ``hub.guarded`` authorizes the ``container`` action and records the events, and
+    the backend that owns the node does the work. Returns ``{"name": name, **backend extras}``.
+    """
+    if op not in CONTAINER_OPS:
+        raise BadRequest(f"unknown container operation {op!r} (choose from {', '.join(CONTAINER_OPS)})",
+                         code="invalid_field", field="op")
+    validate_node_name(name)
+    args = dict(args or {})
+    snapshot = args.get("snapshot")
+    if snapshot is not None and not (isinstance(snapshot, str) and SNAPSHOT_RE.fullmatch(snapshot)):
+        raise BadRequest(f"snapshot {str(snapshot)[:70]!r} is not a valid snapshot name "
+                         "(1-63 letters, digits, '.', '_' or '-')", code="invalid_field", field="snapshot")
+    if op == "restore" and not snapshot:
+        raise BadRequest("restore needs the snapshot to restore", code="invalid_field", field="snapshot")
+    detail = " ".join([op, name] + ([str(snapshot)] if snapshot else []))
+
+    async def run():
+        node = await hub.nodes.get(name)
+        result = await _dispatch(hub, "container_op", node, op=op, args=args)
+        if op in ("start", "stop", "restore"):
+            hub.nodes.invalidate()
+        return result
+
+    extra = await hub.guarded(actor, action="container", event_type="container", target=name, detail=detail,
+                              run=run, request={"op": op, **args}, fail_closed=op != "list_snapshots")
+    return {"name": name, **(extra or {})}
+
+
 def _container(op: str):
     async def handler(ctx):
-        hub, actor, body = ctx.hub, ctx.actor, ctx.body
+        body = ctx.body
         name = body["name"] if op != "list_snapshots" else ctx.query["name"]
         args = {k: v for k, v in body.items() if k != "name"}
-        detail = " ".join([op, name] + ([str(args["snapshot"])] if args.get("snapshot") else []))
-
-        async def run():
-            node = await hub.nodes.get(name)
-            result = await _dispatch(hub, "container_op", node, op=op, args=args)
-            if op in ("start", "stop", "restore"):
-                hub.nodes.invalidate()
-            return result
-
-        extra = await hub.guarded(actor, action="container", event_type="container", target=name, detail=detail,
-                                  run=run, request={"op": op, **args},
-                                  fail_closed=op != "list_snapshots")
-        return {"name": name, **(extra or {})}
+        return await container_action(ctx.hub, ctx.actor, op, name, args)
 
     handler.__name__ = f"container_{op}"
     return handler
 
 
-SNAPSHOT_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+SNAPSHOT_NAME = {"type": "string", "pattern": SNAPSHOT_RE.pattern,
                  "x-pattern-help": "be 1-63 letters, digits, '.', '_' or '-'"}
 
 
