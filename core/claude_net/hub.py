@@ -87,18 +87,27 @@ class NodeRegistry:
         await asyncio.shield(self._refreshing)
 
     async def all(self, *, fresh: bool = False) -> tuple[list[Node], dict[str, str]]:
-        """Every known node (sorted) and ``{plugin: error}`` for backends that could not list."""
-        if fresh or time.monotonic() - self._fetched_at > self.hub.settings.nodes.cache_seconds:
+        """Every known node (sorted) and ``{plugin: error}`` for backends that could not list.
+
+        A stale listing is served at once while a refresh runs in the background, so a slow
+        backend never delays requests that only need a name it already listed.
+        """
+        age = time.monotonic() - self._fetched_at
+        if fresh or self._fetched_at < 0:
             await self.refresh()
+        elif age > self.hub.settings.nodes.cache_seconds and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.ensure_future(self._fetch())
         return sorted(self._nodes.values(), key=lambda n: n.name), dict(self._errors)
 
     async def get(self, name: str) -> Node:
         """Resolve a node name; refreshes once on a miss. 404 if unknown, 503 if a backend is down."""
-        await self.all()
-        node = self._nodes.get(name)
-        if node is None and time.monotonic() - self._fetched_at > 0.25:
+        node = self._nodes.get(name) if self._fetched_at >= 0 else None
+        if node is not None:
+            await self.all()  # keeps the listing fresh in the background
+            return node
+        if time.monotonic() - self._fetched_at > 0.25:  # bounded: unknown names cannot force a listing each
             await self.refresh()
-            node = self._nodes.get(name)
+        node = self._nodes.get(name)
         if node is None:
             if self._errors:
                 down = ", ".join(sorted(self._errors))
