@@ -1,0 +1,76 @@
+"""Fixtures for the Telegram plugin: a local Bot API server and a hub wired to it.
+
+The real python-telegram-bot library talks to :class:`tg_botapi.FakeBotAPI` through the plugin's
+``base_url`` setting. Tests run on SQLite only (they exercise Telegram, not the database); tests
+marked ``both_databases`` keep the SQLite + PostgreSQL parametrization.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+import claude_net_activity
+import claude_net_permissions
+import claude_net_telegram
+from tests.core.testbox import TestBox
+from tg_botapi import FakeBotAPI
+from tg_helpers import TOKEN, eventually, tg_settings
+
+HERE = Path(__file__).parent
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_databases: run this test on PostgreSQL too")
+
+
+def pytest_collection_modifyitems(config, items):
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        mine = HERE in Path(str(item.fspath)).parents
+        if (mine and callspec is not None and callspec.params.get("db_kind") == "postgresql"
+                and item.get_closest_marker("both_databases") is None):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+async def botapi():
+    api = FakeBotAPI(TOKEN)
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.stop()
+
+
+@pytest.fixture
+def box():
+    return TestBox()
+
+
+@pytest.fixture
+def tg_hub(hub_harness, botapi, box):
+    """``async with tg_hub(**telegram_overrides) as h``: a hub with telegram, permissions, activity and
+    the TestBox backend, connected to the fake Bot API (``h.api``), admin ``chasclaude``."""
+
+    @contextlib.asynccontextmanager
+    async def start(*, plugins=None, settings_overrides=None, **telegram):
+        plugins = plugins or [claude_net_telegram, claude_net_permissions, claude_net_activity, box]
+        async with hub_harness(plugins=plugins, telegram=tg_settings(botapi, **telegram), admins=["chasclaude"],
+                               **(settings_overrides or {})) as h:
+            h.api = botapi
+            h.box = box
+            h.rt = h.hub.plugin_state["telegram"]
+            if getattr(h.rt, "active", False):
+                await eventually(lambda: h.rt.ready.is_set())
+            yield h
+
+    return start
