@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import pylxd
 import requests
@@ -33,7 +34,7 @@ from claude_net import Conflict, ExecResult, HubError, Node, NotFound, Unavailab
 
 from . import scripts
 from .config import LxdSettings
-from .transport import make_session
+from .transport import FastRest, RestError, make_session
 
 log = logging.getLogger("claude_net_lxd")
 
@@ -96,6 +97,9 @@ class LxdBackend:
             cert=settings.cert, key=settings.key, server_cert=settings.server_cert,
         )
         self.timeouts = (settings.connect_timeout, settings.request_timeout)
+        #: the exec hot path (and operation waits) bypass requests: see FastRest
+        self.rest = FastRest(self.session, self._endpoint, project=settings.project,
+                             connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout)
         self._client: pylxd.Client | None = None
         self._client_lock = threading.Lock()
         self._probes: dict[str, asyncio.Future[Probe]] = {}
@@ -145,16 +149,21 @@ class LxdBackend:
             return exc
         if isinstance(exc, (requests.ConnectionError, requests.Timeout, lxd_exc.ClientConnectionFailed)):
             return self.unavailable(exc)
-        if isinstance(exc, lxd_exc.LXDAPIException):
-            message = lxd_message(exc)
+        if isinstance(exc, (lxd_exc.LXDAPIException, RestError)):
+            if isinstance(exc, RestError):
+                message, status = exc.message, exc.status
+            else:
+                message, status = lxd_message(exc), getattr(exc.response, "status_code", 500)
             lowered = message.lower()
+            if "shutting down" in lowered:
+                return Unavailable(f"the LXD daemon at {self.shown} is shutting down", code="lxd_unavailable")
             if "not running" in lowered or "is frozen" in lowered:
                 return Conflict(f"{name} is not running; start it first (POST /api/container/start)",
                                 code="not_running")
-            if isinstance(exc, lxd_exc.NotFound):
+            if status == 404:
                 return NotFound(f"LXD has no instance {name!r} in project {self.cfg.project!r} ({message})",
                                 code="unknown_node")
-            if isinstance(exc, lxd_exc.Conflict):
+            if status == 409:
                 return Conflict(f"LXD: {message}", code="lxd_conflict")
             return LxdError(f"LXD refused the request: {message}")
         if isinstance(exc, (ValueError, KeyError, TypeError)):
@@ -178,16 +187,13 @@ class LxdBackend:
                 raise
             raise mapped from None
 
-    def wait_operation(self, api, op_id: str, deadline: float) -> dict[str, Any]:
+    def wait_operation(self, op_id: str, deadline: float) -> dict[str, Any]:
         """Wait for an LXD operation until ``deadline`` (monotonic); returns its last state."""
         while True:
             remaining = deadline - time.monotonic()
             seconds = max(0, int(remaining))  # LXD waits whole seconds
-            response = api.operations[op_id].wait.get(
-                params={"timeout": seconds},
-                timeout=(self.cfg.connect_timeout, seconds + self.cfg.request_timeout),
-            )
-            op = response.json()["metadata"]
+            op = self.rest.json("GET", f"/1.0/operations/{op_id}/wait", query={"timeout": seconds},
+                                read_timeout=seconds + self.cfg.request_timeout)
             if op.get("status_code") != OP_RUNNING or remaining <= 0:
                 return op
             if seconds == 0:
@@ -198,7 +204,7 @@ class LxdBackend:
         body = response.json()
         if body.get("type") != "async":
             return body.get("metadata") or {}
-        op = self.wait_operation(api, body["metadata"]["id"], deadline)
+        op = self.wait_operation(body["metadata"]["id"], deadline)
         if op.get("status_code") == OP_RUNNING:
             raise Unavailable(f"LXD did not finish {what} in time (operation {op.get('id')} still running)",
                               code="lxd_timeout")
@@ -325,7 +331,7 @@ class LxdBackend:
                         marker=marker)
         return await self.run(self.exec_sync, plan, pool=self.waits, name=node.name)
 
-    def start_exec(self, api, name: str, argv: list[str], env: dict[str, str], cwd: str | None = None,
+    def start_exec(self, name: str, argv: list[str], env: dict[str, str], cwd: str | None = None,
                    uid: int = 0, gid: int = 0) -> str:
         body: dict[str, Any] = {
             "command": argv, "environment": env, "interactive": False,
@@ -333,24 +339,22 @@ class LxdBackend:
         }
         if cwd:
             body["cwd"] = cwd
-        response = api.instances[name].exec.post(json=body, timeout=self.timeouts)
-        return response.json()["metadata"]["id"]
+        return self.rest.json("POST", f"/1.0/instances/{quote(name)}/exec", body=body)["id"]
 
     def exec_sync(self, plan: ExecPlan) -> ExecResult:
-        api = self.api()
         started = time.monotonic()
-        op_id = self.start_exec(api, plan.name, plan.argv, plan.env, plan.cwd, plan.uid, plan.gid)
+        op_id = self.start_exec(plan.name, plan.argv, plan.env, plan.cwd, plan.uid, plan.gid)
         timed_out = False
         try:
-            op = self.wait_operation(api, op_id, started + plan.timeout)
+            op = self.wait_operation(op_id, started + plan.timeout)
             if op.get("status_code") == OP_RUNNING:
                 timed_out = True
                 self.kill_sync(plan.name, plan.marker)
-                op = self.wait_operation(api, op_id, time.monotonic() + KILL_GRACE)
+                op = self.wait_operation(op_id, time.monotonic() + KILL_GRACE)
             duration = (time.monotonic() - started) * 1000
             logs = self.log_names(op, op_id)
-            stdout = self.read_log(api, plan.name, logs[0], plan.max_output + 1)
-            stderr = self.read_log(api, plan.name, logs[1], plan.max_output + 1)
+            stdout = self.read_log(plan.name, logs[0], plan.max_output + 1)
+            stderr = self.read_log(plan.name, logs[1], plan.max_output + 1)
         finally:
             self.later(self.delete_logs, plan.name, self.log_names({}, op_id))
         meta = op.get("metadata") or {}
@@ -369,14 +373,13 @@ class LxdBackend:
     def exec_raw(self, name: str, argv: list[str], *, timeout: float, env: dict[str, str] | None = None,
                  uid: int = 0, gid: int = 0, limit: int = 65536) -> tuple[int | None, bytes, bytes, bool]:
         """Run a helper command (no wrapper); returns (exit code, stdout, stderr, timed_out)."""
-        api = self.api()
         started = time.monotonic()
-        op_id = self.start_exec(api, name, argv, env or {}, None, uid, gid)
+        op_id = self.start_exec(name, argv, env or {}, None, uid, gid)
         try:
-            op = self.wait_operation(api, op_id, started + timeout)
+            op = self.wait_operation(op_id, started + timeout)
             logs = self.log_names(op, op_id)
-            out = self.read_log(api, name, logs[0], limit)
-            err = self.read_log(api, name, logs[1], limit)
+            out = self.read_log(name, logs[0], limit)
+            err = self.read_log(name, logs[1], limit)
         finally:
             self.later(self.delete_logs, name, self.log_names({}, op_id))
         if op.get("status_code") == OP_RUNNING:
@@ -402,16 +405,14 @@ class LxdBackend:
             names.append(path.rsplit("/", 1)[-1] if path else f"exec_{op_id}.{suffix}")
         return names[0], names[1]
 
-    def read_log(self, api, name: str, log_name: str, limit: int) -> bytes:
+    def read_log(self, name: str, log_name: str, limit: int) -> bytes:
         """At most ``limit`` bytes of a recorded output log (never the whole of a huge one)."""
         try:
-            response = api.instances[name].logs[log_name].get(stream=True, is_api=False, timeout=self.timeouts)
-        except lxd_exc.NotFound:
-            return b""
-        try:
-            return response.raw.read(limit) or b""
-        finally:
-            response.close()
+            return self.rest.send("GET", f"/1.0/instances/{quote(name)}/logs/{log_name}", limit=limit)[1] or b""
+        except RestError as exc:
+            if exc.status == 404:
+                return b""
+            raise
 
     def later(self, fn, *args: Any, **kwargs: Any) -> None:
         """Run housekeeping off the request path (inline when the pool is already shut down)."""
@@ -422,11 +423,11 @@ class LxdBackend:
 
     def delete_logs(self, name: str, log_names: tuple[str, ...]) -> None:
         try:
-            api = self.api()
             for log_name in log_names:
                 try:
-                    api.instances[name].logs[log_name].delete(timeout=self.timeouts)
-                except lxd_exc.NotFound:
-                    pass
+                    self.rest.send("DELETE", f"/1.0/instances/{quote(name)}/logs/{log_name}")
+                except RestError as exc:
+                    if exc.status != 404:
+                        raise
         except Exception as exc:  # noqa: BLE001 - housekeeping: log and move on
             log.warning("could not delete exec output logs of %s: %s", name, exc)

@@ -52,6 +52,7 @@ async def test_recovers_when_the_daemon_appears(hub_harness, tmp_path, lxd_avail
         status, body = await h.call("POST", "/api/exec", boss, {"target": name, "command": "echo hi"})
         assert status == 503, body
         link.symlink_to(REAL_SOCKET)  # "the daemon is back"
+        await asyncio.sleep(0.3)  # the registry retries a miss at most every 250 ms
         status, body = await h.call("POST", "/api/exec", boss, {"target": name, "command": "echo hi"})
         assert status == 200 and body["stdout"] == "hi\n", body
         _, body = await h.call("GET", "/api/machines", boss)
@@ -101,6 +102,13 @@ def _our_daemon() -> int | None:
     return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 async def test_real_daemon_restart(hub_harness, run_id, containers):
     """Stop the real daemon (one scripts/lxd-setup started), see 503s, start it, see recovery."""
@@ -117,7 +125,7 @@ async def test_real_daemon_restart(hub_harness, run_id, containers):
         os.kill(pid, 15)
         try:
             deadline = time.monotonic() + 30
-            while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            while _alive(pid) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             started = time.monotonic()
             status, body = await h.call("POST", "/api/exec", boss, {"target": name, "command": "echo down"})
