@@ -1,0 +1,105 @@
+"""The hub's own MCP endpoint at runtime: two MCP servers (agent, admin), their session managers,
+and an in-process client onto the hub's HTTP API.
+
+Tools on ``/mcp`` act exactly like the stdio server's: each is a request to the hub's API with
+the caller's bearer token, made in-process through ``hub.app`` (no network hop, no port to
+know), labelled ``via: mcp`` so the activity feed shows the channel. Authorization, validation
+and recording are the API's, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from typing import Any
+
+import httpx
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.transport_security import TransportSecuritySettings
+
+from claude_net import Actor
+
+from .client import HubClient
+from .settings import McpSettings
+from .tools import Caller, ToolHost, build_server
+
+log = logging.getLogger("claude_net_mcp")
+VIA_SCOPE_KEY = "claude_net.via"  # claude_net.http.VIA_SCOPE_KEY (kept literal: http imports Quart)
+
+
+class HubMcpRuntime:
+    def __init__(self, hub: Any, settings: McpSettings) -> None:
+        self.hub = hub
+        self.settings = settings
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.servers: dict[bool, Any] = {}
+
+    async def _labelled_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.hub.app({**scope, VIA_SCOPE_KEY: "mcp"}, receive, send)
+
+    async def start(self) -> None:
+        if self.hub.app is None:
+            raise RuntimeError("the hub has no HTTP app (hub.app); the MCP endpoint needs create_app")
+        limits = self.hub.settings.limits
+        self.http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self._labelled_app, client=("127.0.0.1", 0)),
+            base_url="http://claude-net.internal", timeout=self.settings.request_timeout,
+        )
+        client = HubClient(self.http, url="this hub", timeout=self.settings.request_timeout)
+        host = ToolHost(client=client, via="http", max_output=self.settings.max_output, limits={
+            "execTimeout": limits.exec_timeout, "execTimeoutMax": limits.exec_timeout_max,
+            "execMaxOutput": limits.exec_max_output, "fileMaxBytes": limits.file_max_bytes,
+        })
+        # The SDK's own Host/Origin checks are off: the endpoint checks Origin itself (and answers in
+        # the hub's error shape); Host is not pinned because agents reach the hub at bridge addresses.
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        for admin in (False, True):
+            server = build_server(host, admin=admin)
+            server.streamable_http_app(
+                stateless_http=self.settings.stateless, json_response=self.settings.json_response,
+                session_idle_timeout=self.settings.session_idle_timeout, transport_security=security,
+                max_request_body_size=max(4 * 1024 * 1024, limits.file_max_bytes * 4 // 3 + 65536),
+            )
+            self.servers[admin] = server
+        self._task = self.hub.spawn(self._run_session_managers(), name="mcp-session-managers")
+        await self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def _run_session_managers(self) -> None:
+        """Owns both session managers' task groups for the hub's lifetime (one task enters and exits them)."""
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for server in self.servers.values():
+                    await stack.enter_async_context(server.session_manager.run())
+                self._ready.set()
+                await self._stop.wait()
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._ready.set()
+
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any, actor: Actor, token: str) -> None:
+        caller = Caller(name=actor.name, admin=actor.admin, token=token)
+        # Sessions (stateful mode) belong to the credential that opened them: the SDK compares this user.
+        digest = hashlib.sha256(token.encode()).hexdigest()[:32]
+        user = AuthenticatedUser(AccessToken(token="", client_id=actor.name, scopes=["admin"] if actor.admin else [],
+                                             subject=digest))
+        scope = {**scope, "user": user, "claude_net.mcp.caller": caller}
+        await self.servers[actor.admin].session_manager.handle_request(scope, receive, send)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
+        if self.http is not None:
+            await self.http.aclose()

@@ -1,0 +1,660 @@
+"""The claude_net_* tools and the MCP server that offers them.
+
+One set of tool functions serves both transports. A tool finds its caller through the server's
+lifespan object (a :class:`ToolHost`): the stdio server has one fixed caller (its token's node),
+the hub's ``/mcp`` endpoint one per HTTP request (the bearer token it authenticated). Every tool
+is one or two calls to the hub's HTTP API with the caller's token — nothing here decides who may
+do what; the hub does, records it, and its refusals come back as tool errors that say what to do
+next.
+
+Names and arguments are the original spec's. Agents get six tools; admins get all thirteen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field
+
+from .client import EXEC_MARGIN, HubCallError, HubClient
+from .render import (
+    clip_head,
+    clip_middle,
+    event_text,
+    exec_text,
+    machines_text,
+    message_text,
+    plural,
+    rule_text,
+    shell_quote,
+)
+from .settings import DEFAULT_MAX_OUTPUT
+
+AGENT_TOOLS = (
+    "claude_net_send", "claude_net_inbox", "claude_net_machines",
+    "claude_net_exec", "claude_net_file_read", "claude_net_file_write",
+)
+ADMIN_TOOLS = (
+    "claude_net_permit", "claude_net_permissions",
+    "claude_net_container_start", "claude_net_container_stop", "claude_net_container_snapshot",
+    "claude_net_container_restore", "claude_net_activity",
+)
+
+#: the hub's limits when it does not say (older hubs without /api/whoami)
+DEFAULT_LIMITS = {"execTimeout": 60.0, "execTimeoutMax": 3600.0}
+_VERBS = {"exec": "run commands on", "file_read": "read files on", "file_write": "write files on"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Who is calling, and how the tools reach the hub
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The node a tool acts for: its token (None when the client sends it by default) and role."""
+
+    name: str
+    admin: bool
+    token: str | None = None
+
+
+@dataclass
+class ToolHost:
+    """What the tools share: the hub client, limits, output size, and how to find the caller.
+
+    ``via`` is ``stdio`` or ``http``; it only changes the advice in error messages (a stdio server
+    owns its token and URL, an HTTP client sends its own).
+    """
+
+    client: HubClient
+    via: str
+    caller: Caller | None = None
+    limits: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    max_output: int = DEFAULT_MAX_OUTPUT
+    #: ASGI scope key under which the /mcp endpoint leaves the authenticated caller
+    scope_key: str = "claude_net.mcp.caller"
+
+    def caller_for(self, ctx: Context) -> Caller:
+        if self.caller is not None:
+            return self.caller
+        request = ctx.request_context.request
+        caller = getattr(request, "scope", {}).get(self.scope_key) if request is not None else None
+        if not isinstance(caller, Caller):  # never: the endpoint authenticates before the server sees a byte
+            raise RuntimeError("no authenticated caller on this request")
+        return caller
+
+    async def api(self, caller: Caller, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        return await self.client.call(method, path, token=caller.token, **kwargs)
+
+
+def _host(ctx: Context) -> ToolHost:
+    return ctx.request_context.lifespan_context
+
+
+def _lifespan(host: ToolHost):
+    @contextlib.asynccontextmanager
+    async def lifespan(_server: MCPServer) -> AsyncIterator[ToolHost]:
+        yield host
+
+    return lifespan
+
+
+# ---------------------------------------------------------------------------------------------
+# Results and errors
+# ---------------------------------------------------------------------------------------------
+
+
+def _ok(text: str, data: Mapping[str, Any]) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=dict(data))
+
+
+def _error(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def explain(err: HubCallError, host: ToolHost, caller: Caller, args: Mapping[str, Any]) -> str:
+    """The hub's refusal as a sentence that tells the agent what to do next."""
+    code, status, msg = err.code, err.status, err.message.rstrip(".")
+    target = args.get("target") or args.get("name") or args.get("to")
+    if code in ("unreachable", "hub_timeout", "bad_answer"):
+        if host.via == "stdio":
+            return (f"{msg}. Check CLAUDE_NET_URL in this MCP server's environment and that the hub is running; "
+                    "the call may be retried once the hub answers.")
+        return f"{msg}. The hub may be overloaded or restarting: retry in a moment."
+    if status == 401:
+        if host.via == "stdio":
+            return (f"the hub rejected this MCP server's token ({msg}). Check CLAUDE_NET_TOKEN: it must be a "
+                    f"current token of this node (an admin creates one on the hub host with "
+                    f"`claude-net token create {caller.name} --replace`), then restart the MCP server.")
+        return (f"the hub rejected your token ({msg}): check the Authorization header of this MCP connection "
+                "(an admin creates tokens with `claude-net token create NAME`).")
+    action = err.body.get("action")
+    if code == "denied" and action in _VERBS and isinstance(target, str):
+        return (f"denied: {caller.name} may not {_VERBS[action]} {target}. Only an admin can grant this: ask "
+                f"the admin to permit {caller.name} -> {target} (`claude-net permit {caller.name} {target}` on "
+                f"the hub host, `--capabilities {action}` for just this; or "
+                f"claude_net_permit(source=\"{caller.name}\", target=\"{target}\", allow=true) from an admin's "
+                f"agent). You can ask with claude_net_send.")
+    if code in ("denied", "admin_only", "forbidden"):
+        return f"{msg}. This needs an admin: ask one to do it for you (claude_net_send)."
+    if code == "unknown_node":
+        return f"{msg}: call claude_net_machines to see the nodes the hub knows and their exact names."
+    if code == "invalid_name":
+        return f"{msg}. Call claude_net_machines for the exact node names."
+    if code == "no_backend":
+        return (f"{msg}. It can only exchange messages (claude_net_send); claude_net_machines shows which nodes "
+                "have exec/file_read/file_write.")
+    if code == "not_running":
+        how = (f"start it with claude_net_container_start(name=\"{target}\")" if caller.admin
+               else "ask an admin to start it (claude_net_send)")
+        return f"{target} is not running: {how}, then try again."
+    if code == "no_such_file":
+        return f"{msg}. Check the path, e.g. claude_net_exec(target=\"{target}\", command=\"ls -la DIR\")."
+    if code == "no_such_directory":
+        directory = str(args.get("path", "/")).rsplit("/", 1)[0] or "/"
+        return (f"the directory {directory} does not exist on {target}: create it with "
+                f"claude_net_exec(target=\"{target}\", command=\"mkdir -p {shell_quote(directory)}\") and write again.")
+    if code == "is_directory":
+        return (f"{msg.split(';')[0]}: list it with "
+                f"claude_net_exec(target=\"{target}\", command=\"ls -la {shell_quote(str(args.get('path')))}\").")
+    if code == "too_large":
+        return f"{msg}. Work with smaller pieces (split the content, or use head/tail/split via claude_net_exec)."
+    if code in ("backend_unavailable", "unavailable", "lxd_unavailable", "ssh_unavailable", "database_unavailable",
+                "audit_unavailable") or status == 503:
+        return f"{msg}. Nothing was done; try again in a minute, and tell an admin if it persists."
+    if status == 429:
+        return f"{msg}. Wait a few seconds and retry."
+    if status == 400:
+        return f"invalid input: {msg}. Fix the argument and call again."
+    if status == 409:
+        return f"{msg}. The target's current state does not allow this; check it with claude_net_machines."
+    return f"{msg} (HTTP {status}, {code})."
+
+
+async def _call(ctx: Context, method: str, path: str, args: Mapping[str, Any], **kwargs: Any):
+    """(host, caller, answer) or (host, caller, error sentence)."""
+    host = _host(ctx)
+    caller = host.caller_for(ctx)
+    try:
+        return host, caller, await host.api(caller, method, path, **kwargs), None
+    except HubCallError as err:
+        return host, caller, None, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Output schemas (structured results; the text form says the same for a reader)
+# ---------------------------------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SendOut(_Out):
+    id: int | None = Field(description="Message id (the first one for '*').")
+    to: str
+    recipients: list[str] = Field(default_factory=list, description="Who got it.")
+    duplicate: bool = False
+
+
+class InboxOut(_Out):
+    messages: list[dict[str, Any]] = Field(description="Oldest first: id, from, to, message, time, unauthenticated.")
+    count: int
+    acked: bool = Field(description="Whether the returned messages were marked read.")
+    more: bool = Field(description="More unread messages may be waiting: call again.")
+
+
+class MachinesOut(_Out):
+    you: str
+    machines: list[dict[str, Any]] = Field(
+        description="name, backend (lxd, ssh, hub), state, capabilities, lastSeen, unread, info.")
+    unavailable: dict[str, str] = Field(description="Backends that could not be listed, with the reason.")
+
+
+class ExecOut(_Out):
+    target: str
+    exitCode: int | None
+    stdout: str
+    stderr: str
+    durationMs: float
+    truncated: bool = Field(description="Some output is not shown (see notes).")
+    notes: list[str] = Field(default_factory=list)
+
+
+class FileReadOut(_Out):
+    target: str
+    path: str
+    content: str
+    encoding: str = Field(description="utf-8, or base64 for binary files.")
+    size: int = Field(description="File size in bytes.")
+    truncated: bool
+    notes: list[str] = Field(default_factory=list)
+
+
+class FileWriteOut(_Out):
+    target: str
+    path: str
+    size: int = Field(description="Bytes written.")
+
+
+class PermitOut(_Out):
+    permission: dict[str, Any] = Field(description="The stored rule (or what a revoke removed).")
+
+
+class PermissionsOut(_Out):
+    permissions: list[dict[str, Any]] = Field(description="Every rule: source, target, capabilities, granted_by, "
+                                                          "granted_at, expires_at, expired.")
+    nodes: list[str]
+
+
+class ContainerOut(_Out):
+    name: str
+    snapshot: str | None = None
+
+
+class ActivityOut(_Out):
+    hours: float
+    events: list[dict[str, Any]] = Field(description="Newest first: id, time, from, type, target, detail, result, "
+                                                     "via, duration_ms, exit_code, ...")
+    count: int
+    more: bool = Field(description="Older rows exist than those shown.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools for everyone
+# ---------------------------------------------------------------------------------------------
+
+NodeArg = Annotated[str, Field(description="Node name, exactly as claude_net_machines lists it.")]
+
+
+async def claude_net_send(
+    to: Annotated[str, Field(description="Recipient node name, or '*' for every known node except you.")],
+    message: Annotated[str, Field(description="The text to deliver (UTF-8, up to the hub's limit, 64 KiB by "
+                                              "default).")],
+    ctx: Context,
+) -> Annotated[CallToolResult, SendOut]:
+    args = {"to": to}
+    host, caller, body, err = await _call(ctx, "POST", "/api/send", args, json={"to": to, "message": message})
+    if err:
+        return _error(explain(err, host, caller, args))
+    recipients = body.get("recipients") or [to]
+    if body.get("duplicate"):
+        text = f"Already sent (message #{body.get('id')}); nothing new was stored."
+    elif to == "*":
+        text = (f"Sent to {plural(len(recipients), 'node')}: {', '.join(recipients) or 'nobody'}. "
+                "Each reads it with claude_net_inbox; replies arrive in your inbox.")
+    else:
+        text = (f"Sent message #{body.get('id')} to {to}. It waits in their inbox until they read it; "
+                "check claude_net_inbox later for a reply.")
+    return _ok(text, {"id": body.get("id"), "to": to, "recipients": recipients,
+                      "duplicate": bool(body.get("duplicate"))})
+
+
+async def claude_net_inbox(
+    ctx: Context,
+    limit: Annotated[int, Field(ge=1, le=500, description="Most messages to return (1-500).")] = 20,
+    ack: Annotated[bool, Field(description="Mark the returned messages read so they are not returned again "
+                                           "(false: just peek).")] = True,
+) -> Annotated[CallToolResult, InboxOut]:
+    host, caller, body, err = await _call(ctx, "GET", "/api/inbox", {}, params={"limit": limit, "ack": False})
+    if err:
+        return _error(explain(err, host, caller, {}))
+    messages = body.get("messages") or []
+    shown, used = [], 0
+    for m in messages:
+        size = len(m.get("message", "")) + 80
+        if shown and used + size > host.max_output:
+            break  # never cut a message: the rest stay unread for the next call
+        shown.append(m)
+        used += size
+    if ack and shown:
+        try:
+            await host.api(caller, "POST", "/api/inbox/ack", json={"ids": [m["id"] for m in shown]})
+        except HubCallError as ack_err:
+            return _error(f"read {plural(len(shown), 'message')} but could not mark them read: "
+                          + explain(ack_err, host, caller, {}))
+    more = len(shown) < len(messages) or len(messages) >= limit
+    if not shown:
+        text = "No unread messages."
+    else:
+        state = "marked read" if ack else "left unread"
+        text = (f"{plural(len(shown), 'message')} ({state}):\n\n" + "\n\n".join(message_text(m) for m in shown))
+        if more:
+            text += "\n\nMore unread messages are waiting: call claude_net_inbox again."
+    return _ok(text, {"messages": shown, "count": len(shown), "acked": bool(ack and shown), "more": more})
+
+
+async def claude_net_machines(ctx: Context) -> Annotated[CallToolResult, MachinesOut]:
+    host, caller, body, err = await _call(ctx, "GET", "/api/machines", {})
+    if err:
+        return _error(explain(err, host, caller, {}))
+    machines, unavailable = body.get("machines") or [], body.get("unavailable") or {}
+    text = machines_text(caller.name, machines, unavailable)
+    listing, omitted = clip_head(text, host.max_output)
+    if omitted:
+        listing += f"\n[... {omitted:,} more characters of the listing not shown; the structured result has all]"
+    return _ok(listing, {"you": caller.name, "machines": machines, "unavailable": unavailable})
+
+
+async def claude_net_exec(
+    target: NodeArg,
+    command: Annotated[str, Field(description="Shell command line, run as `sh -c COMMAND` (bash where the node "
+                                              "has it) in the node's working directory.")],
+    ctx: Context,
+    timeout: Annotated[float | None, Field(gt=0, description="Seconds before the command is stopped (default: "
+                                                             "the hub's, usually 60).")] = None,
+) -> Annotated[CallToolResult, ExecOut]:
+    host = _host(ctx)
+    request: dict[str, Any] = {"target": target, "command": command}
+    if timeout is not None:
+        request["timeout"] = timeout
+    wait = float(timeout if timeout is not None else host.limits.get("execTimeout", 60.0)) + EXEC_MARGIN
+    host, caller, body, err = await _call(ctx, "POST", "/api/exec", request, json=request, timeout=wait)
+    if err and err.code == "timeout" and "stdout" in err.body:
+        partial = _exec_result(host, target, command, err.body)
+        limit = timeout if timeout is not None else host.limits.get("execTimeout", 60.0)
+        return _error(
+            f"the command did not finish within {limit:g}s on {target} and was stopped. Give it a larger timeout "
+            f"(at most {host.limits.get('execTimeoutMax', 3600):g}s), or start it in the background "
+            f"(`nohup CMD > /tmp/out.log 2>&1 &`) and read /tmp/out.log later. Output so far:\n\n"
+            + exec_text(target, command, partial, partial["notes"]))
+    if err:
+        return _error(explain(err, host, caller, request))
+    out = _exec_result(host, target, command, body)
+    return _ok(exec_text(target, command, out, out["notes"]), out)
+
+
+def _exec_result(host: ToolHost, target: str, command: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    notes, truncated = [], False
+    streams = {}
+    for name in ("stdout", "stderr"):
+        text, omitted = clip_middle(str(body.get(name) or ""), host.max_output)
+        streams[name] = text
+        if omitted:
+            truncated = True
+            notes.append(f"{name} was {omitted + len(text):,} characters; {omitted:,} in the middle are not shown. "
+                         "Narrow the command (grep, head, tail) or redirect to a file and read it in parts.")
+    if body.get("truncated"):
+        truncated = True
+        notes.append("the hub kept only the first part of the output (its per-stream cap, "
+                     f"{host.limits.get('execMaxOutput', 1048576):,} bytes); redirect to a file for the rest.")
+    return {"target": target, "exitCode": body.get("exitCode"), "stdout": streams["stdout"],
+            "stderr": streams["stderr"], "durationMs": float(body.get("durationMs") or 0.0),
+            "truncated": truncated, "notes": notes}
+
+
+async def claude_net_file_read(
+    target: NodeArg,
+    path: Annotated[str, Field(description="Absolute path of the file on that node.")],
+    ctx: Context,
+) -> Annotated[CallToolResult, FileReadOut]:
+    args = {"target": target, "path": path}
+    host, caller, body, err = await _call(ctx, "POST", "/api/file/read", args, json=args)
+    if err:
+        return _error(explain(err, host, caller, args))
+    content, encoding, size = str(body.get("content", "")), body.get("encoding", "utf-8"), int(body.get("size", 0))
+    shown, omitted = clip_head(content, host.max_output)
+    notes = []
+    if encoding == "base64":
+        notes.append(f"{path} is binary ({size:,} bytes): the content is base64.")
+    if omitted:
+        notes.append(f"only the first {len(shown):,} of {len(content):,} characters are shown; read further "
+                     f"with claude_net_exec(target=\"{target}\", command=\"tail -c +{len(shown.encode()) + 1} "
+                     f"{shell_quote(path)} | head -c {host.max_output}\") or sed -n 'FROM,TOp'.")
+    header = f"{path} on {target} ({size:,} bytes" + (", base64" if encoding == "base64" else "") + "):"
+    text = "\n".join([header, shown] + [f"note: {n}" for n in notes])
+    return _ok(text, {"target": target, "path": path, "content": shown, "encoding": encoding, "size": size,
+                      "truncated": bool(omitted), "notes": notes})
+
+
+async def claude_net_file_write(
+    target: NodeArg,
+    path: Annotated[str, Field(description="Absolute path of the file on that node; its directory must exist.")],
+    content: Annotated[str, Field(description="The complete new content (UTF-8 text).")],
+    ctx: Context,
+) -> Annotated[CallToolResult, FileWriteOut]:
+    args = {"target": target, "path": path}
+    host, caller, body, err = await _call(ctx, "POST", "/api/file/write", args,
+                                          json={"target": target, "path": path, "content": content})
+    if err:
+        return _error(explain(err, host, caller, args))
+    size = int(body.get("size", len(content.encode())))
+    return _ok(f"Wrote {size:,} bytes to {path} on {target}.", {"target": target, "path": path, "size": size})
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin tools
+# ---------------------------------------------------------------------------------------------
+
+
+async def claude_net_permit(
+    source: Annotated[str, Field(description="The node that acts, or 'all' ('*') for every node.")],
+    target: Annotated[str, Field(description="The node acted upon, or 'all' ('*') for every node.")],
+    allow: Annotated[bool, Field(description="true grants exec, file read and file write; false revokes (on a "
+                                             "node: an explicit deny that beats wider grants; on 'all': deletes "
+                                             "every rule of source).")],
+    ctx: Context,
+) -> Annotated[CallToolResult, PermitOut]:
+    args = {"source": source, "target": target, "allow": allow}
+    host, caller, body, err = await _call(ctx, "POST", "/api/permit", args, json=args)
+    if err:
+        return _error(explain(err, host, caller, {"name": source}))
+    rule = body.get("permission") or {}
+    if rule.get("stored") and rule.get("capabilities"):
+        text = f"Granted {rule_text(rule)}. It applies from the next call."
+    elif rule.get("stored"):
+        text = (f"Stored an explicit deny {rule.get('source')} -> {rule.get('target')}: it beats any wider grant. "
+                "It applies from the next call.")
+    else:
+        removed = rule.get("removed_targets") or []
+        text = (f"Removed {plural(int(rule.get('removed', 0)), 'rule')} of {rule.get('source')}"
+                + (f" (targets: {', '.join(removed)})" if removed else "") + ": nothing is granted to it any more.")
+    return _ok(text, {"permission": rule})
+
+
+async def claude_net_permissions(ctx: Context) -> Annotated[CallToolResult, PermissionsOut]:
+    host, caller, body, err = await _call(ctx, "GET", "/api/permissions", {})
+    if err:
+        return _error(explain(err, host, caller, {}))
+    rules, nodes = body.get("permissions") or [], body.get("nodes") or []
+    lines = [f"{plural(len(rules), 'rule')} (the most specific rule for a pair decides; no rule = denied; "
+             "admins may do everything):"]
+    lines += [f"  {rule_text(r)}" for r in rules] or ["  (none)"]
+    lines.append(f"known nodes: {', '.join(nodes) or '(none)'}")
+    text, omitted = clip_head("\n".join(lines), host.max_output)
+    if omitted:
+        text += f"\n[... {omitted:,} more characters not shown; the structured result has every rule]"
+    return _ok(text, {**body, "permissions": rules, "nodes": nodes})
+
+
+async def _container(ctx: Context, op: str, name: str, **extra: Any) -> CallToolResult:
+    args = {"name": name, **extra}
+    host, caller, body, err = await _call(ctx, "POST", f"/api/container/{op}", args, json=args,
+                                          timeout=max(host_timeout(ctx), 330.0))
+    if err and err.code == "no_such_snapshot":
+        known = ""
+        with contextlib.suppress(HubCallError):
+            listing = await host.api(caller, "GET", "/api/container/snapshots", params={"name": name})
+            names = [s.get("name") for s in listing.get("snapshots") or []]
+            known = (f" Its snapshots: {', '.join(names)}." if names
+                     else " It has no snapshots yet (claude_net_container_snapshot makes one).")
+        return _error(f"{name} has no snapshot {extra.get('snapshot')!r}.{known}")
+    if err:
+        return _error(explain(err, host, caller, args))
+    out = {"name": body.get("name", name)}
+    if body.get("snapshot"):
+        out["snapshot"] = body["snapshot"]
+    text = {
+        "start": f"Started {name}.",
+        "stop": f"Stopped {name}. Exec and files on it fail until it is started again.",
+        "snapshot": (f"Snapshot {out.get('snapshot')!r} of {name} created; roll back with "
+                     f"claude_net_container_restore(name=\"{name}\", snapshot=\"{out.get('snapshot')}\")."),
+        "restore": f"Restored {name} to snapshot {out.get('snapshot') or extra.get('snapshot')!r}.",
+    }[op]
+    return _ok(text, out)
+
+
+def host_timeout(ctx: Context) -> float:
+    return _host(ctx).client.timeout
+
+
+ContainerArg = Annotated[str, Field(description="Container node name, exactly as claude_net_machines lists it.")]
+
+
+async def claude_net_container_start(name: ContainerArg, ctx: Context) -> Annotated[CallToolResult, ContainerOut]:
+    return await _container(ctx, "start", name)
+
+
+async def claude_net_container_stop(name: ContainerArg, ctx: Context) -> Annotated[CallToolResult, ContainerOut]:
+    return await _container(ctx, "stop", name)
+
+
+async def claude_net_container_snapshot(name: ContainerArg, ctx: Context) -> Annotated[CallToolResult, ContainerOut]:
+    return await _container(ctx, "snapshot", name)
+
+
+async def claude_net_container_restore(
+    name: ContainerArg,
+    snapshot: Annotated[str, Field(description="Snapshot name, as claude_net_container_snapshot returned it.")],
+    ctx: Context,
+) -> Annotated[CallToolResult, ContainerOut]:
+    return await _container(ctx, "restore", name, snapshot=snapshot)
+
+
+async def claude_net_activity(
+    hours: Annotated[float, Field(ge=0, description="How far back to look, in hours (e.g. 1, 24; 0 = all).")],
+    ctx: Context,
+) -> Annotated[CallToolResult, ActivityOut]:
+    host, caller, body, err = await _call(ctx, "GET", "/api/activity", {}, params={"hours": hours, "limit": 200})
+    if err:
+        return _error(explain(err, host, caller, {}))
+    events = body.get("events") or []
+    shown, used = [], 0
+    for e in events:
+        line = event_text(e)
+        if shown and used + len(line) + 1 > host.max_output:
+            break
+        shown.append((e, line))
+        used += len(line) + 1
+    more = len(shown) < len(events) or body.get("next") is not None
+    if not shown:
+        text = f"No activity in the last {hours:g} hours." if hours else "No activity recorded."
+    else:
+        text = (f"{plural(len(shown), 'event')} in the last {hours:g} hours, newest first "
+                "(time, who, action, target, result, detail):\n" + "\n".join(line for _, line in shown))
+        if more:
+            text += ("\n[older events not shown: ask for fewer hours, or page through "
+                     "`claude-net activity` / GET /api/activity?before=... on the hub]")
+    return _ok(text, {"hours": hours, "events": [e for e, _ in shown], "count": len(shown), "more": more})
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+# ---------------------------------------------------------------------------------------------
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+
+def _tools(limits: Mapping[str, Any], max_output: int) -> list[tuple[str, Any, str, str, ToolAnnotations]]:
+    """(name, function, title, description, annotations), agents' tools first."""
+    exec_default = float(limits.get("execTimeout", 60.0))
+    exec_max = float(limits.get("execTimeoutMax", 3600.0))
+    cut = f"Output longer than {max_output:,} characters is cut, with a note saying so."
+    return [
+        ("claude_net_send", claude_net_send, "Send a message",
+         "Send a message to another agent's node (or '*' for all nodes). The hub stores it until the "
+         "recipient reads it with claude_net_inbox; you do not wait for a reply, it arrives in your own inbox. "
+         "Use claude_net_machines for node names. Cheap: one hub request.",
+         ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)),
+        ("claude_net_inbox", claude_net_inbox, "Read your inbox",
+         "Read your unread messages, oldest first, and (by default) mark them read. Returns at once, empty if "
+         "nothing arrived. Call it when you expect a reply or to check for requests from other agents. "
+         "Cheap: one or two hub requests.",
+         READ_ONLY),
+        ("claude_net_machines", claude_net_machines, "List the nodes",
+         "List every node the hub knows (LXD containers, SSH servers, agents with a token): its backend, state "
+         "(running, stopped, ...), capabilities (exec, file_read, file_write, container), unread messages and "
+         "when it was last seen. Use it to find exact node names and to check a target is running. Cheap.",
+         READ_ONLY),
+        ("claude_net_exec", claude_net_exec, "Run a command on a node",
+         "Run a shell command on another node and wait for it: returns the exit code, stdout and stderr (a "
+         "non-zero exit code is a normal result, not an error). Needs the pathway you -> target, granted by an "
+         "admin; a denial says exactly which grant to ask for. The command really runs there and can change "
+         f"anything it may. Stopped after `timeout` seconds (default {exec_default:g}, at most {exec_max:g}): "
+         f"run long jobs in the background with nohup and poll. {cut}",
+         ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True)),
+        ("claude_net_file_read", claude_net_file_read, "Read a file on a node",
+         "Read a file on another node by absolute path: UTF-8 text as text, anything else as base64. Needs the "
+         f"file_read pathway you -> target (a denial says which grant to ask for). {cut} Use claude_net_exec "
+         "with ls/head/tail/grep to explore or page through large files.",
+         READ_ONLY),
+        ("claude_net_file_write", claude_net_file_write, "Write a file on a node",
+         "Create or replace a file on another node with the given UTF-8 text (written to a temporary file and "
+         "renamed, so readers never see half a file). Overwrites an existing file without a backup; the "
+         "directory must exist. Needs the file_write pathway you -> target.",
+         ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
+        ("claude_net_permit", claude_net_permit, "Grant or revoke a pathway (admin)",
+         "Admin: grant (allow=true) or revoke (allow=false) the pathway source -> target for exec, file read "
+         "and file write. source and target are node names or 'all'. The most specific rule wins: "
+         "`permit X all` then revoke X -> Y leaves every target but Y open. Takes effect on the next call; "
+         "recorded in the activity feed.",
+         ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)),
+        ("claude_net_permissions", claude_net_permissions, "Show the permissions matrix (admin)",
+         "Admin: list every rule of the permissions matrix (who may exec/read/write where, who granted it, "
+         "expiry) and the known nodes. Cheap.",
+         READ_ONLY),
+        ("claude_net_container_start", claude_net_container_start, "Start a container (admin)",
+         "Admin: start a stopped container node, so its agent comes back online and exec and files work on it "
+         "again. Takes a few seconds.",
+         ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)),
+        ("claude_net_container_stop", claude_net_container_stop, "Stop a container (admin)",
+         "Admin: stop a container node (gracefully, forced after the hub's stop timeout). The agent living in "
+         "it goes offline and exec/files on it fail until it is started again.",
+         ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
+        ("claude_net_container_snapshot", claude_net_container_snapshot, "Snapshot a container (admin)",
+         "Admin: take a snapshot of a container node, named by today's UTC date (made unique). Returns the "
+         "snapshot name for claude_net_container_restore. Takes seconds; uses disk space.",
+         ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)),
+        ("claude_net_container_restore", claude_net_container_restore, "Restore a container snapshot (admin)",
+         "Admin: roll a container node back to one of its snapshots. Everything changed since that snapshot "
+         "is lost. An unknown snapshot name is answered with the list of existing ones.",
+         ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)),
+        ("claude_net_activity", claude_net_activity, "Show the activity feed (admin)",
+         "Admin: the audit trail of the last `hours` hours, newest first: every message, exec, file access, "
+         "permission change and container operation, allowed, denied or failed, with who did it. "
+         f"Up to 200 events. {cut}",
+         READ_ONLY),
+    ]
+
+
+def build_server(host: ToolHost, *, admin: bool) -> MCPServer:
+    """An MCP server with the agents' six tools, plus the admin tools when ``admin``."""
+    from claude_net_mcp import __version__
+
+    server = MCPServer(
+        "claude-net",
+        title="claude-net",
+        version=__version__,
+        instructions=(
+            "claude-net connects the AI agents of this host, each in its own container. Message other agents "
+            "with claude_net_send and read replies with claude_net_inbox; claude_net_machines lists the nodes. "
+            "claude_net_exec, claude_net_file_read and claude_net_file_write act on another node only where an "
+            "admin granted that pathway; a denial says which grant to ask for. Everything is recorded."
+            + (" You are an admin: the claude_net_permit, _permissions, _container_* and _activity tools are "
+               "yours." if admin else "")
+        ),
+        lifespan=_lifespan(host),
+        log_level="WARNING",
+    )
+    for name, fn, title, description, annotations in _tools(host.limits, host.max_output):
+        if name in ADMIN_TOOLS and not admin:
+            continue
+        server.add_tool(fn, name=name, title=title, description=description,
+                        annotations=annotations.model_copy(update={"title": title}))
+    return server
