@@ -97,7 +97,8 @@ async def exec_(ctx):
         request={"command": command, "cwd": cwd},
         result_data=lambda r: {"exit_code": r.exit_code, "truncated": r.truncated},
         result_transient=lambda r: {"stdout": _decode(r.stdout[:EVENT_OUTPUT]),
-                                    "stderr": _decode(r.stderr[:EVENT_OUTPUT])},
+                                    "stderr": _decode(r.stderr[:EVENT_OUTPUT]),
+                                    "output_bytes": len(r.stdout) + len(r.stderr)},
     )
     out = {
         "stdout": _decode(result.stdout),

@@ -64,14 +64,22 @@ def _arrow(event) -> str:
 
 
 def _output(event, limit: int) -> str:
+    """The start of an exec's output in a ``<pre>`` block, and how much there was when cut."""
     out = str(event.transient.get("stdout") or "").rstrip("\n")
     err = str(event.transient.get("stderr") or "").rstrip("\n")
     if err:
         out = f"{out}\n[stderr]\n{err}" if out else f"[stderr]\n{err}"
     if not out:
         return ""
-    capped = " (output capped by the hub)" if event.data.get("truncated") else ""
-    return f"<pre>{esc(clip(out, max(0, limit)))}</pre>{capped}"
+    limit = max(0, limit)
+    total = event.transient.get("output_bytes")
+    capped = bool(event.data.get("truncated"))
+    if len(out) <= limit and not capped:
+        return f"<pre>{esc(out)}</pre>"
+    size = f"{total} bytes of output" if isinstance(total, int) else "output cut"
+    if capped:
+        size += ", capped by the hub"
+    return f"<pre>{esc(out[:limit])}…</pre>\n({size})"
 
 
 def format_event(event, *, output_chars: int = 300) -> tuple[str, bool]:
@@ -108,10 +116,11 @@ def format_event(event, *, output_chars: int = 300) -> tuple[str, bool]:
         verb = {"ok": "", "denied": " denied", "error": " failed"}.get(result, "")
         return (f"{icon} <b>container{verb}</b> <code>{esc(clip(event.detail or '', COMMAND_CHARS))}</code> "
                 f"by {_who(event)}{error}"), loud
-    if kind == "permit":
+    if kind == "permit":  # detail: "permit a -> b: exec, ..." / "revoke a -> *: remove every rule of a"
+        action, _, rest = (event.detail or "permit").partition(" ")
         verb = {"ok": "", "denied": " denied", "error": " failed"}.get(result, "")
-        return (f"🔑 <b>permit{verb}</b> by {_who(event)}: "
-                f"{esc(clip(event.detail or '', COMMAND_CHARS))}{error}"), loud
+        return (f"🔑 <b>{esc(action)}{verb}</b> by {_who(event)}: "
+                f"{esc(clip(rest.replace(' -> ', ' → '), COMMAND_CHARS))}{error}"), loud
     if kind == "telegram" and result == "denied":
         reason = esc(data.get("reason_text") or data.get("reason") or "refused")
         return (f"⛔ <b>Telegram command refused</b>: {reason} "

@@ -62,14 +62,14 @@ def tg_hub(hub_harness, botapi, box):
     the TestBox backend, connected to the fake Bot API (``h.api``), admin ``chasclaude``."""
 
     @contextlib.asynccontextmanager
-    async def start(*, plugins=None, settings_overrides=None, **telegram):
+    async def start(*, plugins=None, settings_overrides=None, wait_ready=True, **telegram):
         plugins = plugins or [claude_net_telegram, claude_net_permissions, claude_net_activity, box]
         async with hub_harness(plugins=plugins, telegram=tg_settings(botapi, **telegram), admins=["chasclaude"],
                                **(settings_overrides or {})) as h:
             h.api = botapi
             h.box = box
             h.rt = h.hub.plugin_state["telegram"]
-            if getattr(h.rt, "active", False):
+            if wait_ready and getattr(h.rt, "active", False):
                 await eventually(lambda: h.rt.ready.is_set())
             yield h
 
