@@ -9,6 +9,7 @@ a guarded action that has not run yet (fail closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -286,17 +287,11 @@ async def prune(hub, *, days: float | None = None, batch: int | None = None, now
     if not days or days <= 0:
         return 0
     cutoff = isotime((now or datetime.now(timezone.utc)) - timedelta(days=days))
-    sql = ("DELETE FROM activity_log WHERE id IN (SELECT id FROM activity_log WHERE timestamp < :cutoff"
-           " ORDER BY timestamp LIMIT :n) RETURNING id")
     total = 0
     while True:
-        if hub.db.is_sqlite:
-            deleted = len(await hub.db.fetch_all(sql, {"cutoff": cutoff, "n": batch}))
-        else:
-            async with hub.db.transaction() as tx:
-                if not await tx.fetch_val("SELECT pg_try_advisory_xact_lock(:key)", {"key": PRUNE_LOCK_KEY}):
-                    break
-                deleted = len(await tx.fetch_all(sql, {"cutoff": cutoff, "n": batch}))
+        deleted = await _complete(_prune_batch(hub, cutoff, batch))
+        if deleted is None:  # another replica is pruning
+            break
         total += deleted
         if deleted < batch:
             break
@@ -304,6 +299,35 @@ async def prune(hub, *, days: float | None = None, batch: int | None = None, now
     if total:
         log.info("activity: pruned %d rows older than %s", total, cutoff)
     return total
+
+
+_PRUNE = ("DELETE FROM activity_log WHERE id IN (SELECT id FROM activity_log WHERE timestamp < :cutoff"
+          " ORDER BY timestamp LIMIT :n) RETURNING id")
+
+
+async def _prune_batch(hub, cutoff: str, batch: int) -> int | None:
+    if hub.db.is_sqlite:
+        return len(await hub.db.fetch_all(_PRUNE, {"cutoff": cutoff, "n": batch}))
+    async with hub.db.transaction() as tx:
+        if not await tx.fetch_val("SELECT pg_try_advisory_xact_lock(:key)", {"key": PRUNE_LOCK_KEY}):
+            return None
+        return len(await tx.fetch_all(_PRUNE, {"cutoff": cutoff, "n": batch}))
+
+
+async def _complete(coro):
+    """Run ``coro`` to completion even if the caller is cancelled (then re-raise the cancellation).
+
+    A statement or transaction interrupted by cancellation can leave a pooled PostgreSQL
+    connection unreleased (and ``hub.stop`` then hangs closing the pool); a prune batch is
+    short, so the hub's shutdown simply waits for it.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 async def retention_loop(hub) -> None:
