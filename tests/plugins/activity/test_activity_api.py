@@ -15,7 +15,6 @@ import pytest
 import claude_net_activity
 import claude_net_permissions
 from claude_net import Event, isotime
-from claude_net.hub import Hub
 from claude_net_activity import store
 
 NOW = datetime.now(timezone.utc)
@@ -223,20 +222,16 @@ def _config(tmp_path, database_url):
 
 
 @contextlib.asynccontextmanager
-async def opened(make_settings):
-    hub = Hub(make_settings(), plugins=[claude_net_permissions, claude_net_activity], load_entrypoints=False)
-    await hub.open()
-    try:
-        yield hub
-    finally:
-        await hub.close()
+async def opened(hub_harness):
+    async with hub_harness(plugins=[claude_net_permissions, claude_net_activity]) as h:
+        yield h.hub
 
 
-def test_cli_list_and_export(tmp_path, database_url, make_settings, capsys):
+def test_cli_list_and_export(tmp_path, database_url, hub_harness, capsys):
     from claude_net.cli import main
 
     async def fill():
-        async with opened(make_settings) as hub:
+        async with opened(hub_harness) as hub:
             await store.record(hub, Event("exec", "alpha", "box1", "make test", "ok", data={"exit_code": 2}))
             await store.record(hub, Event("exec", "alpha", "box2", "rm -rf /", "denied"))
             await store.record(hub, Event("message", "beta", "alpha", "hi, \"quoted\"", "ok"))
@@ -271,13 +266,13 @@ def test_cli_list_and_export(tmp_path, database_url, make_settings, capsys):
     assert table[0]["exit_code"] == "2" and table[0]["type"] == "exec"
 
 
-async def test_cli_follow_prints_new_rows_and_completions(make_settings, capsys):
+async def test_cli_follow_prints_new_rows_and_completions(hub_harness, capsys):
     from claude_net_activity import cli
 
     parser = argparse.ArgumentParser()
     cli.configure(parser)
     args = parser.parse_args(["--follow", "--interval", "0.05", "--json"])
-    async with opened(make_settings) as hub:
+    async with opened(hub_harness) as hub:
         await store.record(hub, Event("message", "a", "b", "before", "ok"))
         running = Event("exec", "a", "box1", "long job", "pending")
         await store.record(hub, running)

@@ -15,7 +15,6 @@ import pytest
 
 import claude_net_permissions as perms
 from claude_net import Actor, isotime
-from claude_net.hub import Hub
 
 ADMIN = Actor("root", admin=True, via="cli")
 ALL = ("exec", "file_read", "file_write")
@@ -170,13 +169,10 @@ CASES = [
 
 
 @contextlib.asynccontextmanager
-async def opened_hub(make_settings):
-    hub = Hub(make_settings(), plugins=[perms], load_entrypoints=False)
-    await hub.open()
-    try:
-        yield hub
-    finally:
-        await hub.close()
+async def opened_hub(hub_harness):
+    """A started hub with only the core and this plugin (no activity plugin, no backend)."""
+    async with hub_harness(plugins=[perms]) as h:
+        yield h.hub
 
 
 async def build(hub, ops) -> None:
@@ -200,10 +196,10 @@ async def build(hub, ops) -> None:
 
 
 @pytest.mark.parametrize("matrix", sorted(MATRICES))
-async def test_matrix(matrix, make_settings):
+async def test_matrix(matrix, hub_harness):
     cases = [c for c in CASES if c[0] == matrix]
     assert cases, f"matrix {matrix} has no cases"
-    async with opened_hub(make_settings) as hub:
+    async with opened_hub(hub_harness) as hub:
         await build(hub, MATRICES[matrix])
         wrong = []
         for _, actor, target, action, expected, why in cases:
@@ -217,16 +213,16 @@ def test_every_matrix_has_cases():
     assert {c[0] for c in CASES} == set(MATRICES)
 
 
-async def test_revoke_all_leaves_no_residue(make_settings):
-    async with opened_hub(make_settings) as hub:
+async def test_revoke_all_leaves_no_residue(hub_harness):
+    async with opened_hub(hub_harness) as hub:
         await build(hub, MATRICES["revoke-all"])
         count = await hub.db.fetch_val("SELECT COUNT(*) FROM exec_permissions WHERE source = 'managerclaude'")
         assert count == 0
         assert [(r["source"], r["target"]) for r in await perms.list_permissions(hub)] == [("other", "*")]
 
 
-async def test_revoke_one_under_wildcard_stores_explicit_deny(make_settings):
-    async with opened_hub(make_settings) as hub:
+async def test_revoke_one_under_wildcard_stores_explicit_deny(hub_harness):
+    async with opened_hub(hub_harness) as hub:
         await build(hub, MATRICES["manager"])
         rules = {(r["source"], r["target"]): r for r in await perms.list_permissions(hub)}
         assert rules[("managerclaude", "*")]["capabilities"] == list(ALL)
@@ -235,8 +231,8 @@ async def test_revoke_one_under_wildcard_stores_explicit_deny(make_settings):
         assert (deny["can_exec"], deny["can_read"], deny["can_write"]) == (False, False, False)
 
 
-async def test_resolve_permission_explains(make_settings):
-    async with opened_hub(make_settings) as hub:
+async def test_resolve_permission_explains(hub_harness):
+    async with opened_hub(hub_harness) as hub:
         await build(hub, MATRICES["precedence"])
         d = await perms.resolve_permission(hub, "alice", "db", "exec")
         assert (d.allowed, d.rule) == (True, ("alice", "*"))
@@ -253,9 +249,9 @@ async def test_resolve_permission_explains(make_settings):
         assert (d.allowed, d.rule) == (None, None)
 
 
-async def test_every_change_takes_effect_on_the_next_call(make_settings):
+async def test_every_change_takes_effect_on_the_next_call(hub_harness):
     """Two hubs on one database (two replicas): a change through one is seen by the other at once."""
-    async with opened_hub(make_settings) as one, opened_hub(make_settings) as two:
+    async with opened_hub(hub_harness) as one, opened_hub(hub_harness) as two:
         alice = Actor("alice")
         assert await two.authorize(alice, "exec", "box1") is False
         await perms.set_permission(one, ADMIN, "alice", "box1")
@@ -268,10 +264,10 @@ async def test_every_change_takes_effect_on_the_next_call(make_settings):
         assert await two.authorize(alice, "exec", "box1") is False
 
 
-async def test_service_rejects_bad_input(make_settings):
+async def test_service_rejects_bad_input(hub_harness):
     from claude_net import BadRequest
 
-    async with opened_hub(make_settings) as hub:
+    async with opened_hub(hub_harness) as hub:
         bad = [
             dict(source="a%", target="box1"),
             dict(source="a_b", target="box1"),
