@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import random
 import secrets
 import time
@@ -34,6 +35,10 @@ from .render import clip, esc, format_event
 from .settings import TelegramSettings, admin_node
 
 log = logging.getLogger("claude_net.telegram")
+
+# Opt in to python-telegram-bot's coming timedelta periods (RetryAfter.retry_after, ...): without
+# it, every 429 prints a deprecation warning. We read both forms (see outbox.retry_after_seconds).
+os.environ.setdefault("PTB_TIMEDELTA", "true")
 
 ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "edited_channel_post"]
 #: senders that stand for a chat rather than a person (anonymous admins, channels, Telegram itself)

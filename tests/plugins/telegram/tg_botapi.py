@@ -79,8 +79,8 @@ class FakeBotAPI:
         self.next_message_id = 100
         #: every sendMessage accepted: params plus "plain" (visible text), "tags", "message_id", "at"
         self.sent: list[dict[str, Any]] = []
-        #: every call: (method, params, status answered)
-        self.calls: list[tuple[str, dict[str, Any], int]] = []
+        #: every call: (method, params, status answered, monotonic time answered)
+        self.calls: list[tuple[str, dict[str, Any], int, float]] = []
         self.webhook: dict[str, Any] | None = None
         #: answer every call with this HTTP status (e.g. 500) until cleared
         self.down_status: int | None = None
@@ -168,7 +168,7 @@ class FakeBotAPI:
         return [m for m in self.sent if m.get("reply_to") is None]
 
     def calls_of(self, method: str) -> list[dict[str, Any]]:
-        return [params for name, params, _ in self.calls if name == method]
+        return [params for name, params, _, _ in self.calls if name == method]
 
     # -- HTTP -----------------------------------------------------------------------------------
 
@@ -233,7 +233,7 @@ class FakeBotAPI:
         method = url.path[len(prefix):]
         params = self._params(headers, body, url.query)
         status, payload = await self._dispatch(method, params)
-        self.calls.append((method, params, status))
+        self.calls.append((method, params, status, time.monotonic()))
         return status, payload
 
     async def _dispatch(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
