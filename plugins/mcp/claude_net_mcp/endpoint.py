@@ -16,18 +16,20 @@ from claude_net import Event
 
 STATE_KEY = "mcp"
 #: origins every hub accepts: pages served from this machine (any port, http or https)
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 def origin_allowed(origin: str, extra: list[str]) -> bool:
     """Whether a browser page at ``origin`` may call the endpoint (absent Origin is decided earlier)."""
     origin = origin.strip().rstrip("/").lower()
-    parts = urlsplit(origin)
-    if parts.scheme in ("http", "https") and parts.hostname is not None and not parts.path and not parts.query:
-        host = parts.netloc.rsplit("@", 1)[-1]
-        host = host if host.startswith("[") else host.split(":", 1)[0]
-        if host in LOCAL_HOSTS:
-            return True
+    try:
+        parts = urlsplit(origin)
+        local = (parts.scheme in ("http", "https") and parts.hostname in LOCAL_HOSTS and parts.username is None
+                 and not parts.path and not parts.query and (parts.port is None or parts.port > 0))
+    except ValueError:  # a malformed port or address
+        return False
+    if local:
+        return True
     for allowed in extra:
         allowed = allowed.strip().rstrip("/").lower()
         if allowed == "*" or allowed == origin:
