@@ -101,8 +101,8 @@ def _plugin(hub, module_name: str):
     return module if hub.pm.is_registered(module) else None
 
 
-def _node(value: str, what: str = "name") -> str:
-    # node names are lowercase; phones like to capitalise the first letter
+def _node(value: str) -> str:
+    """Node names are lowercase; phones like to capitalise the first letter."""
     return value.lower()
 
 
@@ -345,7 +345,11 @@ async def cmd_activity(hub, actor, args, ctx) -> list[str]:
         raise NotSupported("the activity plugin (claude-net-activity) is not installed on this hub",
                            code="no_activity_plugin")
     await _require(hub, actor, "activity_view", "activity via telegram")
-    rows, more = await activity.query(hub, hours=hours, limit=ACTIVITY_ROWS)
+    # the rows recording accepted Telegram commands only repeat what the chat already shows
+    rows, cursor = await activity.query(hub, hours=hours, limit=ACTIVITY_ROWS * 3)
+    rows = [r for r in rows if not (r["type"] == "telegram" and r["result"] == "ok")]
+    more = cursor is not None or len(rows) > ACTIVITY_ROWS
+    rows = rows[:ACTIVITY_ROWS]
     shown = f"{hours:g} h"
     if not rows:
         return [f"📜 no activity in the last {shown}"]
