@@ -394,7 +394,10 @@ class TelegramRuntime:
         update_id = body["update_id"]
         if update_id in self._seen_ids:
             return {"duplicate": True}  # Telegram re-delivers when an answer was slow or lost
-        update = Update.de_json(body, self.bot)
+        try:
+            update = Update.de_json(body, self.bot)
+        except Exception:
+            raise BadRequest("the body is not a Telegram update", code="invalid_update") from None
         try:
             self.updates.put_nowait(update)
         except asyncio.QueueFull:

@@ -168,3 +168,24 @@ async def test_unknown_and_malformed_commands_get_a_hint(tg_hub):
         assert "commands act as chasclaude" in reply["plain"]
         reply, _ = await command(h, "@chasclaude")
         assert "commands act as chasclaude" in reply["plain"]
+
+
+def test_parse_addresses():
+    from claude_net_telegram.commands import parse
+
+    def p(text):
+        parsed = parse(text, admin_node="chasclaude", bot_username="CN_bot")
+        return None if parsed is None else (parsed.verb, parsed.args, parsed.unknown)
+
+    assert p("@chasclaude permit managerclaude all") == ("permit", ["managerclaude", "all"], False)
+    assert p("@ChasClaude:  Permit  a   all") == ("permit", ["a", "all"], False)
+    assert p("@cn_bot status") == ("status", [], False)
+    assert p("/status@CN_bot") == ("status", [], False)
+    assert p("/status@other_bot") is None
+    assert p("/frobnicate") is None  # a bare unknown slash command may belong to someone else
+    assert p("/frobnicate@CN_bot") == ("frobnicate", [], True)
+    assert p("@chasclaude frobnicate") == ("frobnicate", [], True)
+    assert p("@seanclaude status") is None
+    assert p("hey @chasclaude status") is None
+    assert p("/machines") == ("status", [], False)
+    assert p("") is None and p("   ") is None and p("/") is None

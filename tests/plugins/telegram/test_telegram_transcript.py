@@ -19,8 +19,7 @@ async def test_admin_session_transcript(tg_hub, box):
 
     async def settle(h):
         nonlocal shown
-        await h.rt.outbox.drain(2.0)
-        h.rt.outbox.draining = False
+        await eventually(lambda: h.rt.outbox.pending() == 0)
         for message in h.api.sent[shown:]:
             tag = "reply" if message["reply_to"] is not None else "echo"
             silent = ", silent" if message.get("disable_notification") else ""

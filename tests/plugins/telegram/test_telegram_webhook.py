@@ -59,8 +59,11 @@ async def test_webhook_mode_with_good_and_bad_secrets(tg_hub, caplog):
         assert [r["detail"].split(" on ")[0] for r in auth] == [
             f"wrong {HEADER}", f"missing {HEADER}", f"wrong {HEADER}", f"missing {HEADER}"]
 
-        status, body = await h.call("POST", PATH, None, {"no": "update"}, headers={HEADER: SECRET})
-        assert status == 400 and body["code"] == "invalid_update"
+        for junk in ({"no": "update"}, {"update_id": 9003, "message": {"text": "no chat, no date"}}):
+            status, body = await h.call("POST", PATH, None, junk, headers={HEADER: SECRET})
+            assert status == 400 and body["code"] == "invalid_update", body
+        status, body = await h.call("POST", PATH, None, raw=b"{not json", headers={HEADER: SECRET})
+        assert status == 400 and body["code"] == "invalid_json"
     assert SECRET not in caplog.text and TOKEN not in caplog.text
 
 
