@@ -39,7 +39,11 @@ async def test_admin_session_transcript(tg_hub, box):
         status, _ = await h.call("POST", "/api/exec", token, {"target": target, "command": command})
         lines.append(f"(hub: {name} runs `{command}` on {target} over the HTTP API -> {status})")
         await eventually(lambda: len(h.api.sent) > shown)
+        raw = h.api.sent[-1]["text"]
         await settle(h)
+        if "<" in command:  # show what went over the wire: the agent's markup arrives escaped
+            lines.append("(the HTML the bot sent for that echo:)")
+            lines.extend("    " + line for line in raw.splitlines())
 
     async with tg_hub() as h:
         manager = await h.token("managerclaude")
