@@ -17,7 +17,9 @@ Needs a running LXD daemon with the test image (``scripts/lxd-setup``). The benc
      strictest floor);
    - ``lxc``:   ``lxc exec <c> -- true`` (what a human types on the host);
 4. **throughput**: 20 concurrent clients over the 4 containers, each on its own keep-alive
-   connection, hub and floor alternately for ``--rounds`` rounds; counts errors.
+   connection, hub and floor alternately for ``--rounds`` rounds; counts errors. A round ends
+   when every answer is in *and* every recorded output log is deleted (the hub deletes them in
+   the background; the floor's clients delete them inline).
 
 Targets (issue 4): hub p50 <= 1.25 x floor p50; hub throughput >= 0.8 x floor throughput with
 zero errors. Exit status 1 when a target is missed.
@@ -95,6 +97,17 @@ class LxdRest:
         for log in logs:
             self.request("DELETE", log)
 
+    def exec_logs(self, names: list[str]) -> int:
+        return sum(1 for n in names for p in json.loads(self.request("GET", f"/1.0/instances/{n}/logs")[1])["metadata"]
+                   if "/exec_" in p)
+
+    def settle(self, names: list[str], timeout: float = 60) -> None:
+        """Wait until no exec output logs are left (the hub deletes its own in the background):
+        so one path's deferred work never runs inside another path's measurement."""
+        deadline = time.monotonic() + timeout
+        while self.exec_logs(names) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
 
 # -- the hub -----------------------------------------------------------------------------------------
 
@@ -145,6 +158,8 @@ class Hub:
         raise RuntimeError("the hub did not come up within 30 s")
 
     def stop(self) -> None:
+        if self.log.closed:
+            return
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -207,14 +222,16 @@ def latency(n: int, target: str, hub: HubClient, rest: LxdRest) -> dict[str, lis
     rest.delete(cleanup)
     cleanup.clear()
     order = list(kinds)
+    settle = LxdRest()
     for i in range(n):
         order = order[1:] + order[:1]  # rotate who goes first
         for kind in order:
             t0 = time.perf_counter()
             kinds[kind]()
             samples[kind].append((time.perf_counter() - t0) * 1000)
-        rest.delete(cleanup)  # untimed
-        cleanup.clear()
+            rest.delete(cleanup)  # untimed
+            cleanup.clear()
+            settle.settle([target])  # untimed: the hub's background deletions are done
     return samples
 
 
@@ -253,6 +270,8 @@ def throughput(kind: str, targets: list[str], clients: int, per_client: int, por
         t0 = time.perf_counter()
         for f in futures:
             f.result()
+        # the work is done when the output logs are deleted too (the hub defers that)
+        LxdRest().settle(targets)
         elapsed = time.perf_counter() - t0
     return ok / elapsed, ok, errors
 
@@ -320,6 +339,7 @@ def main() -> int:
         errors = {"floor": 0, "hub": 0}
         for _ in range(args.rounds):
             for kind in ("floor", "hub"):
+                rest.settle(names)
                 rate, _ok, errs = throughput(kind, names, args.clients, args.per_client, hub.port, token)
                 results[kind].append(rate)
                 errors[kind] += errs
@@ -340,9 +360,8 @@ def main() -> int:
         print(f"  hub p50 / lxc exec p50     = {lxc_ratio:.2f}x")
         print(f"  hub / floor throughput     = {tp_ratio:.2f}x   (target >= 0.80x, 0 errors: hub had "
               f"{errors['hub']})  {'PASS' if tp_ok else 'MISS'}")
-        leftover = [p for n in names for p in json.loads(rest.request("GET", f"/1.0/instances/{n}/logs")[1])["metadata"]
-                    if "/exec_" in p]
-        print(f"  exec output logs left behind in the containers' log dirs: {len(leftover)}")
+        hub.stop()  # waits for the hub's pending background deletions
+        print(f"  exec output logs left behind once the hub stopped: {rest.exec_logs(names)}")
         return 0 if lat_ok and tp_ok else 1
     finally:
         hub.stop()

@@ -56,7 +56,9 @@ def startup(hub):
         return None
     from .backend import LxdBackend  # imports pylxd and requests
 
-    hub.plugin_state[STATE_KEY] = LxdBackend(settings, exec_slots=hub.settings.limits.exec_concurrency)
+    backend = LxdBackend(settings, exec_slots=hub.settings.limits.exec_concurrency)
+    hub.plugin_state[STATE_KEY] = backend
+    hub.spawn(backend.watchdog(), name="lxd-output-watchdog")
     return None
 
 

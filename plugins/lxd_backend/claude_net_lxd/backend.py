@@ -8,17 +8,26 @@ event loop never blocks. Three pools keep slow work from starving quick work:
 * ``waits``  – execs, which hold a thread while the command runs (one per exec slot of the hub);
 * ``chores`` – housekeeping off the request path (deleting recorded exec output).
 
-Exec uses LXD's REST exec with ``record-output: true`` and ``wait-for-websocket: false``
-through pylxd's raw API (``client.api``): one POST, one operation wait, two log reads; the
-recorded logs are deleted in the background afterwards.
+Exec uses LXD's REST exec with ``record-output: true`` and ``wait-for-websocket: false``: one
+POST, one operation wait, two reads of the recorded output (at most the cap each); the recorded
+logs are deleted in the background afterwards. Those calls go through :class:`FastRest` (the
+urllib3 pool beneath pylxd's session) rather than ``client.api``: same socket, same timeouts,
+half the CPU per call, which is what lets the hub keep up with the direct floor on two CPUs.
+Everything else (listing, files, container operations) uses pylxd's raw API.
+
+Output is bounded either on the hub (default: no extra processes in the container; a watchdog
+stops a command whose recorded output passes ``max_log_bytes``) or inside the container (the
+``head -c`` wrapper of :mod:`claude_net_lxd.scripts`), per ``[lxd] output_guard``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import fnmatch
 import logging
+import os
 import threading
 import time
 import uuid
@@ -43,6 +52,9 @@ CAPABILITIES = frozenset({"exec", "file_read", "file_write", "container"})
 MARKER_ENV = "CLAUDE_NET_EXEC"
 OP_RUNNING = 103
 OP_SUCCESS = 200
+#: threads and queue length for housekeeping (deleting recorded output logs)
+CHORE_THREADS = 4
+MAX_CHORES_BACKLOG = 256
 #: seconds granted, after a timeout, for the kill and the operation to wind down
 KILL_GRACE = 3.0
 
@@ -60,6 +72,18 @@ class Probe:
 
     bash: str
     guard: bool
+
+
+@dataclass
+class Running:
+    """An exec in flight, watched for runaway output (``output_guard = "hub"``)."""
+
+    name: str
+    op_id: str
+    marker: str
+    started: float
+    logs: tuple[str, str]
+    runaway: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,7 +115,9 @@ class LxdBackend:
         self.cfg = settings
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, settings.workers), thread_name_prefix="lxd")
         self.waits = concurrent.futures.ThreadPoolExecutor(exec_slots + 4, thread_name_prefix="lxd-exec")
-        self.chores = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="lxd-chores")
+        self.chores = concurrent.futures.ThreadPoolExecutor(CHORE_THREADS, thread_name_prefix="lxd-chores")
+        self._chores_pending = 0
+        self._chores_lock = threading.Lock()
         self.session, self._endpoint, self.shown = make_session(
             settings.endpoint, maxsize=settings.workers + exec_slots + 8,
             cert=settings.cert, key=settings.key, server_cert=settings.server_cert,
@@ -104,6 +130,9 @@ class LxdBackend:
         self._client_lock = threading.Lock()
         self._probes: dict[str, asyncio.Future[Probe]] = {}
         self._invalid_names: set[str] = set()
+        #: execs in flight by operation id (written by worker threads, read by the watchdog)
+        self.running: dict[str, Running] = {}
+        self._log_dirs: dict[str, str | None] = {}
         self.closed = False
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -314,10 +343,11 @@ class LxdBackend:
     async def execute(self, node: Node, command: str, options) -> ExecResult:
         shell, uid, gid, cwd, env = self.node_settings(node.name)
         guard = False
-        if not shell or self.cfg.output_guard:
+        in_container = self.cfg.output_guard == "container"
+        if not shell or in_container:
             probe = await self.probe(node.name)
             shell = shell or probe.bash or "/bin/sh"
-            guard = self.cfg.output_guard and probe.guard
+            guard = in_container and probe.guard
         env.update(options.env)
         marker = uuid.uuid4().hex  # names this exec's processes, for the kill on timeout
         if guard:  # the wrapper hands the marker to the command only (see scripts.EXEC_WRAPPER)
@@ -329,7 +359,13 @@ class LxdBackend:
         plan = ExecPlan(name=node.name, argv=argv, shell=shell, env=env, cwd=options.cwd or cwd or None,
                         uid=uid, gid=gid, timeout=options.timeout, max_output=options.max_output,
                         marker=marker)
-        return await self.run(self.exec_sync, plan, pool=self.waits, name=node.name)
+        try:
+            return await self.run(self.exec_sync, plan, pool=self.waits, name=node.name)
+        except asyncio.CancelledError:
+            # the caller went away (or the core gave up): do not leave the command running
+            with contextlib.suppress(RuntimeError):
+                self.waits.submit(self.kill_sync, node.name, marker)
+            raise
 
     def start_exec(self, name: str, argv: list[str], env: dict[str, str], cwd: str | None = None,
                    uid: int = 0, gid: int = 0) -> str:
@@ -345,6 +381,8 @@ class LxdBackend:
         started = time.monotonic()
         op_id = self.start_exec(plan.name, plan.argv, plan.env, plan.cwd, plan.uid, plan.gid)
         timed_out = False
+        watched = Running(plan.name, op_id, plan.marker, started, self.log_names({}, op_id))
+        self.running[op_id] = watched
         try:
             op = self.wait_operation(op_id, started + plan.timeout)
             if op.get("status_code") == OP_RUNNING:
@@ -356,6 +394,7 @@ class LxdBackend:
             stdout = self.read_log(plan.name, logs[0], plan.max_output + 1)
             stderr = self.read_log(plan.name, logs[1], plan.max_output + 1)
         finally:
+            self.running.pop(op_id, None)
             self.later(self.delete_logs, plan.name, self.log_names({}, op_id))
         meta = op.get("metadata") or {}
         code = meta.get("return")
@@ -363,10 +402,15 @@ class LxdBackend:
             self.forget(plan.name)
             stderr += f"claude-net: {plan.shell}: no such shell in {plan.name} (set [lxd.nodes.{plan.name}] shell)\n".encode()
             code = 127 if code is None else code
-        truncated = len(stdout) > plan.max_output or len(stderr) > plan.max_output
+        truncated = len(stdout) > plan.max_output or len(stderr) > plan.max_output or watched.runaway
+        stdout, stderr = stdout[: plan.max_output], stderr[: plan.max_output]
+        if watched.runaway:
+            note = (f"\n[claude-net: the command was stopped because its output passed "
+                    f"{self.cfg.max_log_bytes} bytes ([lxd] max_log_bytes)]\n").encode()
+            stderr = stderr[: max(0, plan.max_output - len(note))] + note
         return ExecResult(
             exit_code=None if timed_out and op.get("status_code") == OP_RUNNING else code,
-            stdout=stdout[: plan.max_output], stderr=stderr[: plan.max_output],
+            stdout=stdout, stderr=stderr,
             truncated=truncated, timed_out=timed_out, duration_ms=duration,
         )
 
@@ -415,11 +459,30 @@ class LxdBackend:
             raise
 
     def later(self, fn, *args: Any, **kwargs: Any) -> None:
-        """Run housekeeping off the request path (inline when the pool is already shut down)."""
-        try:
-            self.chores.submit(fn, *args, **kwargs)
-        except RuntimeError:
+        """Run housekeeping off the request path.
+
+        Inline instead when the pool is shut down, or when the backlog is long (backpressure: under
+        sustained load the callers slow down rather than the log directory filling up).
+        """
+        with self._chores_lock:
+            backlog = self._chores_pending
+            if backlog < MAX_CHORES_BACKLOG:
+                self._chores_pending += 1
+        if backlog >= MAX_CHORES_BACKLOG:
             fn(*args, **kwargs)
+            return
+
+        def chore() -> None:
+            try:
+                fn(*args, **kwargs)
+            finally:
+                with self._chores_lock:
+                    self._chores_pending -= 1
+
+        try:
+            self.chores.submit(chore)
+        except RuntimeError:
+            chore()
 
     def delete_logs(self, name: str, log_names: tuple[str, ...]) -> None:
         try:
@@ -431,3 +494,69 @@ class LxdBackend:
                         raise
         except Exception as exc:  # noqa: BLE001 - housekeeping: log and move on
             log.warning("could not delete exec output logs of %s: %s", name, exc)
+
+    # -- runaway output watchdog (output_guard = "hub") ---------------------------------------------
+
+    def log_dir(self, name: str) -> str | None:
+        """The host directory holding ``name``'s exec logs, when this hub can see it (local LXD)."""
+        if name in self._log_dirs:
+            return self._log_dirs[name]
+        found = None
+        if not self._endpoint.startswith(("https://", "http://")):
+            folder = name if self.cfg.project in ("", "default") else f"{self.cfg.project}_{name}"
+            roots = [self.cfg.log_dir] if self.cfg.log_dir else [
+                os.path.join(os.environ["LXD_DIR"], "logs") if os.environ.get("LXD_DIR") else "",
+                "/var/snap/lxd/common/lxd/logs", "/var/log/lxd",
+            ]
+            for root in filter(None, roots):
+                if os.path.isdir(os.path.join(root, folder)):
+                    found = os.path.join(root, folder)
+                    break
+        self._log_dirs[name] = found
+        return found
+
+    def log_sizes(self, run: Running) -> tuple[int, int]:
+        """Current sizes of an exec's recorded stdout and stderr (0 when not there yet)."""
+        folder = self.log_dir(run.name)
+        sizes = []
+        for log_name in run.logs:
+            if folder is not None:
+                try:
+                    sizes.append(os.stat(os.path.join(folder, log_name)).st_size)
+                except OSError:
+                    sizes.append(0)
+                continue
+            try:  # a remote daemon: ask for the headers only
+                raw = self.rest.head_length(f"/1.0/instances/{quote(run.name)}/logs/{log_name}")
+                sizes.append(raw or 0)
+            except Exception:  # noqa: BLE001 - try again next round
+                sizes.append(0)
+        return sizes[0], sizes[1]
+
+    def check_runaways(self) -> None:
+        limit = self.cfg.max_log_bytes
+        for run in list(self.running.values()):
+            if run.runaway:
+                continue
+            if max(self.log_sizes(run)) > limit:
+                run.runaway = True
+                log.warning("exec in %s passed %d bytes of output; stopping it", run.name, limit)
+                self.waits.submit(self.kill_sync, run.name, run.marker)
+
+    async def watchdog(self) -> None:
+        """Every 100 ms (local daemon) or second (remote), stop execs with runaway output."""
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            local = not self._endpoint.startswith(("https://", "http://"))
+            await asyncio.sleep(0.1 if local else 1.0)
+            if not self.running or self.cfg.output_guard != "hub":
+                continue
+            try:
+                if local:
+                    self.check_runaways()  # a few stat() calls: cheap enough for the loop
+                else:
+                    await loop.run_in_executor(self.pool, self.check_runaways)
+            except RuntimeError:  # shutting down
+                return
+            except Exception:  # noqa: BLE001 - never let the watchdog die
+                log.exception("output watchdog failed")

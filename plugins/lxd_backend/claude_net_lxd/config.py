@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from claude_net import help_field
 
@@ -45,10 +46,22 @@ class LxdSettings:
     request_timeout: float = help_field(30.0, "Seconds an ordinary LXD API call may take.")
     stop_timeout: float = help_field(30.0, "Seconds a graceful stop may take before the container is forced off.")
     operation_timeout: float = help_field(300.0, "Seconds start, snapshot and restore may take.")
-    output_guard: bool = help_field(
-        True,
-        "Cap exec output inside the container (head -c) so a runaway command cannot fill the host's "
-        "LXD log directory; falls back to capping on the hub when the container has no head/cat.",
+    output_guard: Literal["hub", "container"] = help_field(
+        "hub",
+        "How exec output is bounded. 'hub': the command writes straight to LXD's recorded output "
+        "(no extra processes); the hub reads at most the cap, and a watchdog stops a command whose "
+        "output passes max_log_bytes. 'container': output is capped inside the container with "
+        "head -c (strict bound on the host's log directory, about 3-5 ms more per exec).",
+    )
+    max_log_bytes: int = help_field(
+        64 * 1024 * 1024,
+        "output_guard = 'hub': a command whose recorded stdout or stderr grows past this many bytes "
+        "is stopped as runaway (its result is marked truncated).",
+    )
+    log_dir: str = help_field(
+        "",
+        "Where LXD keeps instance logs on this host, for the output watchdog ('' = detect: "
+        "/var/log/lxd, the snap's, $LXD_DIR/logs; remote daemons are asked over the API).",
     )
     status_details: bool = help_field(True, "Show memory, process count and addresses in `machines`.")
 

@@ -189,6 +189,21 @@ class FastRest:
             raise RestError(status, message)
         return status, data
 
+    def head_length(self, path: str) -> int | None:
+        """The Content-Length LXD announces for ``path`` (its body is never read)."""
+        url = self._url(path, None)
+        if self._pool is None:
+            response = self._session.get(self._base + url, stream=True,
+                                         timeout=(self.connect_timeout, self.request_timeout))
+            response.close()
+            length = response.headers.get("Content-Length")
+        else:
+            raw = self._pool.urlopen("GET", url, retries=False, preload_content=False, redirect=False,
+                                     timeout=urllib3.Timeout(connect=self.connect_timeout, read=self.request_timeout))
+            length = raw.headers.get("Content-Length")
+            raw.close()
+        return int(length) if length is not None else None
+
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         """``send`` and return the answer's ``metadata``."""
         _status, data = self.send(method, path, **kwargs)

@@ -20,12 +20,15 @@ def box(containers):
     return containers.launch("exec")
 
 
+GUARDS = pytest.mark.parametrize("guard", ["hub", "container"])
+
+
 def exec_logs(name: str) -> list[str]:
     return [p for p in lxc_query(f"/1.0/instances/{name}/logs") if "/exec_" in p]
 
 
-def admin_hub(hub_harness, run_id, **overrides):
-    lxd = {"include": [f"{run_id}-*"], **overrides.pop("lxd", {})}
+def admin_hub(hub_harness, run_id, guard: str = "hub", **overrides):
+    lxd = {"include": [f"{run_id}-*"], "output_guard": guard, **overrides.pop("lxd", {})}
     return hub_harness(plugins=[claude_net_lxd], lxd=lxd, **overrides)
 
 
@@ -55,8 +58,9 @@ async def test_include_exclude_patterns(hub_harness, run_id, box):
         assert status == 404 and body["code"] == "unknown_node"
 
 
-async def test_exec_stdout_stderr_exit_code(hub_harness, run_id, box):
-    async with admin_hub(hub_harness, run_id) as h:
+@GUARDS
+async def test_exec_stdout_stderr_exit_code(hub_harness, run_id, box, guard):
+    async with admin_hub(hub_harness, run_id, guard) as h:
         token = await h.token("boss", admin=True)
         status, body = await h.call("POST", "/api/exec", token,
                                     {"target": box, "command": "echo out; echo err >&2; exit 3"})
@@ -68,8 +72,9 @@ async def test_exec_stdout_stderr_exit_code(hub_harness, run_id, box):
         assert body["durationMs"] > 0
 
 
-async def test_exec_command_is_not_split_or_interpreted_by_the_hub(hub_harness, run_id, box):
-    async with admin_hub(hub_harness, run_id) as h:
+@GUARDS
+async def test_exec_command_is_not_split_or_interpreted_by_the_hub(hub_harness, run_id, box, guard):
+    async with admin_hub(hub_harness, run_id, guard) as h:
         token = await h.token("boss", admin=True)
         command = "printf '%s|' \"$0\" 'a b' \"c'd\" '$(x)' ; echo"
         status, body = await h.call("POST", "/api/exec", token, {"target": box, "command": command})
@@ -77,8 +82,9 @@ async def test_exec_command_is_not_split_or_interpreted_by_the_hub(hub_harness, 
         assert body["stdout"] == "/bin/sh|a b|c'd|$(x)|\n"  # busybox has no bash: /bin/sh
 
 
-async def test_exec_non_utf8_output(hub_harness, run_id, box):
-    async with admin_hub(hub_harness, run_id) as h:
+@GUARDS
+async def test_exec_non_utf8_output(hub_harness, run_id, box, guard):
+    async with admin_hub(hub_harness, run_id, guard) as h:
         token = await h.token("boss", admin=True)
         status, body = await h.call("POST", "/api/exec", token,
                                     {"target": box, "command": r"printf 'a\377\376b'; printf '\300' >&2"})
@@ -87,10 +93,11 @@ async def test_exec_non_utf8_output(hub_harness, run_id, box):
         assert body["stderr"] == "\ufffd"
 
 
-async def test_exec_cwd_env_and_user(hub_harness, run_id, box):
+@GUARDS
+async def test_exec_cwd_env_and_user(hub_harness, run_id, box, guard):
     overrides = {"lxd": {"env": {"GLOBAL_V": "g"}, "nodes": {box: {"user": 1000, "group": 1001, "env": {"NODE_V": "n"},
                                                                      "cwd": "/tmp"}}}}
-    async with admin_hub(hub_harness, run_id, **overrides) as h:
+    async with admin_hub(hub_harness, run_id, guard, **overrides) as h:
         token = await h.token("boss", admin=True)
         status, body = await h.call("POST", "/api/exec", token, {
             "target": box, "command": 'echo "$(id -u):$(id -g) $PWD $GLOBAL_V $NODE_V $REQ_V"', "env": {"REQ_V": "r"}})
@@ -100,8 +107,9 @@ async def test_exec_cwd_env_and_user(hub_harness, run_id, box):
         assert body["stdout"] == "/etc\n"
 
 
-async def test_exec_output_is_capped_and_marked_truncated(hub_harness, run_id, box):
-    async with admin_hub(hub_harness, run_id, limits={"exec_max_output": 1000}) as h:
+@GUARDS
+async def test_exec_output_is_capped_and_marked_truncated(hub_harness, run_id, box, guard):
+    async with admin_hub(hub_harness, run_id, guard, limits={"exec_max_output": 1000}) as h:
         token = await h.token("boss", admin=True)
         status, body = await h.call("POST", "/api/exec", token, {
             "target": box, "command": "yes | head -c 5000; yes e | head -c 3000 >&2; echo done >&2; exit 4"})
@@ -115,10 +123,10 @@ async def test_exec_output_is_capped_and_marked_truncated(hub_harness, run_id, b
         assert len(body["stdout"]) == 1000 and "truncated" not in body
 
 
-async def test_huge_output_stays_small_everywhere(hub_harness, run_id, box):
-    """100 MB of output: the command finishes, the hub returns the capped part, and the recorded
-    logs on the host never hold more than the cap (it is enforced inside the container)."""
-    async with admin_hub(hub_harness, run_id, limits={"exec_max_output": 4096}) as h:
+async def test_huge_output_container_guard(hub_harness, run_id, box):
+    """output_guard = "container": 100 MB of output; the command finishes, the hub returns the
+    capped part, and the recorded logs on the host never hold more than the cap."""
+    async with admin_hub(hub_harness, run_id, "container", limits={"exec_max_output": 4096}) as h:
         token = await h.token("boss", admin=True)
         started = time.monotonic()
         status, body = await h.call("POST", "/api/exec", token, {
@@ -127,6 +135,37 @@ async def test_huge_output_stays_small_everywhere(hub_harness, run_id, box):
         assert body["stdout"] == "x" * 4096 and body["truncated"] is True
         assert body["stderr"] == "finished\n"  # ran to completion: the excess was drained, not fatal
         assert time.monotonic() - started < 20
+
+
+async def test_big_output_hub_guard_runs_to_completion(hub_harness, run_id, box):
+    """output_guard = "hub": 10 MB of output (under max_log_bytes) finishes; the hub reads only the cap."""
+    async with admin_hub(hub_harness, run_id, "hub", limits={"exec_max_output": 4096}) as h:
+        token = await h.token("boss", admin=True)
+        status, body = await h.call("POST", "/api/exec", token, {
+            "target": box, "command": "head -c 10000000 /dev/zero | tr '\\0' x; echo finished >&2"})
+        assert status == 200, body
+        assert body["stdout"] == "x" * 4096 and body["truncated"] is True
+        assert body["stderr"] == "finished\n"
+        assert body["exitCode"] == 0
+
+
+async def test_runaway_output_is_stopped_by_the_watchdog(hub_harness, run_id, box):
+    """output_guard = "hub": endless output is stopped soon after it passes max_log_bytes."""
+    async with admin_hub(hub_harness, run_id, "hub", lxd={"max_log_bytes": 5_000_000},
+                         limits={"exec_max_output": 1000}) as h:
+        token = await h.token("boss", admin=True)
+        started = time.monotonic()
+        status, body = await h.call("POST", "/api/exec", token, {
+            "target": box, "command": "yes runaway", "timeout": 60})
+        elapsed = time.monotonic() - started
+        assert status == 200, body
+        assert body["truncated"] is True
+        assert body["stdout"] == "runaway\n" * 125
+        assert "max_log_bytes" in body["stderr"]
+        assert body["exitCode"] != 0
+        assert elapsed < 5, elapsed
+        status, body = await h.call("POST", "/api/exec", token, {"target": box, "command": "ps -o args"})
+        assert "yes runaway" not in body["stdout"]
 
 
 async def test_exec_logs_are_deleted(hub_harness, run_id, box):
@@ -139,8 +178,9 @@ async def test_exec_logs_are_deleted(hub_harness, run_id, box):
     assert exec_logs(box) == []
 
 
-async def test_exec_timeout_kills_the_whole_process_tree(hub_harness, run_id, box):
-    async with admin_hub(hub_harness, run_id) as h:
+@GUARDS
+async def test_exec_timeout_kills_the_whole_process_tree(hub_harness, run_id, box, guard):
+    async with admin_hub(hub_harness, run_id, guard) as h:
         token = await h.token("boss", admin=True)
         started = time.monotonic()
         status, body = await h.call("POST", "/api/exec", token, {
