@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tg_helpers import ADMIN_ID, CHAT_ID, activity_rows, eventually
+from tg_helpers import ADMIN_ID, CHAT_ID, activity_rows
 
 
 async def command(h, text, *, user_id=ADMIN_ID, chat_id=CHAT_ID, **kw):

@@ -174,7 +174,8 @@ def test_format_event_without_a_hub():
     event = Event("exec", "a", "b", "ls", "ok", via="mcp", data={"exit_code": 0, "truncated": True})
     event.transient.update(stdout="x" * 10, stderr="")
     text, loud = format_event(event, output_chars=5)
-    assert text == "✅ <b>exec</b> a via mcp → b · exit 0\n<code>$ ls</code>\n<pre>xxxxx…</pre>\n(output cut, capped by the hub)"
+    assert text == ("✅ <b>exec</b> a via mcp → b · exit 0\n<code>$ ls</code>\n<pre>xxxxx…</pre>\n"
+                    "(output cut, capped by the hub)")
     assert loud is False
     text, loud = format_event(Event("auth", None, None, "invalid token <x>", "denied"))
     assert text == "⛔ <b>auth</b> unknown: <code>invalid token &lt;x&gt;</code>" and loud is True
