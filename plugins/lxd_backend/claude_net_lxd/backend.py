@@ -249,8 +249,8 @@ class LxdBackend:
         shell, uid, gid, cwd, env = cfg.shell, cfg.user, cfg.group, cfg.cwd, dict(cfg.env)
         if override is not None:
             shell = override.shell or shell
-            uid = cfg.user if override.user is None else override.user
-            gid = cfg.group if override.group is None else override.group
+            uid = cfg.user if override.user < 0 else override.user
+            gid = cfg.group if override.group < 0 else override.group
             cwd = override.cwd or cwd
             env.update(override.env)
         return shell, uid, gid, cwd, env

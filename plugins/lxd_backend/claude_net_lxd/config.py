@@ -13,8 +13,8 @@ class LxdNodeSettings:
     """``[lxd.nodes.NAME]``: settings for one container; unset keys fall back to ``[lxd]``."""
 
     shell: str = help_field("", "Shell for exec in this container ('' = the [lxd] shell / auto-detect).")
-    user: int | None = help_field(None, "uid commands run as in this container (default: [lxd] user).")
-    group: int | None = help_field(None, "gid commands run as in this container (default: [lxd] group).")
+    user: int = help_field(-1, "uid commands run as in this container (-1 = the [lxd] user).")
+    group: int = help_field(-1, "gid commands run as in this container (-1 = the [lxd] group).")
     cwd: str = help_field("", "Working directory for exec in this container ('' = [lxd] cwd).")
     env: dict[str, str] = help_field({}, "Extra environment for exec in this container (added to [lxd] env).")
 
@@ -40,7 +40,6 @@ class LxdSettings:
     group: int = help_field(0, "gid commands run as.")
     cwd: str = help_field("", "Working directory for exec ('' = LXD's default, the user's home).")
     env: dict[str, str] = help_field({}, "Extra environment variables for every exec.")
-    nodes: dict[str, LxdNodeSettings] = help_field({}, "Per-container overrides: [lxd.nodes.NAME].")
     workers: int = help_field(8, "Worker threads for short LXD API calls (listing, files, container ops).")
     connect_timeout: float = help_field(1.5, "Seconds to connect to the LXD daemon before reporting it unavailable.")
     request_timeout: float = help_field(30.0, "Seconds an ordinary LXD API call may take.")
@@ -64,6 +63,7 @@ class LxdSettings:
         "/var/log/lxd, the snap's, $LXD_DIR/logs; remote daemons are asked over the API).",
     )
     status_details: bool = help_field(True, "Show memory, process count and addresses in `machines`.")
+    nodes: dict[str, LxdNodeSettings] = help_field({}, "Per-container overrides: [lxd.nodes.NAME].")
 
     def node(self, name: str) -> LxdNodeSettings | None:
         return self.nodes.get(name)
