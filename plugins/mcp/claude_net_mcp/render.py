@@ -28,8 +28,8 @@ def clip_head(text: str, limit: int) -> tuple[str, int]:
     return text[:limit], len(text) - limit
 
 
-def plural(n: int, word: str, words: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (words or word + 's')}"
+def plural(n: float, word: str, words: str | None = None) -> str:
+    return f"{n:g} {word if n == 1 else (words or word + 's')}"
 
 
 def shell_quote(text: str) -> str:

@@ -140,7 +140,8 @@ def explain(err: HubCallError, host: ToolHost, caller: Caller, args: Mapping[str
                 f"the admin to permit {caller.name} -> {target} (`claude-net permit {caller.name} {target}` on "
                 f"the hub host, `--capabilities {action}` for just this; or "
                 f"claude_net_permit(source=\"{caller.name}\", target=\"{target}\", allow=true) from an admin's "
-                f"agent). You can ask with claude_net_send.")
+                f"agent). You can ask with claude_net_send; if you are not sure {target} is the right name, "
+                f"check claude_net_machines first.")
     if code in ("denied", "admin_only", "forbidden"):
         return f"{msg}. This needs an admin: ask one to do it for you (claude_net_send)."
     if code == "unknown_node":
@@ -544,9 +545,10 @@ async def claude_net_activity(
         used += len(line) + 1
     more = len(shown) < len(events) or body.get("next") is not None
     if not shown:
-        text = f"No activity in the last {hours:g} hours." if hours else "No activity recorded."
+        text = f"No activity in the last {plural(hours, 'hour')}." if hours else "No activity recorded."
     else:
-        text = (f"{plural(len(shown), 'event')} in the last {hours:g} hours, newest first "
+        span = f"the last {plural(hours, 'hour')}" if hours else "all recorded time"
+        text = (f"{plural(len(shown), 'event')} in {span}, newest first "
                 "(time, who, action, target, result, detail):\n" + "\n".join(line for _, line in shown))
         if more:
             text += ("\n[older events not shown: ask for fewer hours, or page through "
