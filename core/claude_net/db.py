@@ -220,20 +220,52 @@ class Database(_Executor):
                     yield tx
                     await tx.execute("COMMIT")
                 except BaseException:
-                    if self._raw.in_transaction:
-                        with contextlib.suppress(Exception):
-                            await self._raw.execute_fetchall("ROLLBACK")
+                    # shielded: a cancelled request must still leave the connection clean
+                    await asyncio.shield(self._sqlite_rollback())
                     raise
         else:
+            conn = self._db.connection()
             try:
-                async with self._db.connection() as conn:
-                    async with conn.transaction():
-                        yield Transaction(conn, sqlite=False)
+                await conn.__aenter__()
             except Exception as exc:
-                mapped = _map_error(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
+                raise _map_error(exc) from exc
+            try:
+                transaction = conn.transaction()
+                await transaction.start()
+            except BaseException as exc:
+                await asyncio.shield(self._pg_release(conn))
+                if isinstance(exc, Exception):
+                    raise _map_error(exc) from exc
+                raise
+            try:
+                yield Transaction(conn, sqlite=False)
+                await transaction.commit()
+            except BaseException as exc:
+                # Shielded: a task cancelled mid-transaction (a client hanging up) must still roll
+                # back and return its pooled connection, or the pool leaks it and shutdown hangs.
+                await asyncio.shield(self._pg_abort(transaction))
+                if isinstance(exc, Exception):
+                    mapped = _map_error(exc)
+                    if mapped is not exc:
+                        raise mapped from exc
+                raise
+            finally:
+                await asyncio.shield(self._pg_release(conn))
+
+    async def _sqlite_rollback(self) -> None:
+        if self._raw is not None and self._raw.in_transaction:
+            with contextlib.suppress(Exception):
+                await self._raw.execute_fetchall("ROLLBACK")
+
+    @staticmethod
+    async def _pg_abort(transaction: Any) -> None:
+        with contextlib.suppress(Exception):
+            await transaction.rollback()
+
+    @staticmethod
+    async def _pg_release(conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            await conn.__aexit__(None, None, None)
 
     # -- schema ---------------------------------------------------------------------------------
 

@@ -132,12 +132,19 @@ class Hub:
         )
         self.config_problems = settings.bind_sections(self.config_sections(), strict=False)
         self.db = Database(settings.core.database_url)
-        self.bus = Bus()
+        if self.db.is_sqlite:
+            self.bus = Bus()
+        else:
+            from .cluster import PgBus
+
+            self.bus = PgBus(settings.core.database_url)
         self.nodes = NodeRegistry(self)
         self.started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_seen: dict[str, str] = {}
         self._exec_slots: asyncio.Semaphore | None = None
+        #: set when the hub begins to stop (SIGTERM, shutdown): long-polls and streams end early
+        self.stopping = asyncio.Event()
         #: per-hub runtime state of plugins, keyed by plugin name (pools, clients, queues).
         #: Plugins keep state here, never in module globals: one process may run several hubs.
         self.plugin_state: dict[str, Any] = {}
@@ -188,6 +195,7 @@ class Hub:
     async def stop(self) -> None:
         if not self.started and not self.db.connected:
             return
+        self.stopping.set()
         self.started = False
         for impl in self.pm.hook.shutdown.get_hookimpls():
             try:
@@ -203,6 +211,22 @@ class Hub:
             await self._flush_last_seen()
         await self.bus.stop()
         await self.db.disconnect()
+
+    def spawn_singleton(self, name: str, work: Callable[[], Awaitable[None]], *, retry: float = 2.0) -> asyncio.Task[Any]:
+        """Run ``work()`` on exactly one replica (a PostgreSQL advisory lock); on SQLite, here.
+
+        Another replica takes over within about ``retry`` seconds when the holder dies. Use it for
+        pollers, outboxes and periodic maintenance that must not run twice.
+        """
+        from .cluster import singleton
+
+        return self.spawn(singleton(self, name, work, retry=retry), name=f"singleton:{name}")
+
+    def runs_singleton(self, name: str) -> bool:
+        """Whether this replica currently holds the singleton ``name`` (always True on SQLite)."""
+        if self.db.is_sqlite:
+            return True
+        return bool(self.plugin_state.get("claude_net.singletons", {}).get(name))
 
     def spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
         """Run a background task for the hub's lifetime; cancelled at stop, failures logged."""
@@ -306,12 +330,11 @@ class Hub:
         request: Mapping[str, Any] | None = None,
         result_data: Callable[[T], dict[str, Any]] | None = None,
         result_transient: Callable[[T], dict[str, Any]] | None = None,
-        fail_closed: bool = True,
     ) -> T:
         """Authorize, record, run and record an action — the one path every capability takes.
 
         Denied: one ``denied`` event, then :class:`Forbidden`. Allowed: a ``pending`` event
-        (when ``fail_closed``, an audit failure refuses the action with 503), then ``run()``,
+        (an audit failure refuses the action with 503: fail closed), then ``run()``,
         then the final event (``ok`` or ``error``) with the same id. ``result_data`` adds
         recorded fields to the final event's ``data``; ``result_transient`` adds fields to its
         ``transient`` (seen by live subscribers, never stored).
@@ -322,14 +345,11 @@ class Hub:
             raise Forbidden(deny_sentence(actor, action, target), code="denied", action=action)
         event = Event(event_type, actor.name, target, detail, "pending", via=actor.via,
                       unauthenticated=actor.unauthenticated, data={"action": action})
-        if fail_closed:
-            try:
-                await self.emit(event)
-            except AuditError as exc:
-                raise Unavailable(f"the action was not run because the audit log cannot be written ({exc.message})",
-                                  code="audit_unavailable") from exc
-        else:
+        try:
             await self.emit(event)
+        except AuditError as exc:
+            raise Unavailable(f"the action was not run because the audit log cannot be written ({exc.message})",
+                              code="audit_unavailable") from exc
         started = time.monotonic()
         try:
             result = await run()

@@ -44,8 +44,12 @@ def serve(settings, *, host: str | None = None, port: int | None = None) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        def begin_stop() -> None:
+            hub.stopping.set()  # long-polls and streams end now instead of at Hypercorn's grace timeout
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, begin_stop)
         await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
 
     asyncio.run(main())

@@ -94,3 +94,29 @@ async def test_duplicate_migration_versions_rejected(database_url):
             await db.migrate([Migration("d", 1, ["SELECT 1"]), Migration("d", 1, ["SELECT 1"])])
     finally:
         await db.disconnect()
+
+
+async def test_cancelled_transaction_rolls_back_and_releases_its_connection(database_url):
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE c (id INTEGER PRIMARY KEY)")
+        entered = asyncio.Event()
+
+        async def slow():
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO c (id) VALUES (1)")
+                entered.set()
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(slow())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await db.fetch_val("SELECT COUNT(*) FROM c") == 0
+        async with db.transaction() as tx:  # the connection (or pool slot) is usable again
+            await tx.execute("INSERT INTO c (id) VALUES (2)")
+        assert await db.fetch_val("SELECT COUNT(*) FROM c") == 1
+    finally:
+        await asyncio.wait_for(db.disconnect(), 10)  # would hang if a pooled connection leaked

@@ -64,3 +64,40 @@ def test_sigterm_stops_gracefully():
     hub.proc.send_signal(signal.SIGTERM)
     assert hub.proc.wait(20) == 0
     hub.stop()
+
+
+def test_sigterm_ends_long_polls_and_streams_promptly():
+    import threading
+    import time
+    import urllib.request
+
+    hub = HubProcess("[plugins]\nallow = [\"activity\"]\n").start()
+    try:
+        admin, agent = hub.token("stopadmin", admin=True), hub.token("stopagent")
+        results = {}
+
+        def long_poll():
+            req = urllib.request.Request(hub.url + "/api/inbox?wait=60", headers={"Authorization": f"Bearer {agent}"})
+            started = time.monotonic()
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                results["poll"] = (resp.status, time.monotonic() - started)
+
+        def stream():
+            req = urllib.request.Request(hub.url + "/api/activity/stream", headers={"Authorization": f"Bearer {admin}"})
+            started = time.monotonic()
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                body = resp.read().decode()
+            results["stream"] = (body, time.monotonic() - started)
+
+        threads = [threading.Thread(target=long_poll), threading.Thread(target=stream)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        hub.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(20)
+        assert hub.proc.wait(20) == 0
+        assert results["poll"][0] == 200 and results["poll"][1] < 8
+        assert "event: end" in results["stream"][0] and results["stream"][1] < 8
+    finally:
+        hub.stop()

@@ -126,8 +126,7 @@ async def file_read(ctx):
         return await _dispatch(hub, "read_file", node, path=path, options=options)
 
     data = await hub.guarded(actor, action="file_read", event_type="file_read", target=target, detail=path,
-                             run=run, request={"path": path}, result_data=lambda d: {"bytes": len(d)},
-                             fail_closed=False)
+                             run=run, request={"path": path}, result_data=lambda d: {"bytes": len(d)})
     if encoding in (None, "utf-8"):
         try:
             return {"content": data.decode("utf-8"), "encoding": "utf-8", "size": len(data)}
@@ -214,7 +213,7 @@ async def container_action(hub, actor, op: str, name: str, args=None) -> dict:
         return result
 
     extra = await hub.guarded(actor, action="container", event_type="container", target=name, detail=detail,
-                              run=run, request={"op": op, **args}, fail_closed=op != "list_snapshots")
+                              run=run, request={"op": op, **args})
     return {"name": name, **(extra or {})}
 
 

@@ -175,9 +175,9 @@ async def inbox(ctx):
         deadline = time.monotonic() + wait
         async with hub.bus.subscribe(f"inbox:{actor.name}", maxsize=1) as sub:
             messages = await _fetch_inbox(hub, actor.name, limit, ack)  # closes the gap before subscribing
-            while not messages and (remaining := deadline - time.monotonic()) > 0:
-                if await sub.get(timeout=remaining) is None:
-                    break
+            while not messages and (remaining := deadline - time.monotonic()) > 0 and not hub.stopping.is_set():
+                if await sub.get(timeout=min(remaining, 1.0)) is None:
+                    continue
                 messages = await _fetch_inbox(hub, actor.name, limit, ack)
     return {"messages": messages, "count": len(messages)}
 

@@ -42,6 +42,15 @@ def _sse(payload: dict) -> bytes:
     return f"id: {payload['id']}\ndata: {data}\n\n".encode()
 
 
+async def _first_set(*events: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 async def stream(ctx):
     from quart import Response
 
@@ -54,11 +63,12 @@ async def stream(ctx):
         async with hub.bus.subscribe(store.CHANNEL, maxsize=1000) as sub:
             # The subscription exists before the first byte is sent: nothing after it is missed.
             yield b"retry: 3000\n: connected\n\n"
-            closed = asyncio.ensure_future(closing.wait())
+            # ends when the plugin shuts down or as soon as the hub begins to stop (SIGTERM)
+            closed = asyncio.ensure_future(_first_set(closing, hub.stopping))
             getter: asyncio.Future | None = None
             dropped = 0
             try:
-                while not closing.is_set():
+                while not closing.is_set() and not hub.stopping.is_set():
                     if getter is None:
                         getter = asyncio.ensure_future(sub.queue.get())
                     done, _ = await asyncio.wait({getter, closed}, timeout=keepalive,

@@ -137,9 +137,7 @@ async def test_fail_closed_when_the_audit_log_cannot_be_written(hub_harness, box
             status, answer = await h.call("GET", "/api/permissions", chas)
             assert [(p["source"], p["target"]) for p in answer["permissions"]] == [("alpha", "box1"), ("alpha", "box2")]
 
-            # File reads are refused too (the core emits their pending event and the AuditError
-            # propagates although the read route passes fail_closed=False; DESIGN §5 wants every
-            # audited action refused, so this is the behaviour docs/activity.md documents).
+            # File reads are refused too: every guarded action fails closed (DESIGN §5).
             status, answer = await h.call("POST", "/api/file/read", alpha, {"target": "box1", "path": "/etc/hosts"})
             assert status == 503 and answer["code"] == "audit_unavailable"
             assert box.calls == []

@@ -1,0 +1,183 @@
+"""Running several hub processes as one: cross-process wake-ups and singleton work.
+
+* :class:`PgBus` carries the event bus over PostgreSQL ``LISTEN/NOTIFY``: a publish on any
+  replica reaches subscribers on every replica (inbox long-polls, live activity streams). No
+  extra broker.
+* :func:`singleton` runs work that must happen exactly once across replicas (the Telegram poller
+  and outbox, retention pruning) under a PostgreSQL advisory lock held on a dedicated
+  connection. When the holder dies its connection closes, the lock is released, and another
+  replica takes over within ``retry`` seconds. On SQLite (one process by design) the work simply
+  runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .bus import Bus
+
+log = logging.getLogger("claude_net.cluster")
+
+PG_CHANNEL = "claude_net_bus"
+NOTIFY_LIMIT = 7900  # PostgreSQL's payload limit is 8000 bytes
+
+
+def asyncpg_dsn(url: str) -> str:
+    """``postgresql+asyncpg://...`` (the ``databases`` URL) -> a DSN asyncpg accepts."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest
+
+
+def _shrink(payload: dict[str, Any]) -> dict[str, Any]:
+    """Keep NOTIFY payloads under PostgreSQL's limit: long strings are cut and flagged."""
+    out: dict[str, Any] = {}
+    for key, value in payload.items():
+        if isinstance(value, str) and len(value) > 1000:
+            out[key] = value[:1000] + "…"
+            out["truncated"] = True
+        else:
+            out[key] = value
+    return out
+
+
+class PgBus(Bus):
+    """The bus over LISTEN/NOTIFY. Delivery is at-most-once and best-effort (wake-ups, streams);
+    durable state always lives in tables, so a missed notification only delays a long-poll
+    until its next check."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.dsn = asyncpg_dsn(url)
+        self._listener: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._publish_conn: Any = None
+        self._publish_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._task = asyncio.ensure_future(self._listen_forever())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        for conn in (self._listener, self._publish_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+        self._listener = self._publish_conn = None
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+            self.publish_local(message["c"], message["p"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring malformed bus notification")
+
+    async def _listen_forever(self) -> None:
+        import asyncpg
+
+        delay = 0.5
+        while True:
+            try:
+                self._listener = await asyncpg.connect(self.dsn, timeout=10)
+                await self._listener.add_listener(PG_CHANNEL, self._on_notify)
+                self._ready.set()
+                delay = 0.5
+                while not self._listener.is_closed():
+                    await asyncio.sleep(1)
+                    # a cheap round trip notices a dead server (is_closed lags behind)
+                    await asyncio.wait_for(self._listener.execute("SELECT 1"), 10)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening whatever happened
+                log.warning("bus listener lost its PostgreSQL connection (%s); reconnecting", exc)
+            finally:
+                if self._listener is not None:
+                    with contextlib.suppress(Exception):
+                        self._listener.terminate()
+                    self._listener = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+    async def publish(self, channel: str, payload: dict[str, Any]) -> None:
+        import asyncpg
+
+        message = json.dumps({"c": channel, "p": payload}, separators=(",", ":"))
+        if len(message.encode()) > NOTIFY_LIMIT:
+            message = json.dumps({"c": channel, "p": _shrink(payload)}, separators=(",", ":"))
+        if len(message.encode()) > NOTIFY_LIMIT:
+            message = json.dumps({"c": channel, "p": {"id": payload.get("id"), "truncated": True}})
+        try:
+            async with self._publish_lock:
+                if self._publish_conn is None or self._publish_conn.is_closed():
+                    self._publish_conn = await asyncpg.connect(self.dsn, timeout=10)
+                await asyncio.wait_for(self._publish_conn.execute("SELECT pg_notify($1, $2)", PG_CHANNEL, message), 10)
+        except Exception as exc:  # noqa: BLE001 - a lost wake-up must not fail the request
+            log.warning("bus publish failed (%s); delivering locally only", exc)
+            if self._publish_conn is not None:
+                with contextlib.suppress(Exception):
+                    self._publish_conn.terminate()
+                self._publish_conn = None
+            self.publish_local(channel, payload)
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for ``name``."""
+    return int.from_bytes(hashlib.sha256(f"claude-net:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+async def singleton(hub: Any, name: str, work: Callable[[], Awaitable[None]], *, retry: float = 2.0) -> None:
+    """Run ``work()`` on exactly one replica at a time; take over when the holder dies.
+
+    Runs forever (spawn it with ``hub.spawn``). ``work`` is cancelled if the lock's connection is
+    lost, and restarted here or on whichever replica gets the lock next.
+    """
+    if hub.db.is_sqlite:
+        await work()
+        return
+    import asyncpg
+
+    key = lock_key(name)
+    dsn = asyncpg_dsn(hub.settings.core.database_url)
+    state = hub.plugin_state.setdefault("claude_net.singletons", {})
+    while True:
+        conn = None
+        try:
+            conn = await asyncpg.connect(dsn, timeout=10)
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                await asyncio.sleep(retry)
+            log.info("this replica now runs %s", name)
+            state[name] = True
+            task = asyncio.ensure_future(work())
+            try:
+                while not task.done():
+                    await asyncio.wait({task}, timeout=retry)
+                    if not task.done():
+                        await asyncio.wait_for(conn.execute("SELECT 1"), 10)  # still holding?
+                task.result()
+                return
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                state[name] = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.warning("singleton %s lost its lock connection (%s); retrying", name, exc)
+            await asyncio.sleep(retry)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.terminate()
