@@ -46,7 +46,7 @@ async def test_telegram_answering_errors_for_a_while_slows_nothing_and_the_backl
         await eventually(lambda: h.rt.outbox.failing_since is not None)
         await asyncio.sleep(1.0)  # a while: several failed attempts with back-off
         assert echoed(h, "during") == set()
-        assert during < max(0.5, 5 * baseline), (baseline, during)
+        assert during < max(1.0, 5 * baseline), (baseline, during)
         failures = h.rt.outbox.failures
         assert failures >= 2
 
@@ -63,7 +63,7 @@ async def test_telegram_stopped_then_restarted(tg_hub):
         agent = await permitted_agent(h)
         await h.api.stop()  # connection refused, the long poll cut
         slowest = await timed_execs(h, agent, "gone", 8)
-        assert slowest < 0.5
+        assert slowest < 1.0
         await asyncio.sleep(1.0)
         await h.api.start()  # same port
         await eventually(lambda: len(echoed(h, "gone")) == 8)
@@ -76,7 +76,7 @@ async def test_a_slow_telegram_never_slows_a_request(tg_hub):
         agent = await permitted_agent(h)
         h.api.delay = 2.5  # every sendMessage takes longer than the client's timeout
         slowest = await timed_execs(h, agent, "slow", 6)
-        assert slowest < 0.5
+        assert slowest < 1.0
         h.api.delay = 0
         await eventually(lambda: len(echoed(h, "slow")) == 6, timeout=20)
 
@@ -88,7 +88,7 @@ async def test_overflow_is_counted_and_reported_once_telegram_is_back(tg_hub):
         await timed_execs(h, agent, "first", 1)
         await eventually(lambda: h.rt.outbox.failing_since is not None)
         slowest = await timed_execs(h, agent, "burst", 11)
-        assert slowest < 0.5
+        assert slowest < 1.0
         # one echo is being retried, five wait in the outbox, six were dropped
         assert h.rt.outbox.dropped_total == 6
         h.api.down_status = None
