@@ -134,14 +134,16 @@ async def story(hub: Hub, tokens: dict[str, str]) -> None:
         await show("managerclaude", manager, "claude_net_send",
                    {"to": "seanclaude", "message": "can you review PR 12? I will look at your build log."})
         await show("seanclaude", sean, "claude_net_inbox")
-        await show("managerclaude", manager, "claude_net_exec", {"target": "seanclaude", "command": "cat /root/build.log"})
+        await show("managerclaude", manager, "claude_net_exec",
+                   {"target": "seanclaude", "command": "cat /root/build.log"})
         await show("chasclaude", chas, "claude_net_permit",
                    {"source": "managerclaude", "target": "seanclaude", "allow": True})
         await show("managerclaude", manager, "claude_net_exec",
                    {"target": "seanclaude", "command": "echo hello from $(hostname); uname -sr"}, structured=True)
         await show("managerclaude", manager, "claude_net_file_write",
                    {"target": "seanclaude", "path": "/root/review.md", "content": "PR 12: looks good, one nit.\n"})
-        await show("managerclaude", manager, "claude_net_file_read", {"target": "seanclaude", "path": "/root/review.md"})
+        await show("managerclaude", manager, "claude_net_file_read",
+                   {"target": "seanclaude", "path": "/root/review.md"})
         await show("managerclaude", manager, "claude_net_exec",
                    {"target": "seanclaude", "command": "sleep 30", "timeout": 2})
         await show("chasclaude", chas, "claude_net_activity", {"hours": 1})

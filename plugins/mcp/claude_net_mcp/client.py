@@ -34,12 +34,13 @@ class HubCallError(Exception):
 
 
 class HubClient:
-    """Calls ``/api/...`` on a hub. ``url`` is for messages only (the client knows where it goes)."""
+    """Calls ``/api/...`` on a hub. ``url`` names it in messages only (``http`` knows where it goes)."""
 
-    def __init__(self, http: httpx.AsyncClient, *, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, url: str, timeout: float = 60.0, where: str | None = None) -> None:
         self.http = http
         self.url = url
         self.timeout = timeout
+        self.where = where or f"the hub at {url}"
 
     async def call(self, method: str, path: str, *, json: Any = None, params: Mapping[str, Any] | None = None,
                    token: str | None = None, timeout: float | None = None) -> dict[str, Any]:
@@ -51,9 +52,9 @@ class HubClient:
             response = await self.http.request(method, path, json=json, params=query or None, headers=headers,
                                                timeout=httpx.Timeout(wait, connect=min(wait, 10.0)))
         except httpx.TimeoutException:
-            raise HubCallError(0, "hub_timeout", f"the hub at {self.url} did not answer within {wait:g}s") from None
+            raise HubCallError(0, "hub_timeout", f"{self.where} did not answer within {wait:g}s") from None
         except httpx.HTTPError as exc:
-            raise HubCallError(0, "unreachable", f"cannot reach the hub at {self.url} "
+            raise HubCallError(0, "unreachable", f"cannot reach {self.where} "
                                                  f"({type(exc).__name__}: {exc or 'no detail'})") from None
         try:
             body = response.json()
@@ -61,7 +62,7 @@ class HubClient:
             body = None
         if not isinstance(body, dict):
             raise HubCallError(response.status_code, "bad_answer",
-                               f"the hub at {self.url} answered {method} {path} with HTTP {response.status_code} "
+                               f"{self.where} answered {method} {path} with HTTP {response.status_code} "
                                f"and no JSON (is {self.url} really a claude-net hub?)")
         if response.status_code >= 400 or body.get("ok") is False:
             raise HubCallError(response.status_code, str(body.get("code") or "error"),

@@ -97,4 +97,5 @@ def event_text(e: Mapping[str, Any]) -> str:
         detail = detail[:159] + "…"
     via = e.get("via")
     return (f"{e.get('time')}  {e.get('from') or '-'}  {e.get('type')}  {e.get('target') or '-'}  "
-            f"{e.get('result')}" + (f"  via {via}" if via and via != "http" else "") + (f"  {detail}" if detail else ""))
+            f"{e.get('result')}" + (f"  via {via}" if via and via != "http" else "")
+            + (f"  {detail}" if detail else ""))

@@ -52,7 +52,8 @@ class HubMcpRuntime:
             transport=httpx.ASGITransport(app=self._labelled_app, client=("127.0.0.1", 0)),
             base_url="http://claude-net.internal", timeout=self.settings.request_timeout,
         )
-        client = HubClient(self.http, url="this hub", timeout=self.settings.request_timeout)
+        client = HubClient(self.http, url="(in-process)", timeout=self.settings.request_timeout,
+                           where="the hub's own API")
         host = ToolHost(client=client, via="http", max_output=self.settings.max_output, limits={
             "execTimeout": limits.exec_timeout, "execTimeoutMax": limits.exec_timeout_max,
             "execMaxOutput": limits.exec_max_output, "fileMaxBytes": limits.file_max_bytes,

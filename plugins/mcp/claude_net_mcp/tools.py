@@ -171,6 +171,8 @@ def explain(err: HubCallError, host: ToolHost, caller: Caller, args: Mapping[str
         return f"{msg}. Nothing was done; try again in a minute, and tell an admin if it persists."
     if status == 429:
         return f"{msg}. Wait a few seconds and retry."
+    if code == "not_supported":
+        return f"{msg}. This node cannot do that; claude_net_machines shows each node's capabilities."
     if status == 400:
         return f"invalid input: {msg}. Fix the argument and call again."
     if status == 409:
@@ -654,9 +656,9 @@ def build_server(host: ToolHost, *, admin: bool) -> MCPServer:
         lifespan=_lifespan(host),
         log_level="WARNING",
     )
-    for name, fn, title, description, annotations in _tools(host.limits, host.max_output):
+    for name, fn, title, description, hints in _tools(host.limits, host.max_output):
         if name in ADMIN_TOOLS and not admin:
             continue
         server.add_tool(fn, name=name, title=title, description=description,
-                        annotations=annotations.model_copy(update={"title": title}))
+                        annotations=hints.model_copy(update={"title": title}))
     return server

@@ -2,8 +2,9 @@
 lxd, permissions, activity and mcp plugins, one throwaway LXD container it lists, and MCP client
 sessions from the SDK over stdio (the ``claude-net-mcp`` subprocess) and streamable HTTP (/mcp).
 
-Everything is shared by the directory's tests (package scope) and always torn down: the hub is
-terminated, the container deleted. Without LXD the tests skip locally and fail under ``CI=true`` (``require_component``).
+Everything is shared by the directory's tests (package scope) and always torn down: the hub
+is terminated, the container deleted. Without LXD the tests skip locally and fail under
+``CI=true`` (``require_component``).
 """
 
 from __future__ import annotations
