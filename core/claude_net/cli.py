@@ -98,7 +98,10 @@ def run_async(coro) -> Any:
 def cmd_serve(args, ctx: CliContext) -> int:
     from .serve import serve
 
-    return serve(ctx.settings, host=args.host, port=args.port)
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    return serve(ctx.settings, host=args.host, port=args.port, workers=args.workers)
 
 
 def cmd_init(args, ctx: CliContext) -> int:
@@ -233,6 +236,8 @@ def build_parser(ctx_holder: list) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the hub (Hypercorn)")
     p.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default from config: 8765)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (more than 1 needs PostgreSQL; they act as one hub)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("init", help="write a commented starter config")

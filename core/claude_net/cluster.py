@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -153,7 +154,8 @@ async def singleton(hub: Any, name: str, work: Callable[[], Awaitable[None]], *,
     while True:
         conn = None
         try:
-            conn = await asyncpg.connect(dsn, timeout=10)
+            conn = await asyncpg.connect(dsn, timeout=10, server_settings={
+                "application_name": f"claude-net singleton {name} pid {os.getpid()}"[:63]})
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
                 await asyncio.sleep(retry)
             log.info("this replica now runs %s", name)

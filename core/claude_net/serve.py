@@ -10,7 +10,18 @@ import sys
 log = logging.getLogger("claude_net.serve")
 
 
-def serve(settings, *, host: str | None = None, port: int | None = None) -> int:
+def worker_app():
+    """App factory for ``--workers N``: each Hypercorn worker process builds its own hub."""
+    from .config import load_settings
+    from .http import create_app
+
+    settings = load_settings()
+    logging.basicConfig(level=settings.core.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    return create_app(settings)
+
+
+def serve(settings, *, host: str | None = None, port: int | None = None, workers: int = 1) -> int:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -28,12 +39,30 @@ def serve(settings, *, host: str | None = None, port: int | None = None) -> int:
         return 2
     for failure in hub.pm.failures:
         log.error("plugin %s was not loaded: %s", failure.name, failure.error)
-    app = create_app(hub=hub)
     config = Config()
     config.bind = [f"{host or settings.core.host}:{port or settings.core.port}"]
     config.accesslog = None
     config.graceful_timeout = 10
     config.keep_alive_timeout = 75
+    if workers > 1:
+        if hub.db.is_sqlite:
+            log.error("--workers %d needs PostgreSQL: SQLite serves one hub process (set database_url; "
+                      "see docs/operations.md)", workers)
+            return 2
+        import os
+
+        from hypercorn.run import run
+
+        # Workers are fresh processes (spawn): they read the same configuration from the environment.
+        if settings.path is not None:
+            os.environ["CLAUDE_NET_CONFIG"] = str(settings.path)
+        os.environ["CLAUDE_NET_DATABASE_URL"] = settings.core.database_url
+        config.workers = workers
+        config.application_path = "claude_net.serve:worker_app()"
+        log.info("claude-net serving on http://%s with %d workers on %s", config.bind[0], workers,
+                 redact_url(settings.core.database_url))
+        return run(config)
+    app = create_app(hub=hub)
     log.info("claude-net serving on http://%s with %s", config.bind[0], redact_url(settings.core.database_url))
 
     # Database calls hop to a worker thread (aiosqlite) and back. Under load the event loop

@@ -1,7 +1,7 @@
 """pytest plugin shipped with claude-net (entry point ``pytest11``): fixtures for plugin authors.
 
 * ``database_url`` — parametrized over SQLite and PostgreSQL (``--db sqlite|postgresql|both``
-  or ``CLAUDE_NET_TEST_DB``); PostgreSQL gets a fresh database per test from the server at
+  or ``CLAUDE_NET_TEST_DB``; ``@pytest.mark.db("sqlite")`` pins a test or module); PostgreSQL gets a fresh database per test from the server at
   ``CLAUDE_NET_TEST_PG`` (default: the local socket ``/var/run/postgresql``).
 * ``make_settings(**overrides)`` — validated :class:`Settings` on that database.
 * ``hub_harness`` — ``async with hub_harness(plugins=[...]) as h:`` a started app with a Quart
@@ -54,10 +54,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="database(s) for tests that use the database_url fixture (default: both)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "db(*kinds): run only on these databases ('sqlite', 'postgresql')")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "db_kind" in metafunc.fixturenames:
         choice = metafunc.config.getoption("--db")
         kinds = ["sqlite", "postgresql"] if choice == "both" else [choice]
+        marker = metafunc.definition.get_closest_marker("db")
+        if marker is not None:
+            kinds = [k for k in kinds if k in marker.args]
         metafunc.parametrize("db_kind", kinds, scope="function")
 
 

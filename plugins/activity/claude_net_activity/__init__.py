@@ -70,7 +70,8 @@ def register_routes(hub):
 @hookimpl
 def startup(hub):
     store.state_of(hub).closing.clear()
-    hub.spawn(store.retention_loop(hub), name="activity-retention")
+    # exactly one replica prunes (a PostgreSQL advisory lock); on SQLite this process does
+    hub.spawn_singleton("activity-retention", lambda: store.retention_loop(hub))
 
 
 @hookimpl

@@ -35,6 +35,8 @@ from .render import clip, esc, format_event
 from .settings import TelegramSettings, admin_node
 
 log = logging.getLogger("claude_net.telegram")
+#: bus channel carrying echoes from every replica to the one that talks to Telegram
+ECHO_CHANNEL = "telegram:echo"
 
 # Opt in to python-telegram-bot's coming timedelta periods (RetryAfter.retry_after, ...): without
 # it, every 429 prints a deprecation warning. We read both forms (see outbox.retry_after_seconds).
@@ -75,6 +77,8 @@ class TelegramRuntime:
         self.bot: Bot | None = None
         self.username = ""
         self.tasks: list[asyncio.Task[Any]] = []
+        #: replicas: echoes waiting to be published to the replica that talks to Telegram
+        self._forward: asyncio.Queue[tuple[str, bool]] = asyncio.Queue(settings.outbox_size)
         self._seen_ids: deque[int] = deque(maxlen=1024)
         self._echo_types = frozenset(settings.echo_types)
         self._echo_results = frozenset(settings.echo_results) - {"pending"}
@@ -101,10 +105,41 @@ class TelegramRuntime:
                      self.admin_node)
         if self.s.mode == "webhook" and not self.s.webhook_secret:
             log.info("telegram: no webhook_secret configured; using a random one for this run")
+        if self._replicated:
+            self._spawn(self._forward_echoes(), "telegram-echo-forward")
+        # Polling, command dispatch and the outbox run on exactly one replica (a PostgreSQL
+        # advisory lock; on SQLite, here) and move to another replica if that one dies.
+        self.tasks.append(self.hub.spawn_singleton("telegram", self._lead))
+
+    @property
+    def _replicated(self) -> bool:
+        return not self.hub.db.is_sqlite
+
+    async def _lead(self) -> None:
         self.bot = self._make_bot()
-        self._spawn(self._connect_and_listen(), "telegram-listen")
-        self._spawn(self._dispatch_forever(), "telegram-dispatch")
-        self._spawn(self.outbox.run(), "telegram-outbox")
+        work = [self._connect_and_listen(), self._dispatch_forever(), self.outbox.run()]
+        if self._replicated:
+            work.append(self._collect_echoes())
+        tasks = [asyncio.ensure_future(w) for w in work]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _forward_echoes(self) -> None:
+        """With replicas, every replica forwards its echoes over the bus to the one that sends."""
+        while True:
+            text, loud = await self._forward.get()
+            await self.hub.bus.publish(ECHO_CHANNEL, {"text": text, "loud": loud})
+
+    async def _collect_echoes(self) -> None:
+        async with self.hub.bus.subscribe(ECHO_CHANNEL, maxsize=self.s.outbox_size) as sub:
+            while True:
+                item = await sub.get()
+                if item is not None and isinstance(item.get("text"), str):
+                    self.outbox.put(item["text"], bool(item.get("loud")))
 
     def _spawn(self, coro, name: str) -> None:
         self.tasks.append(self.hub.spawn(coro, name=name))
@@ -425,4 +460,11 @@ class TelegramRuntime:
         except Exception:
             log.exception("telegram: cannot format the %s event %s", event.type, event.id)
             return
-        self.outbox.put(text, loud or not self.s.echo_quiet_ok)
+        loud = loud or not self.s.echo_quiet_ok
+        if not self._replicated:
+            self.outbox.put(text, loud)
+        elif self._forward.full():
+            self.outbox.dropped_full += 1
+            self.outbox.dropped_total += 1
+        else:
+            self._forward.put_nowait((text, loud))
