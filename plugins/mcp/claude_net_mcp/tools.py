@@ -13,6 +13,7 @@ Names and arguments are the original spec's. Agents get six tools; admins get al
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -637,6 +638,61 @@ def _tools(limits: Mapping[str, Any], max_output: int) -> list[tuple[str, Any, s
     ]
 
 
+_ARGUMENT_ERROR = re.compile(r"Error executing tool (\S+): \d+ validation errors? for \S+\n(.*)", re.S)
+
+
+def concise_argument_error(text: str, schema: Mapping[str, Any] | None) -> str | None:
+    """The SDK's pydantic report on bad arguments, as one sentence naming the fields and what the tool
+    takes (``None`` if ``text`` is not such a report). The report's echo of the input is dropped."""
+    match = _ARGUMENT_ERROR.fullmatch(text.strip())
+    if not match:
+        return None
+    tool, report = match.groups()
+    problems: list[list[str]] = []
+    for line in report.splitlines():
+        if not line.strip() or line.strip().startswith("For further information"):
+            continue
+        if not line.startswith(" "):
+            problems.append([line.strip(), ""])
+        elif problems and not problems[-1][1]:
+            problems[-1][1] = re.sub(r"\s*\[type=.*$", "", line.strip())
+    if not problems:
+        return None
+    found = "; ".join(f"{field}: {why}" if field else why for field, why in problems)
+    takes = ""
+    if schema:
+        required = set(schema.get("required", ()))
+        args = [name + ("" if name in required else "?") for name in schema.get("properties", {})]
+        takes = f" It takes ({', '.join(args) or 'no arguments'}; ? = optional)."
+    return f"invalid arguments for {tool}: {found}.{takes} Fix the arguments and call again."
+
+
+def _argument_errors_middleware(server: MCPServer, *, admin: bool):
+    """Rewrites the SDK's reports on a ``tools/call`` it refused (bad arguments; an admin tool asked for
+    on an agent's connection) into sentences that say what to do."""
+
+    async def middleware(ctx: Any, call_next: Any) -> Any:
+        result = await call_next(ctx)
+        if ctx.method != "tools/call" or not isinstance(result, dict) or not result.get("isError"):
+            return result
+        content = result.get("content") or []
+        if len(content) != 1 or content[0].get("type") != "text":
+            return result
+        name = (ctx.params or {}).get("name")
+        text = content[0].get("text", "")
+        if not admin and name in ADMIN_TOOLS and text.startswith("Unknown tool"):
+            better = (f"{name} is an admin tool and this connection's token is not an admin's: ask an admin to do "
+                      "it (claude_net_send).")
+            return {**result, "content": [{**content[0], "text": better}]}
+        schema = next((t.input_schema for t in await server.list_tools() if t.name == name), None)
+        better = concise_argument_error(text, schema)
+        if better is None:
+            return result
+        return {**result, "content": [{**content[0], "text": better}]}
+
+    return middleware
+
+
 def build_server(host: ToolHost, *, admin: bool) -> MCPServer:
     """An MCP server with the agents' six tools, plus the admin tools when ``admin``."""
     from claude_net_mcp import __version__
@@ -661,4 +717,5 @@ def build_server(host: ToolHost, *, admin: bool) -> MCPServer:
             continue
         server.add_tool(fn, name=name, title=title, description=description,
                         annotations=hints.model_copy(update={"title": title}))
+    server.middleware.append(_argument_errors_middleware(server, admin=admin))
     return server

@@ -8,7 +8,7 @@ import pytest
 
 from claude_net_mcp.client import HubCallError, HubClient
 from claude_net_mcp.render import clip_head, clip_middle
-from claude_net_mcp.tools import Caller, ToolHost, explain
+from claude_net_mcp.tools import Caller, ToolHost, concise_argument_error, explain
 
 AGENT = Caller("managerclaude", admin=False)
 ADMIN = Caller("chasclaude", admin=True)
@@ -68,3 +68,16 @@ def test_clip_middle_keeps_both_ends():
 def test_clip_head():
     assert clip_head("abcdef", 4) == ("abcd", 2)
     assert clip_head("abc", 4) == ("abc", 0)
+
+
+def test_argument_reports_become_one_sentence():
+    report = ("Error executing tool claude_net_exec: 2 validation errors for claude_net_execArguments\n"
+              "command\n  Field required [type=missing, input_value={'target': 'x'}, input_type=dict]\n"
+              "    For further information visit https://errors.pydantic.dev/2.14/v/missing\n"
+              "timeout\n  Input should be greater than 0 [type=greater_than, input_value=-1, input_type=int]\n"
+              "    For further information visit https://errors.pydantic.dev/2.14/v/greater_than")
+    schema = {"properties": {"target": {}, "command": {}, "timeout": {}}, "required": ["target", "command"]}
+    assert concise_argument_error(report, schema) == (
+        "invalid arguments for claude_net_exec: command: Field required; timeout: Input should be greater than 0. "
+        "It takes (target, command, timeout?; ? = optional). Fix the arguments and call again.")
+    assert concise_argument_error("denied: nope", schema) is None
