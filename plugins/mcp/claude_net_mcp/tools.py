@@ -182,7 +182,7 @@ def explain(err: HubCallError, host: ToolHost, caller: Caller, args: Mapping[str
 
 
 async def _call(ctx: Context, method: str, path: str, args: Mapping[str, Any], **kwargs: Any):
-    """(host, caller, answer) or (host, caller, error sentence)."""
+    """One API call for the tool's caller: ``(host, caller, answer, None)`` or ``(host, caller, None, error)``."""
     host = _host(ctx)
     caller = host.caller_for(ctx)
     try:
@@ -478,9 +478,10 @@ async def claude_net_permissions(ctx: Context) -> Annotated[CallToolResult, Perm
 
 
 async def _container(ctx: Context, op: str, name: str, **extra: Any) -> CallToolResult:
+    """Container operations may take minutes (LXD's own operation timeout is 300 s)."""
     args = {"name": name, **extra}
     host, caller, body, err = await _call(ctx, "POST", f"/api/container/{op}", args, json=args,
-                                          timeout=max(host_timeout(ctx), 330.0))
+                                          timeout=max(_host(ctx).client.timeout, 330.0))
     if err and err.code == "no_such_snapshot":
         known = ""
         with contextlib.suppress(HubCallError):
@@ -502,10 +503,6 @@ async def _container(ctx: Context, op: str, name: str, **extra: Any) -> CallTool
         "restore": f"Restored {name} to snapshot {out.get('snapshot') or extra.get('snapshot')!r}.",
     }[op]
     return _ok(text, out)
-
-
-def host_timeout(ctx: Context) -> float:
-    return _host(ctx).client.timeout
 
 
 ContainerArg = Annotated[str, Field(description="Container node name, exactly as claude_net_machines lists it.")]
