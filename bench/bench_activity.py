@@ -42,6 +42,7 @@ RESULTS = [("ok", 90), ("denied", 7), ("error", 3)]
 NODES = [f"node{i:02d}" for i in range(20)]
 COMMANDS = ["git status", "pytest -q", "ls -la /srv", "make build", "cat /etc/os-release", "df -h",
             "systemctl status nginx", "python3 manage.py migrate", "npm test", "journalctl -n 50"]
+TARGET_MS = 10
 PATHS = ["/etc/hosts", "/srv/app/config.toml", "/home/ubuntu/notes.md", "/var/log/syslog", "/tmp/out.json"]
 
 
@@ -144,40 +145,35 @@ def time_sql(db_path: Path, sql: str, params: dict, n: int) -> float:
     return p50(samples)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--requests", type=int, default=300, help="timed requests per figure")
-    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-
+def run(*, rows: int = 1_000_000, requests: int = 300, keep: str | None = None, say=print) -> dict:
+    """Load ``rows`` rows, start a hub on them, time the queries; returns the figures as a dict."""
     from claude_net_activity.store import COLUMNS
 
-    workdir = Path(args.keep or tempfile.mkdtemp(prefix="cn-bench-activity-"))
+    workdir = Path(keep or tempfile.mkdtemp(prefix="cn-bench-activity-"))
     workdir.mkdir(parents=True, exist_ok=True)
     db_path = workdir / "activity.db"
-    if db_path.exists():
-        db_path.unlink()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     port = free_port()
     config = workdir / "claude-net.toml"
     config.write_text(f'database_url = "sqlite+aiosqlite:///{db_path}"\nport = {port}\nlog_level = "warning"\n'
                       '[plugins]\nallow = ["activity", "permissions"]\n')
     env = {**os.environ, "CLAUDE_NET_CONFIG": str(config)}
     cli = [sys.executable, "-m", "claude_net.cli"]
-    run = dict(env=env, cwd=workdir, capture_output=True, text=True, check=True)
-    subprocess.run(cli + ["migrate"], **run)
-    token = subprocess.run(cli + ["token", "create", "benchadmin", "--admin"], **run).stdout.strip()
-
-    now = datetime.now(timezone.utc)
-    load_s = load(db_path, args.rows, now)
-    count = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM activity_log").fetchone()[0]
-    if not args.json:
-        print(f"loaded {count:,} rows over 30 days in {load_s:.1f}s ({db_path.stat().st_size / 1e6:.0f} MB)")
-
-    log = open(workdir / "hub.log", "wb")
-    proc = subprocess.Popen(cli + ["serve"], env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+    run_args = dict(env=env, cwd=workdir, capture_output=True, text=True, check=True)
+    proc = log = None
     try:
+        subprocess.run(cli + ["migrate"], **run_args)
+        token = subprocess.run(cli + ["token", "create", "benchadmin", "--admin"], **run_args).stdout.strip()
+
+        now = datetime.now(timezone.utc)
+        load_s = load(db_path, rows, now)
+        count = sqlite3.connect(db_path).execute("SELECT COUNT(*) FROM activity_log").fetchone()[0]
+        size_mb = db_path.stat().st_size / 1e6
+        say(f"loaded {count:,} rows over 30 days in {load_s:.1f}s ({size_mb:.0f} MB)")
+
+        log = open(workdir / "hub.log", "wb")
+        proc = subprocess.Popen(cli + ["serve"], env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         deadline = time.monotonic() + 30
         while True:
@@ -194,47 +190,67 @@ def main() -> int:
         since = iso(datetime.now(timezone.utc) - timedelta(hours=24))
         base_sql = f"SELECT {COLUMNS} FROM activity_log WHERE timestamp >= :since"
         order = " ORDER BY timestamp DESC, id DESC LIMIT 101"
-        health, _ = time_http(conn, "/api/health", None, args.requests)
+        health, _ = time_http(conn, "/api/health", None, requests)
         figures = []
-        feed_ms, feed = time_http(conn, "/api/activity?hours=24&limit=100", token, args.requests)
+        feed_ms, feed = time_http(conn, "/api/activity?hours=24&limit=100", token, requests)
         figures.append(("feed: hours=24&limit=100", feed_ms, len(feed["events"]),
-                        time_sql(db_path, base_sql + order, {"since": since}, args.requests)))
-        ms, body = time_http(conn, "/api/activity?hours=24&limit=100&type=exec&from=node03", token, args.requests)
+                        time_sql(db_path, base_sql + order, {"since": since}, requests)))
+        ms, body = time_http(conn, "/api/activity?hours=24&limit=100&type=exec&from=node03", token, requests)
         figures.append(("filtered: type=exec&from=node03", ms, len(body["events"]), time_sql(
             db_path, base_sql + " AND type = :t AND from_machine = :f" + order,
-            {"since": since, "t": "exec", "f": "node03"}, args.requests)))
-        ms, body = time_http(conn, "/api/activity?hours=24&limit=100&result=denied", token, args.requests)
+            {"since": since, "t": "exec", "f": "node03"}, requests)))
+        ms, body = time_http(conn, "/api/activity?hours=24&limit=100&result=denied", token, requests)
         figures.append(("filtered: result=denied", ms, len(body["events"]), time_sql(
-            db_path, base_sql + " AND result = :r" + order, {"since": since, "r": "denied"}, args.requests)))
+            db_path, base_sql + " AND result = :r" + order, {"since": since, "r": "denied"}, requests)))
         cursor = feed["next"]
-        ms, body = time_http(conn, f"/api/activity?hours=24&limit=100&before={cursor}", token, args.requests)
+        ms, body = time_http(conn, f"/api/activity?hours=24&limit=100&before={cursor}", token, requests)
         stamp = sqlite3.connect(db_path).execute("SELECT timestamp FROM activity_log WHERE id = ?",
                                                  (cursor,)).fetchone()[0]
         figures.append(("page 2: before=<next>", ms, len(body["events"]), time_sql(
             db_path, base_sql + " AND (timestamp, id) < (:ts, :id)" + order,
-            {"since": since, "ts": stamp, "id": cursor}, args.requests)))
+            {"since": since, "ts": stamp, "id": cursor}, requests)))
         conn.close()
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-        log.close()
-        if not args.keep:
+        if proc is not None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if log is not None:
+            log.close()
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    ok = all(ms < 10 for _, ms, _, _ in figures)
+    ok = all(ms < TARGET_MS for _, ms, _, _ in figures)
+    return {"rows": count, "load_s": round(load_s, 1), "db_mb": round(size_mb), "requests": requests,
+            "health_p50_ms": round(health, 3), "target_ms": TARGET_MS, "pass": ok,
+            "figures": [{"name": n, "p50_ms": round(ms, 3), "events": e, "sql_p50_ms": round(sql, 3),
+                         "ratio_vs_sql": round(ms / sql, 1)} for n, ms, e, sql in figures]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=300, help="timed requests per figure")
+    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary directory)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    result = run(rows=args.rows, requests=args.requests, keep=args.keep, say=say)
     if args.json:
-        print(json.dumps({"rows": count, "health_p50_ms": round(health, 3), "target_ms": 10, "pass": ok,
-                          "figures": [{"name": n, "p50_ms": round(ms, 3), "events": e, "sql_p50_ms": round(sql, 3),
-                                       "ratio_vs_sql": round(ms / sql, 1)} for n, ms, e, sql in figures]}))
-        return 0 if ok else 1
+        print(json.dumps(result))
+        return 0 if result["pass"] else 1
     print(f"{'figure (p50 over ' + str(args.requests) + ' requests)':<40}{'HTTP ms':>9}{'rows':>6}"
           f"{'SQL ms':>9}{'HTTP/SQL':>10}{'HTTP-health':>13}")
+    health = result["health_p50_ms"]
     print(f"{'GET /api/health (HTTP floor)':<40}{health:>9.2f}")
-    for name, ms, events, sql in figures:
-        print(f"{name:<40}{ms:>9.2f}{events:>6}{sql:>9.2f}{ms / sql:>9.1f}x{ms - health:>12.2f}")
-    print(f"target: every activity p50 < 10 ms on SQLite  {'PASS' if ok else 'FAIL'}")
-    return 0 if ok else 1
+    for f in result["figures"]:
+        print(f"{f['name']:<40}{f['p50_ms']:>9.2f}{f['events']:>6}{f['sql_p50_ms']:>9.2f}"
+              f"{f['p50_ms'] / f['sql_p50_ms']:>9.1f}x{f['p50_ms'] - health:>12.2f}")
+    print(f"target: every activity p50 < {TARGET_MS} ms on SQLite  {'PASS' if result['pass'] else 'FAIL'}")
+    return 0 if result["pass"] else 1
 
 
 if __name__ == "__main__":

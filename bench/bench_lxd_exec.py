@@ -283,26 +283,18 @@ def lxc(*args: str) -> None:
     subprocess.run(["lxc", *args], check=True, capture_output=True, text=True, timeout=120)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=200, help="latency samples per path (default 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (default 3)")
-    parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
-    parser.add_argument("--per-client", type=int, default=10, help="execs per client per round (default 10)")
-    parser.add_argument("--all-plugins", action="store_true",
-                        help="load every installed plugin in the hub (e.g. the activity log), not just lxd")
-    args = parser.parse_args()
+def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 10, all_plugins: bool = False,
+        say=print) -> dict:
+    """Launch the containers and a hub, measure, clean up; returns the figures as a dict.
 
-    try:
-        LxdRest().request("GET", "/1.0")
-    except OSError as exc:
-        print(f"LXD is not reachable at {SOCKET} ({exc}); run scripts/lxd-setup", file=sys.stderr)
-        return 2
+    ``say`` receives the human-readable report line by line (``print`` for the CLI).
+    """
+    LxdRest().request("GET", "/1.0")  # OSError when LXD is not there
 
     prefix = f"bench-{secrets.token_hex(3)}"
     names = [f"{prefix}-{i}" for i in range(4)]
     workdir = Path(tempfile.mkdtemp(prefix="cn-bench-"))
-    hub = Hub(workdir, prefix, args.all_plugins)
+    hub = Hub(workdir, prefix, all_plugins)
     launched: list[str] = []
     try:
         for name in names:
@@ -319,55 +311,92 @@ def main() -> int:
             client.exec(name, "true")
         rest = LxdRest()
 
-        print(f"claude-net LXD exec benchmark — {os.cpu_count()} CPUs, hub plugins: "
-              f"{'all installed' if args.all_plugins else 'lxd only'}")
-        print(f"\nLatency of one exec of `true`, interleaved, n={args.n} each (ms)")
-        samples = latency(args.n, names[0], client, rest)
+        say(f"claude-net LXD exec benchmark — {os.cpu_count()} CPUs, hub plugins: "
+            f"{'all installed' if all_plugins else 'lxd only'}")
+        say(f"\nLatency of one exec of `true`, interleaved, n={n} each (ms)")
+        samples = latency(n, names[0], client, rest)
         floor_p50 = statistics.median(samples["floor"])
-        print(f"  {'path':<44} {'p50':>7} {'p90':>7} {'p99':>7} {'x floor p50':>12}")
+        say(f"  {'path':<44} {'p50':>7} {'p90':>7} {'p99':>7} {'x floor p50':>12}")
         labels = {"floor": "LXD REST floor (raw unix socket)", "hub": "hub POST /api/exec (HTTP, auth, audit hooks)",
                   "lxc": "lxc exec c -- true"}
         for kind in ("floor", "hub", "lxc"):
             v = samples[kind]
-            print(f"  {labels[kind]:<44} {statistics.median(v):7.1f} {pct(v, 90):7.1f} {pct(v, 99):7.1f} "
-                  f"{statistics.median(v) / floor_p50:11.2f}x")
+            say(f"  {labels[kind]:<44} {statistics.median(v):7.1f} {pct(v, 90):7.1f} {pct(v, 99):7.1f} "
+                f"{statistics.median(v) / floor_p50:11.2f}x")
 
-        total = args.clients * args.per_client
-        print(f"\nThroughput: {args.clients} concurrent clients over {len(names)} containers, "
-              f"{total} execs per round, {args.rounds} rounds alternating")
+        total = clients * per_client
+        say(f"\nThroughput: {clients} concurrent clients over {len(names)} containers, "
+            f"{total} execs per round, {rounds} rounds alternating")
         results: dict[str, list[float]] = {"floor": [], "hub": []}
         errors = {"floor": 0, "hub": 0}
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for kind in ("floor", "hub"):
                 rest.settle(names)
-                rate, _ok, errs = throughput(kind, names, args.clients, args.per_client, hub.port, token)
+                rate, _ok, errs = throughput(kind, names, clients, per_client, hub.port, token)
                 results[kind].append(rate)
                 errors[kind] += errs
         floor_rate = statistics.median(results["floor"])
         hub_rate = statistics.median(results["hub"])
-        print(f"  {'path':<44} {'execs/s (median)':>17} {'rounds':>22} {'errors':>7}")
+        say(f"  {'path':<44} {'execs/s (median)':>17} {'rounds':>22} {'errors':>7}")
         for kind, rate in (("floor", floor_rate), ("hub", hub_rate)):
-            rounds = " ".join(f"{r:.0f}" for r in results[kind])
-            print(f"  {labels[kind]:<44} {rate:17.1f} {rounds:>22} {errors[kind]:>7}")
+            rounds_text = " ".join(f"{r:.0f}" for r in results[kind])
+            say(f"  {labels[kind]:<44} {rate:17.1f} {rounds_text:>22} {errors[kind]:>7}")
 
         lat_ratio = statistics.median(samples["hub"]) / floor_p50
         tp_ratio = hub_rate / floor_rate
         lxc_ratio = statistics.median(samples["hub"]) / statistics.median(samples["lxc"])
-        print("\nSummary")
+        say("\nSummary")
         lat_ok = lat_ratio <= 1.25
         tp_ok = tp_ratio >= 0.8 and errors["hub"] == 0
-        print(f"  hub p50 / floor p50        = {lat_ratio:.2f}x   (target <= 1.25x)  {'PASS' if lat_ok else 'MISS'}")
-        print(f"  hub p50 / lxc exec p50     = {lxc_ratio:.2f}x")
-        print(f"  hub / floor throughput     = {tp_ratio:.2f}x   (target >= 0.80x, 0 errors: hub had "
-              f"{errors['hub']})  {'PASS' if tp_ok else 'MISS'}")
+        say(f"  hub p50 / floor p50        = {lat_ratio:.2f}x   (target <= 1.25x)  {'PASS' if lat_ok else 'MISS'}")
+        say(f"  hub p50 / lxc exec p50     = {lxc_ratio:.2f}x")
+        say(f"  hub / floor throughput     = {tp_ratio:.2f}x   (target >= 0.80x, 0 errors: hub had "
+            f"{errors['hub']})  {'PASS' if tp_ok else 'MISS'}")
         hub.stop()  # waits for the hub's pending background deletions
-        print(f"  exec output logs left behind once the hub stopped: {rest.exec_logs(names)}")
-        return 0 if lat_ok and tp_ok else 1
+        leftover = rest.exec_logs(names)
+        say(f"  exec output logs left behind once the hub stopped: {leftover}")
+        return {
+            "plugins": "all" if all_plugins else "lxd",
+            "latency_ms": {kind: {"p50": round(statistics.median(v), 2), "p90": round(pct(v, 90), 2),
+                                  "p99": round(pct(v, 99), 2), "n": len(v)} for kind, v in samples.items()},
+            "latency_ratio": round(lat_ratio, 3), "latency_target": 1.25, "latency_pass": lat_ok,
+            "lxc_ratio": round(lxc_ratio, 3),
+            "throughput": {"floor": round(floor_rate, 1), "hub": round(hub_rate, 1),
+                           "floor_rounds": [round(r, 1) for r in results["floor"]],
+                           "hub_rounds": [round(r, 1) for r in results["hub"]]},
+            "clients": clients, "execs_per_round": total, "errors": errors,
+            "throughput_ratio": round(tp_ratio, 3), "throughput_target": 0.8, "throughput_pass": tp_ok,
+            "leftover_logs": leftover,
+        }
     finally:
         hub.stop()
         for name in launched:
             subprocess.run(["lxc", "delete", "--force", name], capture_output=True, timeout=120)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200, help="latency samples per path (default 200)")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (default 3)")
+    parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
+    parser.add_argument("--per-client", type=int, default=10, help="execs per client per round (default 10)")
+    parser.add_argument("--all-plugins", action="store_true",
+                        help="load every installed plugin in the hub (e.g. the activity log), not just lxd")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the report")
+    args = parser.parse_args()
+
+    try:
+        LxdRest().request("GET", "/1.0")
+    except OSError as exc:
+        print(f"LXD is not reachable at {SOCKET} ({exc}); run scripts/lxd-setup", file=sys.stderr)
+        return 2
+    say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    result = run(n=args.n, rounds=args.rounds, clients=args.clients, per_client=args.per_client,
+                 all_plugins=args.all_plugins, say=say)
+    if args.json:
+        print(json.dumps(result))
+    return 0 if result["latency_pass"] and result["throughput_pass"] else 1
 
 
 if __name__ == "__main__":

@@ -1,14 +1,23 @@
-"""Messaging throughput: send+inbox requests/s against a trivial endpoint on the same server.
+"""Messaging throughput: send+inbox requests/s against a trivial endpoint on the same server(s).
 
-Both are measured in the same run against one real hub (Hypercorn, 1 worker, SQLite by default)
-with wrk, 50 connections. Target: send+inbox >= 0.5 x the trivial endpoint.
+Both are measured in the same run against real hubs (``claude-net serve``, Hypercorn, every
+installed plugin loaded) with wrk, 50 connections in total. Target: send+inbox >= 0.5 x the
+trivial endpoint (``GET /api/health``, which still goes through routing, the JSON error layer
+and the response path, but touches no database).
 
-    python bench/bench_messaging.py [--seconds 10] [--connections 50] [--database-url URL]
+* ``--replicas 1`` (default): one hub on SQLite (default) or PostgreSQL (``--postgresql`` makes a
+  scratch database; ``--database-url`` uses yours).
+* ``--replicas 2``: two ``claude-net serve`` processes on one PostgreSQL database; wrk can hit
+  only one URL, so two wrk processes run at once, one per replica (25 connections each), and
+  their requests/s are summed. Each replica has its own sender -> reader pair.
+
+    python bench/bench_messaging.py [--seconds 10] [--connections 50] [--postgresql] [--replicas 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shutil
@@ -18,7 +27,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hubproc import HubProcess  # noqa: E402
+from common import HubProcess, log, pg_database  # noqa: E402
+
+TARGET = 0.5
 
 MIX_LUA = """
 local n = 0
@@ -26,59 +37,128 @@ request = function()
   n = n + 1
   if n %% 2 == 1 then
     return wrk.format("POST", "/api/send", {["Authorization"] = "Bearer %(sender)s",
-      ["Content-Type"] = "application/json"}, '{"to": "reader", "message": "benchmark message body"}')
+      ["Content-Type"] = "application/json"}, '{"to": "%(reader_name)s", "message": "benchmark message body"}')
   else
     return wrk.format("GET", "/api/inbox?limit=10&ack=true", {["Authorization"] = "Bearer %(reader)s"})
   end
 end
-response = function(status, headers, body)
-  if status ~= 200 then errors_seen = (errors_seen or 0) + 1 end
-end
 """
 
 
-def wrk(url: str, seconds: int, connections: int, script: str | None = None) -> dict:
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+def _wrk_args(url: str, seconds: int, connections: int, threads: int, script: str | None) -> list[str]:
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency"]
     if script:
         args += ["-s", script]
-    out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    return args + [url]
+
+
+def _parse(out: str) -> dict:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1, "s": 1000}
-    return {"rps": rps, "errors": int(non2xx.group(1)) if non2xx else 0,
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return {"rps": rps, "errors": errors,
             "p50_ms": float(p50.group(1)) * scale[p50.group(2)] if p50 else None}
 
 
+def wrk(url: str, seconds: int, connections: int, script: str | None = None, threads: int = 2) -> dict:
+    out = subprocess.run(_wrk_args(url, seconds, connections, threads, script), capture_output=True, text=True,
+                         check=True, timeout=seconds + 60).stdout
+    return _parse(out)
+
+
+def wrk_parallel(jobs: list[tuple[str, str | None]], seconds: int, connections: int) -> dict:
+    """Run one wrk per (url, script) at the same time, ``connections`` split between them; sum."""
+    per = max(1, connections // len(jobs))
+    procs = [subprocess.Popen(_wrk_args(url, seconds, per, 1, script), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for url, script in jobs]
+    results = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        results.append(_parse(out))
+    return {"rps": sum(r["rps"] for r in results), "errors": sum(r["errors"] for r in results),
+            "per_replica_rps": [round(r["rps"]) for r in results],
+            "p50_ms": max((r["p50_ms"] or 0) for r in results)}
+
+
+def run(*, seconds: int = 10, connections: int = 50, database_url: str | None = None, postgresql: bool = False,
+        replicas: int = 1) -> dict:
+    """Measure one setup; returns a dict with the figures (``ratio`` = send+inbox / trivial)."""
+    if replicas > 1 and not (postgresql or (database_url or "").startswith("postgres")):
+        raise ValueError("several replicas need PostgreSQL (--postgresql or a postgresql database URL)")
+    with contextlib.ExitStack() as stack:
+        if postgresql and not database_url:
+            database_url = stack.enter_context(pg_database())
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cn-bench-msg-")))
+        hubs = []
+        for i in range(replicas):
+            (tmp / f"r{i}").mkdir()
+            hubs.append(HubProcess(database_url=database_url, workdir=str(tmp / f"r{i}")))
+        for hub in hubs:
+            hub.start()
+            stack.callback(hub.stop)
+        scripts = []
+        for i, hub in enumerate(hubs):
+            sender, reader = hubs[0].token(f"sender{i}"), hubs[0].token(f"reader{i}")
+            script = tmp / f"mix{i}.lua"
+            script.write_text(MIX_LUA % {"sender": sender, "reader": reader, "reader_name": f"reader{i}"})
+            scripts.append(str(script))
+        health = [(hub.url + "/api/health", None) for hub in hubs]
+        mix = [(hub.url, script) for hub, script in zip(hubs, scripts)]
+        if replicas == 1:
+            def measure(jobs, secs):
+                r = wrk(jobs[0][0], secs, connections, jobs[0][1])
+                return {**r, "per_replica_rps": [round(r["rps"])]}
+        else:
+            def measure(jobs, secs):
+                return wrk_parallel(jobs, secs, connections)
+        measure(health, 2)  # warm-up
+        measure(mix, 2)
+        trivial = measure(health, seconds)
+        mixed = measure(mix, seconds)
+        trivial2 = measure(health, seconds)
+        rss = [round(hub.rss_kib() / 1024) for hub in hubs]
+    baseline = (trivial["rps"] + trivial2["rps"]) / 2
+    ratio = mixed["rps"] / baseline
+    return {"db": "postgresql" if database_url else "sqlite", "replicas": replicas, "seconds": seconds,
+            "connections": connections, "trivial_rps": round(baseline),
+            "trivial_rps_runs": [round(trivial["rps"]), round(trivial2["rps"])],
+            "send_inbox_rps": round(mixed["rps"]), "per_replica_rps": mixed["per_replica_rps"],
+            "send_inbox_p50_ms": mixed["p50_ms"], "ratio": round(ratio, 3), "target": TARGET,
+            "errors": mixed["errors"] + trivial["errors"] + trivial2["errors"], "rss_mib": rss,
+            "pass": ratio >= TARGET and mixed["errors"] == 0}
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--database-url", default=None)
+    parser.add_argument("--postgresql", action="store_true", help="run on a scratch PostgreSQL database")
+    parser.add_argument("--replicas", type=int, default=1, help="hub processes on one PostgreSQL (default 1)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is required: apt-get install wrk", file=sys.stderr)
         return 2
-    with HubProcess(database_url=args.database_url) as hub:
-        sender, reader = hub.token("sender"), hub.token("reader")
-        script = Path(tempfile.mkdtemp()) / "mix.lua"
-        script.write_text(MIX_LUA % {"sender": sender, "reader": reader})
-        wrk(hub.url + "/api/health", 2, args.connections)  # warm-up
-        trivial = wrk(hub.url + "/api/health", args.seconds, args.connections)
-        mixed = wrk(hub.url, args.seconds, args.connections, str(script))
-        trivial2 = wrk(hub.url + "/api/health", args.seconds, args.connections)
-    baseline = (trivial["rps"] + trivial2["rps"]) / 2
-    ratio = mixed["rps"] / baseline
-    result = {"trivial_rps": round(baseline), "send_inbox_rps": round(mixed["rps"]), "ratio": round(ratio, 2),
-              "target": 0.5, "errors": mixed["errors"], "db": args.database_url or "sqlite"}
+    log(f"messaging: {args.replicas} replica(s), {'postgresql' if args.postgresql or args.database_url else 'sqlite'}")
+    result = run(seconds=args.seconds, connections=args.connections, database_url=args.database_url,
+                 postgresql=args.postgresql, replicas=args.replicas)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{'figure':<34}{'req/s':>10}")
-        print(f"{'trivial GET /api/health':<34}{baseline:>10.0f}")
-        print(f"{'send+inbox (1:1, ack)':<34}{mixed['rps']:>10.0f}   errors={mixed['errors']}")
-        print(f"ratio {ratio:.2f} x (target >= 0.50)  {'PASS' if ratio >= 0.5 and not mixed['errors'] else 'FAIL'}")
+        print(f"{'figure':<34}{'req/s':>10}   ({result['db']}, {result['replicas']} replica(s))")
+        print(f"{'trivial GET /api/health':<34}{result['trivial_rps']:>10}")
+        print(f"{'send+inbox (1:1, ack)':<34}{result['send_inbox_rps']:>10}   errors={result['errors']}")
+        print(f"ratio {result['ratio']:.2f} x (target >= {TARGET:.2f})  {'PASS' if result['pass'] else 'FAIL'}")
     return 0
 
 
