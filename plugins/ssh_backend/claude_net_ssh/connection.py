@@ -28,6 +28,10 @@ log = logging.getLogger("claude_net_ssh")
 #: errors that mean "this connection is unusable" (as opposed to "the server refused this request")
 CONNECTION_ERRORS = (asyncssh.DisconnectError, asyncssh.ConnectionLost, ConnectionError, OSError, EOFError)
 
+#: channel-open refusals that mean "too many sessions right now" (retried) rather than "never"
+BUSY_CODES = frozenset({asyncssh.OPEN_CONNECT_FAILED, asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                        asyncssh.OPEN_RESOURCE_SHORTAGE})
+
 
 def parse_host_keys(text: str, where: str) -> list[asyncssh.SSHKey]:
     """Public keys from ``host_key``: 'ALG BASE64 [comment]' or an ssh-keyscan / known_hosts line."""
@@ -350,55 +354,54 @@ class NodeConnection:
     def open_timeout(self) -> float:
         return self.settings.connect_timeout
 
-    async def open_session(self, factory: Callable[[], asyncssh.SSHClientSession], command: str
-                           ) -> tuple[asyncssh.SSHClientChannel, Any]:
-        """Open an exec channel, reconnecting once if the pooled connection turns out to be dead.
+    async def _open_channel(self, open_: Callable[[asyncssh.SSHClientConnection], Awaitable[Any]], what: str) -> Any:
+        """Open a channel with ``open_(conn)``; reconnect once if the pooled connection turns out dead.
 
-        Retrying is safe here: a channel that was never opened ran nothing.
+        Retrying is safe: a channel that was never opened ran nothing. A live server that refuses
+        the channel is usually still tearing down sessions that just ended (OpenSSH frees a session
+        slot a moment after the channel closes), so refusals are retried briefly before giving up.
         """
-        for attempt in (1, 2):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.open_timeout
+        reconnected = False
+        delay = 0.005
+        while True:
             conn = await self.connection()
             try:
-                return await asyncio.wait_for(conn.create_session(factory, command, encoding=None),
-                                              self.open_timeout)
+                return await asyncio.wait_for(open_(conn), max(0.1, deadline - loop.time()))
             except asyncssh.ChannelOpenError as exc:
-                if conn.is_closed() or exc.code == asyncssh.OPEN_CONNECT_FAILED:
+                if conn.is_closed() and not reconnected:
                     self.drop(conn)
-                    if attempt == 1:
-                        continue
+                    reconnected = True
+                    continue
+                if exc.code in BUSY_CODES and not conn.is_closed() and loop.time() + delay < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+                    continue
                 raise Unavailable(
-                    f"the SSH server of {self.name} refused a new session ({exc.reason}); if it says "
-                    "'administratively prohibited', lower [ssh] max_channels below the server's MaxSessions",
+                    f"the SSH server of {self.name} refused to open {what} ({exc.reason}); lower "
+                    f"max_channels (now {self.max_channels}) well below the server's MaxSessions",
                     code="ssh_channel_refused") from None
             except (asyncio.TimeoutError, *CONNECTION_ERRORS) as exc:
                 self.drop(conn)
-                if attempt == 1:
+                if not reconnected:
+                    reconnected = True
                     continue
-                raise Unavailable(f"the SSH connection to {self.name} ({self.address}) failed: "
-                                  f"{type(exc).__name__}: {exc}", code="ssh_connection_lost") from None
-        raise AssertionError("unreachable")
+                raise Unavailable(f"the SSH connection to {self.name} ({self.address}) failed while opening "
+                                  f"{what}: {type(exc).__name__}: {exc}", code="ssh_connection_lost") from None
+
+    async def open_session(self, factory: Callable[[], asyncssh.SSHClientSession], command: str
+                           ) -> tuple[asyncssh.SSHClientChannel, Any]:
+        """An exec channel running ``command`` (caller holds a ``channels`` slot)."""
+        return await self._open_channel(
+            lambda conn: conn.create_session(factory, command, encoding=None), "a session")
 
     @contextlib.asynccontextmanager
     async def sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
         """An SFTP session on the pooled connection, holding one channel slot while in use."""
         async with self.channels:
-            client = None
-            for attempt in (1, 2):
-                conn = await self.connection()
-                try:
-                    client = await asyncio.wait_for(conn.start_sftp_client(), self.open_timeout)
-                    break
-                except (asyncio.TimeoutError, asyncssh.ChannelOpenError, *CONNECTION_ERRORS) as exc:
-                    if isinstance(exc, asyncssh.ChannelOpenError) and not conn.is_closed() \
-                            and exc.code != asyncssh.OPEN_CONNECT_FAILED:
-                        raise Unavailable(f"the SSH server of {self.name} refused an SFTP session ({exc.reason}); "
-                                          "does its sshd_config have `Subsystem sftp internal-sftp`?",
-                                          code="sftp_unavailable") from None
-                    self.drop(conn)
-                    if attempt == 2:
-                        raise Unavailable(f"cannot open an SFTP session on {self.name} ({self.address}): "
-                                          f"{type(exc).__name__}: {exc}", code="ssh_connection_lost") from None
-            assert client is not None
+            client = await self._open_channel(lambda conn: conn.start_sftp_client(),
+                                              "an SFTP session (is `Subsystem sftp` configured?)")
             try:
                 yield client
             finally:

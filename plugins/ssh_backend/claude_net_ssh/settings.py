@@ -60,9 +60,10 @@ class SshSettings:
     keepalive_count_max: int = help_field(
         3, "Unanswered keepalives after which a connection is considered dead and reopened.")
     max_channels: int = help_field(
-        8,
-        "Concurrent commands/SFTP sessions per node; extra calls wait their turn. Keep it below the "
-        "server's MaxSessions (OpenSSH default 10): one more channel is used to stop timed-out commands.",
+        6,
+        "Concurrent commands/SFTP sessions per node; extra calls wait their turn. Keep it well below the "
+        "server's MaxSessions (OpenSSH default 10): OpenSSH frees a session slot a moment after its channel "
+        "closes, and one more channel is used to stop timed-out commands.",
     )
     status_cache_seconds: float = help_field(
         5.0, "How long a node's reachable/unreachable status is reused before it is probed again.")
