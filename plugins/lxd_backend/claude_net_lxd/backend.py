@@ -10,9 +10,9 @@ event loop never blocks. Three pools keep slow work from starving quick work:
 
 Exec uses LXD's REST exec with ``record-output: true`` and ``wait-for-websocket: false``: one
 POST, one operation wait, two reads of the recorded output (at most the cap each); the recorded
-logs are deleted in the background afterwards. Those calls go through :class:`FastRest` (the
-urllib3 pool beneath pylxd's session) rather than ``client.api``: same socket, same timeouts,
-half the CPU per call, which is what lets the hub keep up with the direct floor on two CPUs.
+logs are deleted in the background afterwards. Those calls go through :class:`FastRest` (plain
+``http.client`` keep-alive connections) rather than ``client.api``: same socket, same timeouts,
+a third of the CPU per call, which is what lets the hub keep up with the direct floor on two CPUs.
 Everything else (listing, files, container operations) uses pylxd's raw API.
 
 Output is bounded either on the hub (default: no extra processes in the container; a watchdog
@@ -125,7 +125,8 @@ class LxdBackend:
         self.timeouts = (settings.connect_timeout, settings.request_timeout)
         #: the exec hot path (and operation waits) bypass requests: see FastRest
         self.rest = FastRest(self.session, self._endpoint, project=settings.project,
-                             connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout)
+                             connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout,
+                             maxsize=exec_slots + CHORE_THREADS + 8)
         self._client: pylxd.Client | None = None
         self._client_lock = threading.Lock()
         self._probes: dict[str, asyncio.Future[Probe]] = {}
@@ -142,6 +143,7 @@ class LxdBackend:
         self.closed = True
         for executor in (self.pool, self.waits, self.chores):
             executor.shutdown(wait=True, cancel_futures=False)
+        self.rest.close()
         self.session.close()
 
     # -- plumbing ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 
 import claude_net_lxd
 from claude_net import ExecOptions, Node, Unavailable
+from claude_net.testing import in_ci
 
 from .conftest import lxc_query
 
@@ -111,7 +112,9 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.slow
 async def test_real_daemon_restart(hub_harness, run_id, containers):
-    """Stop the real daemon (one scripts/lxd-setup started), see 503s, start it, see recovery."""
+    """Kill the real daemon (one scripts/lxd-setup started), see 503s, start it, see recovery."""
+    if not (in_ci() or os.environ.get("CLAUDE_NET_TEST_LXD_RESTART") == "1"):
+        pytest.skip("stops the shared LXD daemon: runs under CI=true or with CLAUDE_NET_TEST_LXD_RESTART=1")
     pid = _our_daemon()
     if pid is None:
         pytest.skip("the LXD daemon was not started by scripts/lxd-setup; not stopping someone else's daemon")
@@ -122,11 +125,10 @@ async def test_real_daemon_restart(hub_harness, run_id, containers):
         alpha = await h.token("alpha")
         status, body = await h.call("POST", "/api/exec", boss, {"target": name, "command": "echo up"})
         assert status == 200, body
-        os.kill(pid, 15)
+        os.kill(pid, 9)  # a crash: the shortest outage for anyone else on this daemon; containers live on
         try:
-            deadline = time.monotonic() + 30
-            while _alive(pid) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            while _alive(pid):
+                await asyncio.sleep(0.05)
             started = time.monotonic()
             status, body = await h.call("POST", "/api/exec", boss, {"target": name, "command": "echo down"})
             assert status == 503, body
@@ -144,5 +146,10 @@ async def test_real_daemon_restart(hub_harness, run_id, containers):
             subprocess.run([str(ROOT / "scripts" / "lxd-setup")], check=True, timeout=120,
                            capture_output=True)
         assert lxc_query(f"/1.0/instances/{name}/state")["status"] == "Running"
-        status, body = await h.call("POST", "/api/exec", boss, {"target": name, "command": "echo again"})
+        deadline = time.monotonic() + 5  # recovers by itself: no hub restart, no manual step
+        while True:
+            status, body = await h.call("POST", "/api/exec", boss, {"target": name, "command": "echo again"})
+            if status == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert status == 200 and body["stdout"] == "again\n", body
