@@ -9,6 +9,7 @@ is terminated, the container deleted. Without LXD the tests skip locally and fai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -69,8 +70,20 @@ def box(lxd_ok):
             time.sleep(0.05)
         yield name
     finally:
-        lxc("delete", "--force", name, check=False, timeout=60)
-        # snapshots go with the container; nothing else of ours is left behind
+        delete_container(name)
+
+
+def delete_container(name: str, attempts: int = 60) -> None:
+    """Delete ``name`` (its snapshots go with it), retrying while the daemon is briefly away: other
+    test suites restart LXD on purpose, and a container must never be left behind."""
+    for _ in range(attempts):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            if lxc("delete", "--force", name, check=False, timeout=60).returncode == 0:
+                return
+            if "not found" in lxc("info", name, check=False, timeout=30).stderr.lower():
+                return
+        time.sleep(3)
+    raise AssertionError(f"could not delete the test container {name}; remove it with `lxc delete --force {name}`")
 
 
 @pytest.fixture(scope="package")
