@@ -171,7 +171,9 @@ def explain(err: HubCallError, host: ToolHost, caller: Caller, args: Mapping[str
                 "audit_unavailable") or status == 503:
         return f"{msg}. Nothing was done; try again in a minute, and tell an admin if it persists."
     if status == 429:
-        return f"{msg}. Wait a few seconds and retry."
+        wait = err.body.get("retryAfter")
+        when = f"{float(wait):g} s" if isinstance(wait, (int, float)) else "a few seconds"
+        return f"{msg}. Wait {when} and retry; batch work into fewer calls if this keeps happening."
     if code == "not_supported":
         return f"{msg}. This node cannot do that; claude_net_machines shows each node's capabilities."
     if status == 400:

@@ -42,13 +42,14 @@ def host(via: str) -> ToolHost:
     ("stdio", 503, "audit_unavailable", "the action was not run because the audit log cannot be written", AGENT,
      {}, ["Nothing was done"]),
     ("stdio", 429, "rate_limited", "slow down", AGENT, {}, ["Wait a few seconds"]),
+    ("stdio", 429, "rate_limited", "slow down", AGENT, {"retryAfter": 2.5}, ["Wait 2.5 s"]),
     ("stdio", 413, "too_large", "the message is 70000 bytes; the limit is 65536", AGENT, {}, ["smaller pieces"]),
     ("stdio", 400, "not_supported", "ser-8 is an SSH node: it has no snapshots", ADMIN, {"name": "ser-8"},
      ["claude_net_machines"]),
     ("stdio", 400, "invalid_field", "timeout must be at most 3600 seconds", AGENT, {}, ["invalid input", "Fix"]),
 ])
 def test_every_refusal_says_what_to_do_next(via, status, code, message, caller, args, expected):
-    body = {"ok": False, "error": message, "code": code}
+    body = {"ok": False, "error": message, "code": code, **{k: v for k, v in args.items() if k == "retryAfter"}}
     if code == "denied":
         body["action"] = "file_write"
     sentence = explain(HubCallError(status, code, message, body), host(via), caller, args)
