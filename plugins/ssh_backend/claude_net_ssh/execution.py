@@ -157,8 +157,9 @@ async def execute(node: NodeConnection, command: str, options: ExecOptions, *, s
         channel.write_eof()  # no stdin: commands that read it see EOF instead of hanging
         timed_out = False
         try:
-            await asyncio.wait_for(asyncio.shield(session.done), options.timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(options.timeout):
+                await asyncio.shield(session.done)  # shielded: a timeout must not cancel the future itself
+        except TimeoutError:
             timed_out = True
             await stop(node, session, kill_grace)
             channel.close()
