@@ -35,11 +35,11 @@ DEFAULT_MODE = 0o644
 
 def _sftp_error(exc: asyncssh.SFTPError, node: str, path: str) -> HubError:
     if isinstance(exc, asyncssh.SFTPNoSuchFile):
-        return NotFound(f"{path} does not exist on {node}", code="file_not_found")
+        return NotFound(f"{path} does not exist on {node}", code="no_such_file")
     if isinstance(exc, asyncssh.SFTPPermissionDenied):
         return Forbidden(f"the SSH user on {node} may not access {path} ({exc.reason})", code="remote_permission_denied")
     if isinstance(exc, asyncssh.SFTPFileIsADirectory):
-        return BadRequest(f"{path} on {node} is a directory", code="is_a_directory")
+        return BadRequest(f"{path} on {node} is a directory", code="is_directory")
     if isinstance(exc, asyncssh.SFTPNotADirectory):
         return BadRequest(f"a component of {path} on {node} is not a directory", code="not_a_directory")
     if isinstance(exc, asyncssh.SFTPNoSpaceOnFilesystem):
@@ -53,7 +53,7 @@ async def read_file(node: NodeConnection, path: str, options: ReadOptions) -> by
         try:
             attrs = await sftp.stat(path)  # follows symlinks on the node, never on the hub
             if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat.S_ISDIR(attrs.permissions or 0):
-                raise BadRequest(f"{path} on {node.name} is a directory", code="is_a_directory")
+                raise BadRequest(f"{path} on {node.name} is a directory", code="is_directory")
             size = attrs.size or 0
             if size > limit:
                 raise PayloadTooLarge(f"{path} on {node.name} is {size} bytes; the limit is {limit}", limit=limit,
@@ -89,7 +89,7 @@ async def write_file(node: NodeConnection, path: str, data: bytes, options: Writ
             parent_attrs = await sftp.stat(parent)
         except asyncssh.SFTPNoSuchFile:
             raise NotFound(f"the directory {parent} does not exist on {node.name} (pass mkdirs: true to create it)",
-                           code="parent_not_found") from None
+                           code="no_such_directory") from None
         except asyncssh.SFTPError as exc:
             raise _sftp_error(exc, node.name, parent) from None
         if not stat.S_ISDIR(parent_attrs.permissions or 0):
@@ -134,12 +134,15 @@ async def _resolve_target(sftp: asyncssh.SFTPClient, node: str, path: str) -> tu
             target = await sftp.realpath(path)
             attrs = await sftp.stat(target)
         except asyncssh.SFTPNoSuchFile:
-            raise BadRequest(f"{path} on {node} is a symbolic link to a missing file", code="dangling_symlink") from None
+            with contextlib.suppress(asyncssh.SFTPError):
+                path = f"{path} -> {await sftp.readlink(path)}"
+            raise NotFound(f"{path} on {node} is a symbolic link to a file that does not exist",
+                           code="no_such_file") from None
         except asyncssh.SFTPError as exc:
             raise _sftp_error(exc, node, path) from None
         path = target if isinstance(target, str) else target.decode()
     if stat.S_ISDIR(attrs.permissions or 0):
-        raise BadRequest(f"{path} on {node} is a directory", code="is_a_directory")
+        raise BadRequest(f"{path} on {node} is a directory", code="is_directory")
     return path, attrs
 
 

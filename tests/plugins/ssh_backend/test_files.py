@@ -42,7 +42,7 @@ async def test_read_errors_missing_directory_too_large(ssh_hub, tmp_path):
         status, body = await s.read(str(tmp_path / "missing"))
         assert status == 404, body
         status, body = await s.read(str(tmp_path))
-        assert status == 400 and body["code"] == "is_a_directory", body
+        assert status == 400 and body["code"] == "is_directory", body
         status, body = await s.read(str(big))
         assert status == 413, body
         status, body = await s.write(str(tmp_path / "new"), "y" * 5000)
@@ -97,7 +97,7 @@ async def test_mkdirs_and_missing_parent(ssh_hub, tmp_path):
     nested = tmp_path / "a" / "b" / "c.txt"
     async with ssh_hub() as s:
         status, body = await s.write(str(nested), "x")
-        assert status == 404 and body["code"] == "parent_not_found" and "mkdirs" in body["error"]
+        assert status == 404 and body["code"] == "no_such_directory" and "mkdirs" in body["error"]
         status, body = await s.write(str(nested), "x", mkdirs=True)
         assert status == 200, body
         assert nested.read_text() == "x"
@@ -114,7 +114,11 @@ async def test_write_through_a_symlink_and_onto_a_directory(ssh_hub, tmp_path):
         assert link.is_symlink() and real.read_text() == "after"
         assert body["resolvedPath"] == str(real)
         status, body = await s.write(str(tmp_path), "x")
-        assert status == 400 and body["code"] == "is_a_directory", body
+        assert status == 400 and body["code"] == "is_directory", body
+        dangling = tmp_path / "dangling"
+        dangling.symlink_to(tmp_path / "nowhere")
+        status, body = await s.write(str(dangling), "x")
+        assert status == 404 and str(tmp_path / "nowhere") in body["error"], body
 
 
 async def test_ownership_on_write(ssh_hub, tmp_path):
