@@ -235,6 +235,28 @@ def latency(n: int, target: str, hub: HubClient, rest: LxdRest) -> dict[str, lis
     return samples
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (0 when it is unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def lxd_pid() -> int | None:
+    """The LXD daemon's pid (container monitors are also named lxd)."""
+    for pid in subprocess.run(["pgrep", "-x", "lxd"], capture_output=True, text=True).stdout.split():
+        try:
+            if not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"[lxc monitor]"):
+                return int(pid)
+        except OSError:
+            continue
+    return None
+
+
 def throughput(kind: str, targets: list[str], clients: int, per_client: int, port: int, token: str) -> tuple[float, int, int]:
     """Run ``clients`` concurrent workers; returns (execs per second, successes, errors)."""
     errors = 0
@@ -329,10 +351,18 @@ def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 1
             f"{total} execs per round, {rounds} rounds alternating")
         results: dict[str, list[float]] = {"floor": [], "hub": []}
         errors = {"floor": 0, "hub": 0}
+        # CPU per exec: the hub's process vs this process (the floor's clients), and the LXD daemon's
+        cpu = {kind: {"client": 0.0, "lxd": 0.0, "n": 0} for kind in results}
+        daemon = lxd_pid()
         for _ in range(rounds):
             for kind in ("floor", "hub"):
                 rest.settle(names)
-                rate, _ok, errs = throughput(kind, names, clients, per_client, hub.port, token)
+                c0 = cpu_seconds(hub.proc.pid) if kind == "hub" else time.process_time()
+                l0 = cpu_seconds(daemon)
+                rate, ok, errs = throughput(kind, names, clients, per_client, hub.port, token)
+                cpu[kind]["client"] += (cpu_seconds(hub.proc.pid) if kind == "hub" else time.process_time()) - c0
+                cpu[kind]["lxd"] += cpu_seconds(daemon) - l0
+                cpu[kind]["n"] += ok
                 results[kind].append(rate)
                 errors[kind] += errs
         floor_rate = statistics.median(results["floor"])
@@ -341,6 +371,12 @@ def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 1
         for kind, rate in (("floor", floor_rate), ("hub", hub_rate)):
             rounds_text = " ".join(f"{r:.0f}" for r in results[kind])
             say(f"  {labels[kind]:<44} {rate:17.1f} {rounds_text:>22} {errors[kind]:>7}")
+
+        per_exec = {kind: {part: round(cpu[kind][part] * 1000 / max(1, cpu[kind]["n"]), 2) for part in ("client", "lxd")}
+                    for kind in cpu}
+        say(f"  CPU ms per exec: floor client {per_exec['floor']['client']:.2f}, hub process "
+            f"{per_exec['hub']['client']:.2f}; LXD daemon {per_exec['floor']['lxd']:.2f} (floor) / "
+            f"{per_exec['hub']['lxd']:.2f} (hub)")
 
         lat_ratio = statistics.median(samples["hub"]) / floor_p50
         tp_ratio = hub_rate / floor_rate
@@ -366,7 +402,7 @@ def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 1
                            "hub_rounds": [round(r, 1) for r in results["hub"]]},
             "clients": clients, "execs_per_round": total, "errors": errors,
             "throughput_ratio": round(tp_ratio, 3), "throughput_target": 0.8, "throughput_pass": tp_ok,
-            "leftover_logs": leftover,
+            "leftover_logs": leftover, "cpu_ms_per_exec": per_exec,
         }
     finally:
         hub.stop()

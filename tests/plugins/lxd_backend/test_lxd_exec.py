@@ -149,9 +149,10 @@ async def test_big_output_hub_guard_runs_to_completion(hub_harness, run_id, box)
         assert body["exitCode"] == 0
 
 
-async def test_runaway_output_is_stopped_by_the_watchdog(hub_harness, run_id, box):
+@pytest.mark.parametrize("log_dir", ["", "/nonexistent"], ids=["local-files", "through-the-api"])
+async def test_runaway_output_is_stopped_by_the_watchdog(hub_harness, run_id, box, log_dir):
     """output_guard = "hub": endless output is stopped soon after it passes max_log_bytes."""
-    async with admin_hub(hub_harness, run_id, "hub", lxd={"max_log_bytes": 5_000_000},
+    async with admin_hub(hub_harness, run_id, "hub", lxd={"max_log_bytes": 5_000_000, "log_dir": log_dir},
                          limits={"exec_max_output": 1000}) as h:
         token = await h.token("boss", admin=True)
         started = time.monotonic()
@@ -168,8 +169,11 @@ async def test_runaway_output_is_stopped_by_the_watchdog(hub_harness, run_id, bo
         assert "yes runaway" not in body["stdout"]
 
 
-async def test_exec_logs_are_deleted(hub_harness, run_id, box):
-    async with admin_hub(hub_harness, run_id) as h:
+@pytest.mark.parametrize("log_dir", ["", "/nonexistent"], ids=["local-files", "through-the-api"])
+async def test_exec_logs_are_deleted(hub_harness, run_id, box, log_dir):
+    """Recorded output is read and deleted directly on the LXD host, or through the API when the
+    hub cannot see LXD's log directory (a remote daemon, a hub that is not root)."""
+    async with admin_hub(hub_harness, run_id, lxd={"log_dir": log_dir}) as h:
         token = await h.token("boss", admin=True)
         for i in range(5):
             status, _ = await h.call("POST", "/api/exec", token, {"target": box, "command": f"echo {i}"})
