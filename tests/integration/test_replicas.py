@@ -116,7 +116,8 @@ async def _singleton_holders(database_url, name):
     try:
         rows = await conn.fetch(
             "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted AND"
+            " WHERE l.locktype = 'advisory' AND l.granted"
+            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND"
             " ((l.classid::bigint << 32) | l.objid::bigint) = ($1::bigint & x'FFFFFFFFFFFFFFFF'::bigint)",
             lock_key(name))
         return [r["application_name"] for r in rows]
