@@ -135,6 +135,10 @@ class PrivateSshd:
             process.kill()
             process.wait()
 
+    def connection_processes(self) -> list[int]:
+        """PIDs of the processes serving current connections (everything below the listener)."""
+        return _descendants(self.process.pid) if self.process is not None else []
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -118,3 +118,21 @@ async def test_a_plain_token_without_a_grant_is_denied(ssh_hub):
         status, body = await s.exec("id", token=s.plain)
         assert status == 403 and body["code"] == "denied"
         assert s.recorder.of_type("exec", "denied")
+
+
+async def test_a_cancelled_call_stops_its_remote_command(ssh_hub):
+    async with ssh_hub() as s:
+        task = asyncio.ensure_future(s.backend.execute("ser-8", "sleep 43.75", ExecOptions(timeout=30)))
+        for _ in range(100):
+            if (await s.ok("pgrep -f 'sleep 43[.]75' || true"))["stdout"]:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the command never started")
+        task.cancel()
+        for _ in range(100):
+            if (await s.ok("pgrep -f 'sleep 43[.]75' || echo gone"))["stdout"] == "gone\n":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the command outlived the cancelled call")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import subprocess
 import time
 import types
@@ -109,6 +111,27 @@ async def test_restarted_server_next_call_reconnects_by_itself(ssh_hub, own_sshd
         own_sshd.start()
         assert (await s.ok("echo back"))["stdout"] == "back\n"
         assert s.recorder.of_type("ssh", "ok")  # the recovery is recorded too
+
+
+async def test_keepalives_drop_a_connection_whose_server_hangs(ssh_hub, own_sshd):
+    async with ssh_hub(nodes={"ser-8": own_sshd.node_config()}, keepalive_interval=0.3, keepalive_count_max=2) as s:
+        first = (await s.ok("echo $SSH_CLIENT"))["stdout"].split()[1]
+        node = s.backend.nodes["ser-8"]
+        frozen = own_sshd.connection_processes()
+        assert frozen
+        for pid in frozen:  # the server side of our connection stops answering, TCP stays up
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 5
+            while node.connected:
+                assert time.monotonic() < deadline, "keepalives did not notice the hung server"
+                await asyncio.sleep(0.05)
+            body = await s.ok("echo $SSH_CLIENT")  # a fresh connection from the still-running listener
+            assert body["stdout"].split()[1] != first
+        finally:
+            for pid in frozen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
 
 async def test_changed_host_key_is_refused_with_an_error_and_an_event(ssh_hub, sshd, tmp_path):
