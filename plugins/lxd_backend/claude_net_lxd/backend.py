@@ -238,7 +238,7 @@ class LxdBackend:
             if seconds == 0:
                 time.sleep(min(0.02, max(remaining, 0.001)))
 
-    def operation(self, api, response, deadline: float, what: str) -> dict[str, Any]:
+    def operation(self, response, deadline: float, what: str) -> dict[str, Any]:
         """Wait for the async operation started by ``response``; raise if it failed."""
         body = response.json()
         if body.get("type") != "async":

@@ -62,7 +62,7 @@ def _deadline(backend: LxdBackend, seconds: float | None = None) -> float:
 
 def _state(backend: LxdBackend, api, name: str, body: dict[str, Any], deadline: float, what: str) -> None:
     response = api.instances[name].state.put(json=body, timeout=backend.timeouts)
-    backend.operation(api, response, deadline, what)
+    backend.operation(response, deadline, what)
 
 
 def start_sync(backend: LxdBackend, name: str) -> dict[str, Any]:
@@ -111,7 +111,7 @@ def snapshot_sync(backend: LxdBackend, name: str, requested: str | None, expires
             body["expires_at"] = rfc3339(expires)
         try:
             response = api.instances[name].snapshots.post(json=body, timeout=backend.timeouts)
-            backend.operation(api, response, _deadline(backend), f"snapshot {name}")
+            backend.operation(response, _deadline(backend), f"snapshot {name}")
         except (lxd_exc.Conflict, LxdError) as exc:
             text = lxd_message(exc) if isinstance(exc, lxd_exc.LXDAPIException) else exc.message
             if "already exists" in text.lower() and not requested:
@@ -132,7 +132,7 @@ def restore_sync(backend: LxdBackend, name: str, snapshot: str) -> dict[str, Any
         raise NotFound(f"{name} has no snapshot {snapshot!r} (list them with GET /api/container/snapshots)",
                        code="no_such_snapshot") from None
     response = api.instances[name].put(json={"restore": snapshot}, timeout=backend.timeouts)
-    backend.operation(api, response, _deadline(backend), f"restore {name} to {snapshot}")
+    backend.operation(response, _deadline(backend), f"restore {name} to {snapshot}")
     return {"snapshot": snapshot}
 
 
