@@ -334,11 +334,12 @@ class NodeConnection:
     async def _failed(self, message: str, code: str, attempt: _Attempt | None = None) -> None:
         self.error, self.error_code = message, code
         self.checked_at = time.monotonic()
-        log.warning("%s", message)
         fingerprint = attempt.presented.get_fingerprint() if attempt and attempt.presented else ""
         key = (code, fingerprint)
-        if self._reported == key:  # one event per distinct failure, not one per retry
+        if self._reported == key:  # one event (and one warning) per distinct failure, not one per retry
+            log.debug("%s", message)
             return
+        log.warning("%s", message)
         self._reported = key
         data: dict[str, Any] = {"event": "connect_failed", "code": code, "host": self.host, "port": self.port}
         if fingerprint:

@@ -154,20 +154,23 @@ async def execute(node: NodeConnection, command: str, options: ExecOptions, *, s
     async with node.channels:
         started = loop.time()
         channel, session = await node.open_session(lambda: ExecSession(options.max_output, loop), line)
-        channel.write_eof()  # no stdin: commands that read it see EOF instead of hanging
         timed_out = False
         try:
-            async with asyncio.timeout(options.timeout):
-                await asyncio.shield(session.done)  # shielded: a timeout must not cancel the future itself
-        except TimeoutError:
-            timed_out = True
-            await stop(node, session, kill_grace)
-            channel.close()
-        except asyncio.CancelledError:
-            channel.close()
-            if session.pid is not None:
+            channel.write_eof()  # no stdin: commands that read it see EOF instead of hanging
+            try:
+                async with asyncio.timeout(options.timeout):
+                    await asyncio.shield(session.done)  # shielded: a timeout must not cancel the future itself
+            except TimeoutError:
+                timed_out = True
+                await stop(node, session, kill_grace)
+        except BaseException:
+            # Cancelled (the caller went away, or the hub's deadline passed) or broken: never leave
+            # the command running on the node.
+            if not session.done.done() and session.pid is not None:
                 spawn(node.run_quiet(kill_command(session.pid, kill_grace), kill_grace + node.open_timeout))
             raise
+        finally:
+            channel.close()
         duration_ms = (loop.time() - started) * 1000
     if not timed_out and session.exit_status is None and session.exit_signal is None:
         reason = session.done.result()

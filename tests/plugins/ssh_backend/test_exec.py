@@ -136,3 +136,15 @@ async def test_a_cancelled_call_stops_its_remote_command(ssh_hub):
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the command outlived the cancelled call")
+
+
+async def test_many_simultaneous_timeouts_all_end_their_commands(ssh_hub):
+    async with ssh_hub() as s:
+        results = await asyncio.gather(*(s.exec(f"sleep 44.{i}5", timeout=1) for i in range(8)))
+        assert [status for status, _ in results] == [504] * 8, results
+        for _ in range(60):
+            if (await s.ok("pgrep -f 'sleep 44[.][0-9]5' || echo gone"))["stdout"] == "gone\n":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("some timed-out commands are still running")
