@@ -147,8 +147,15 @@ class LxdBackend:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop accepting work, let running calls finish (they all have timeouts), close sockets."""
+        """Stop accepting work, end the commands still running, let the calls finish, close sockets.
+
+        Every LXD call has a timeout, but an exec's is the caller's (up to an hour): a hub that
+        stops kills what it started rather than waiting for it.
+        """
         self.closed = True
+        for run in list(self.running.values()):
+            with contextlib.suppress(RuntimeError):
+                self.chores.submit(self.kill_sync, run.name, run.marker)
         for executor in (self.pool, self.waits, self.chores):
             executor.shutdown(wait=True, cancel_futures=False)
         self.rest.close()

@@ -287,3 +287,19 @@ async def test_stopped_container_is_409(hub_harness, run_id, fresh_container):
         assert status == 409, body
         _, body = await h.call("GET", "/api/machines", token)
         assert {m["name"]: m["state"] for m in body["machines"]}[name] == "stopped"
+
+
+async def test_hub_stop_ends_running_execs(hub_harness, run_id, box):
+    """Stopping the hub kills the commands it started instead of waiting for them."""
+    started = time.monotonic()
+    async with admin_hub(hub_harness, run_id) as h:
+        token = await h.token("boss", admin=True)
+        pending = asyncio.ensure_future(h.call("POST", "/api/exec", token, {
+            "target": box, "command": "sleep 299; echo never", "timeout": 600}))
+        await asyncio.sleep(1.0)
+        backend = h.hub.plugin_state["lxd"]
+        assert len(backend.running) == 1
+    pending.cancel()
+    assert time.monotonic() - started < 15
+    ps = lxc("exec", box, "--", "ps", "-o", "args").stdout
+    assert "sleep 299" not in ps, ps
