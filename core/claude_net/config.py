@@ -82,6 +82,14 @@ class LimitsSettings:
     exec_timeout_max: float = help_field(3600.0, "Largest exec timeout a caller may ask for.")
     exec_max_output: int = help_field(MiB, "Cap on stdout and on stderr of one exec, in bytes.")
     exec_concurrency: int = help_field(64, "Execs running at once across the hub; more wait their turn.")
+    rate_per_minute: float = help_field(
+        60000.0,
+        "Requests per minute each authenticated node may make (a token bucket; the public endpoints "
+        "are exempt). Beyond it: 429 rate_limited with Retry-After. 0 turns limiting off.",
+    )
+    rate_burst: int = help_field(2000, "Requests a node may make at once before rate_per_minute applies.")
+    body_timeout: float = help_field(
+        30.0, "Seconds a client has to send a whole request body; a slower client gets 408 and is dropped.")
 
 
 @dataclass

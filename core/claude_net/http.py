@@ -18,8 +18,9 @@ from typing import Any
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .errors import BadRequest, Forbidden, HubError, PayloadTooLarge, Unauthorized
+from .errors import BadRequest, Forbidden, HubError, PayloadTooLarge, RateLimited, Unauthorized
 from .hub import Hub
+from .ratelimit import retry_after_header
 from .schema import coerce_query, validate
 from .types import Actor, Event, Route, validate_node_name
 
@@ -52,6 +53,8 @@ def error_response(exc: HubError, request_id: str | None = None) -> Response:
     headers = {"X-Request-Id": request_id} if request_id else None
     if exc.status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="claude-net"'}
+    if exc.status == 429 and "retryAfter" in exc.extra:
+        headers = {**(headers or {}), "Retry-After": retry_after_header(exc.extra["retryAfter"])}
     return json_response(exc.to_json(), exc.status, headers)
 
 
@@ -100,9 +103,10 @@ class RouteView:
             raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)", code="missing_token")
 
         body: dict[str, Any] = await self._read_json() if wants_body else {}
+        if "from" in body and not isinstance(body["from"], str):  # null included: the schemas say string
+            raise BadRequest("from must be a string (the name of the token's node)", code="invalid_field",
+                             field="from")
         body_from = body.pop("from", None)
-        if body_from is not None and not isinstance(body_from, str):
-            raise BadRequest("from must be a string", code="invalid_field", field="from")
         if route.auth and actor is None:  # legacy v1: the name comes from `from`
             name = body_from or query_from
             if name is None:
@@ -122,6 +126,8 @@ class RouteView:
                                  f"on {route.method} {route.path}", "denied", via=actor.via))
             raise Forbidden(f"'from' is {body_from[:70]!r} but the token belongs to {actor.name}",
                             code="from_mismatch")
+        if actor is not None and hub.rate_limiter.enabled:
+            await self._rate_limit(actor)
         if route.admin and (actor is None or not actor.admin):
             await hub.emit(Event("admin", actor.name if actor else None, None,
                                  f"{route.method} {route.path} (admin only)", "denied",
@@ -137,6 +143,24 @@ class RouteView:
             return result
         return json_response({"ok": True, **(result or {})})
 
+    async def _rate_limit(self, actor: Actor) -> None:
+        """One token from the node's bucket, else 429 (recorded at most every few seconds per node)."""
+        limiter = self.hub.rate_limiter
+        wait = limiter.take(actor.name)
+        if not wait:
+            return
+        refused = limiter.should_record(actor.name)
+        limits = self.hub.settings.limits
+        if refused:
+            await self.hub.emit(Event(
+                "rate_limit", actor.name, None,
+                f"{self.route.method} {self.route.path}: more than {limits.rate_per_minute:g} requests per minute "
+                f"(burst {limits.rate_burst}); {refused} request(s) refused", "denied",
+                via=actor.via, unauthenticated=actor.unauthenticated, data={"refused": refused}))
+        raise RateLimited(f"{actor.name} is sending more than {limits.rate_per_minute:g} requests per minute; "
+                          f"retry in {retry_after_header(wait)} s", code="rate_limited",
+                          retryAfter=float(retry_after_header(wait)))
+
     async def _read_json(self) -> dict[str, Any]:
         limit = self.route.max_body or self.hub.settings.limits.max_body_bytes
         length = request.content_length
@@ -150,12 +174,26 @@ class RouteView:
         if not raw:
             raise BadRequest("a JSON object body is required", code="invalid_json")
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_float=_parse_float, parse_constant=_reject_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
             raise BadRequest("the body must be a JSON object", code="invalid_json")
         return body
+
+
+def _parse_float(text: str) -> float | int:
+    """JSON numbers with a fraction or exponent: integral ones (``2.0``, ``1e3``) are integers, as
+    JSON Schema counts them, so ``"uid": 1000.0`` passes an integer field and reaches handlers as int."""
+    value = float(text)
+    if value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    """``NaN``, ``Infinity``, ``-Infinity`` are not JSON (Python's parser accepts them by default)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _view(route_view: RouteView):
@@ -191,7 +229,7 @@ def create_app(settings: Any = None, *, plugins: Any = (), load_entrypoints: boo
         hub = Hub(settings if settings is not None else load_settings(), plugins=plugins,
                   load_entrypoints=load_entrypoints)
     app = Quart("claude_net", static_folder=None)
-    app.config["BODY_TIMEOUT"] = 30
+    app.config["BODY_TIMEOUT"] = hub.settings.limits.body_timeout
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = max(hub.settings.limits.max_body_bytes,
                                            hub.settings.limits.file_max_bytes * 4 // 3 + 65536)
@@ -220,11 +258,16 @@ def create_app(settings: Any = None, *, plugins: Any = (), load_entrypoints: boo
         if (exc.code or 500) >= 500:
             return json_response({"ok": False, "error": "internal error; the hub's log has the details",
                                   "code": "internal"}, exc.code or 500)
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.code or 500, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+                413: "too_large"}.get(exc.code or 500, "http_error")
         message = {404: f"no such endpoint: {request.method} {request.path}",
                    405: f"{request.method} is not allowed on {request.path}",
+                   408: f"the request body did not arrive within {hub.settings.limits.body_timeout:g} s",
                    413: "the request body is too large"}.get(exc.code or 500, exc.description or exc.name)
-        return json_response({"ok": False, "error": message, "code": code}, exc.code or 500)
+        headers = None
+        if exc.code == 405 and getattr(exc, "valid_methods", None):  # RFC 9110: a 405 lists what is allowed
+            headers = {"Allow": ", ".join(sorted(exc.valid_methods))}
+        return json_response({"ok": False, "error": message, "code": code}, exc.code or 500, headers)
 
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
@@ -284,7 +327,10 @@ def openapi_document(app: Quart) -> dict[str, Any]:
                     "content": {"text/event-stream": {"schema": {"type": "string"}}} if route.stream
                     else {"application/json": {"schema": ok_schema}}},
         }
-        for status in (["400", "401", "403", "404", "409", "413", "429", "503", "504"] if route.auth else ["400"]):
+        statuses = ["400", "401", "403", "404", "409", "413", "429", "503", "504"] if route.auth else ["400"]
+        if "requestBody" in op:
+            statuses.append("408")  # the body did not arrive within [limits] body_timeout
+        for status in sorted(statuses):
             responses[status] = {"description": "error", "content": {"application/json": {"schema": error}}}
         op["responses"] = responses
         if route.auth:

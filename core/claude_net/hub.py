@@ -20,6 +20,7 @@ from .config import Settings
 from .db import Database
 from .errors import AuditError, Forbidden, HubError, NotFound, Unavailable
 from .plugins import PluginManager, make_plugin_manager
+from .ratelimit import RateLimiter
 from .types import Actor, Event, Node, isotime
 
 log = logging.getLogger("claude_net.hub")
@@ -143,6 +144,8 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_seen: dict[str, str] = {}
         self._exec_slots: asyncio.Semaphore | None = None
+        #: per-node request rate limits ([limits] rate_per_minute / rate_burst), enforced by the HTTP layer
+        self.rate_limiter = RateLimiter(settings.limits.rate_per_minute, settings.limits.rate_burst)
         #: set when the hub begins to stop (SIGTERM, shutdown): long-polls and streams end early
         self.stopping = asyncio.Event()
         #: per-hub runtime state of plugins, keyed by plugin name (pools, clients, queues).

@@ -131,9 +131,10 @@ def coerce_query(args: Mapping[str, str], schema: Mapping[str, Any]) -> dict[str
                     raise ValueError
             elif kind == "boolean":
                 lowered = raw.lower()
-                if lowered not in ("1", "0", "true", "false", "yes", "no", ""):
+                # an empty value is not "true": `?ack=` from a broken client must not mark messages read
+                if lowered not in ("1", "0", "true", "false", "yes", "no"):
                     raise ValueError
-                out[key] = lowered in ("1", "true", "yes", "")
+                out[key] = lowered in ("1", "true", "yes")
             else:
                 out[key] = raw
         except ValueError:

@@ -62,7 +62,8 @@ async def exec_(ctx):
     target, command = body["target"], body["command"]
     if "\x00" in command:
         raise BadRequest("command must not contain NUL bytes", code="invalid_field", field="command")
-    timeout = float(body.get("timeout", limits.exec_timeout))
+    # the configured default never exceeds the configured maximum
+    timeout = float(body.get("timeout", min(limits.exec_timeout, limits.exec_timeout_max)))
     if timeout > limits.exec_timeout_max:
         raise BadRequest(f"timeout must be at most {limits.exec_timeout_max:g} seconds", code="invalid_field",
                          field="timeout")
@@ -283,7 +284,9 @@ def register_routes(hub):
                          "properties": {
                              "target": NAME, "path": PATH, "content": {"type": "string"},
                              "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
-                             "mode": {"type": ["integer", "string"]},
+                             "mode": {"type": ["integer", "string"], "minimum": 0, "maximum": 0o7777,
+                                      "pattern": "^(0o?)?[0-7]{1,4}$",
+                                      "x-pattern-help": "be an octal string like '0644' (or an integer)"},
                              "uid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
                              "gid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
                              "mkdirs": {"type": "boolean"},

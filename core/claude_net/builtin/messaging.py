@@ -263,7 +263,8 @@ def register_routes(hub):
             "POST", "/api/inbox/ack", ack,
             summary="Mark messages read after processing them",
             body_schema={"type": "object", "additionalProperties": False, "required": ["ids"], "properties": {
-                "ids": {"type": "array", "maxItems": 1000, "items": {"type": "integer", "minimum": 1}},
+                "ids": {"type": "array", "maxItems": 1000,
+                        "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
                 "from": {"type": "string"}}},
             legacy_v1=True, tags=["messaging"],
         ),

@@ -112,7 +112,10 @@ def routes() -> list[Route]:
             query_schema={"type": "object", "additionalProperties": False, "properties": {
                 "hours": {"type": "number", "minimum": 0, "maximum": 87840},
                 "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
-                "before": {"type": "string", "maxLength": 64},
+                "before": {"type": "string", "maxLength": 64,
+                           "pattern": r"^\s*([0-9]{1,18}|[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9:.]+)?"
+                                      r"(Z|[+-][0-9]{2}:?[0-9]{2})?)?\s*$",
+                           "x-pattern-help": "be a row id (the previous page's `next`) or an ISO 8601 time"},
                 **FILTER_PROPS,
             }},
             response_schema={"type": "object", "properties": {

@@ -226,9 +226,12 @@ async def query(hub, *, hours: float | None = 24, filters: Mapping[str, Any] | N
         params["since"] = isotime((now or datetime.now(timezone.utc)) - timedelta(hours=hours))
         conds.append("timestamp >= :since")
     _where(filters or {}, params, conds)
-    if before is not None and before != "":
-        text = str(before).strip()
-        if text.isdigit():
+    text = str(before).strip() if before is not None else ""
+    if text:
+        if text.isascii() and text.isdigit():  # str.isdigit() alone is True for '²', which int() refuses
+            if len(text) > 18:  # beyond a 64-bit id: the drivers would raise, not compare
+                raise BadRequest(f"before {text[:40]!r} is not a row id (too large)", code="invalid_field",
+                                 field="before")
             params["b_id"] = int(text)
             stamp = await hub.db.fetch_val("SELECT timestamp FROM activity_log WHERE id = :id", {"id": int(text)})
             if stamp is not None:

@@ -53,7 +53,7 @@ def routes() -> list[Route]:
                     "source": NAME_OR_ALL,
                     "target": NAME_OR_ALL,
                     "allow": {"type": "boolean"},
-                    "capabilities": {"type": "array", "maxItems": 3,
+                    "capabilities": {"type": "array", "minItems": 1, "maxItems": 3,
                                      "items": {"type": "string", "enum": list(model.CAPABILITIES)}},
                     "expires": {"type": ["string", "null"], "maxLength": 64},
                     "inherit": {"type": "boolean"},

@@ -1,0 +1,66 @@
+"""Per-node request rate limits: one token bucket per authenticated node, in memory.
+
+``[limits] rate_per_minute`` tokens flow into each node's bucket per minute, up to
+``rate_burst``; every request of that node (except the public endpoints) takes one. An empty
+bucket is a 429 ``rate_limited`` with ``Retry-After``. ``rate_per_minute = 0`` turns limiting
+off. Buckets live in the process: with several replicas each enforces the limit on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+
+class RateLimiter:
+    #: a node's refusals are recorded at most once per this many seconds (with a count)
+    RECORD_EVERY = 10.0
+    #: buckets kept before full (idle) ones are dropped
+    MAX_BUCKETS = 10000
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.rate = max(float(per_minute), 0.0) / 60.0
+        self.burst = float(max(int(burst), 1))
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._refused: dict[str, tuple[int, float]] = {}  # key -> (refusals not yet recorded, last record)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """Take one token for ``key``: 0.0 if allowed, else the seconds until one is available."""
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            if len(self._buckets) > self.MAX_BUCKETS:
+                self._prune(now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate
+
+    def should_record(self, key: str, now: float | None = None) -> int:
+        """Count a refusal; return how many to record now (0: recorded recently, stay quiet)."""
+        now = time.monotonic() if now is None else now
+        count, last = self._refused.get(key, (0, -math.inf))
+        count += 1
+        if now - last >= self.RECORD_EVERY:
+            self._refused[key] = (0, now)
+            return count
+        self._refused[key] = (count, last)
+        return 0
+
+    def _prune(self, now: float) -> None:
+        for key, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * self.rate >= self.burst:
+                del self._buckets[key]
+                self._refused.pop(key, None)
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds for the Retry-After header (at least 1)."""
+    return str(max(1, math.ceil(seconds)))
