@@ -53,6 +53,9 @@ CAPABILITIES = frozenset({"exec", "file_read", "file_write", "container"})
 MARKER_ENV = "CLAUDE_NET_EXEC"
 OP_RUNNING = 103
 OP_SUCCESS = 200
+#: the reasons a connection to LXD fails that are worth naming as such
+CONNECT_ERRORS = ("No such file or directory", "Connection refused", "Permission denied",
+                  "Name or service not known", "Network is unreachable", "Connection reset by peer")
 #: names LXD gives recorded exec output (checked before touching a file on the host)
 LOG_NAME = re.compile(r"exec_[0-9a-f-]{36}\.(?:stdout|stderr)")
 #: seconds the memory/processes/addresses shown by `machines` may be old
@@ -181,11 +184,12 @@ class LxdBackend:
         if isinstance(exc, requests.ReadTimeout):
             return Unavailable(f"the LXD daemon at {self.shown} did not answer within "
                                f"{self.cfg.request_timeout:g}s", code="lxd_timeout")
-        detail = str(exc).split(":")[-1].strip() or type(exc).__name__
-        if isinstance(exc, requests.ConnectionError):
-            cause = exc.args[0] if exc.args else exc
-            reason = getattr(cause, "reason", None)
-            detail = str(reason or cause).split(": ")[-1][:200]
+        text = str(exc)
+        if "timed out" in text.lower() or isinstance(exc, requests.Timeout):
+            return Unavailable(f"the LXD daemon at {self.shown} did not answer within "
+                               f"{self.cfg.connect_timeout:g}s", code="lxd_timeout")
+        known = [reason for reason in CONNECT_ERRORS if reason.lower() in text.lower()]
+        detail = known[0] if known else (text.rsplit(": ", 1)[-1].strip(" \"')(") or type(exc).__name__)[:200]
         return Unavailable(f"the LXD daemon at {self.shown} is not reachable ({detail}); is it running?",
                            code="lxd_unavailable")
 
