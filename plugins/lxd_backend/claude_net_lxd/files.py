@@ -81,24 +81,29 @@ def write_sync(backend: LxdBackend, name: str, path: str, data: bytes, options) 
     if options.gid is not None:
         headers["X-LXD-gid"] = str(options.gid)
 
-    def upload() -> None:
-        api.instances[name].files.post(params={"path": temp}, data=data, headers=headers,
-                                       timeout=backend.timeouts)
+    def upload() -> bool:
+        """Upload ``data`` to the temporary file; False when the directory does not exist."""
+        try:
+            api.instances[name].files.post(params={"path": temp}, data=data, headers=headers,
+                                           timeout=backend.timeouts)
+        except lxd_exc.NotFound as exc:
+            if "instance not found" in lxd_message(exc).lower():
+                raise
+            return False
+        except lxd_exc.LXDAPIException as exc:  # e.g. a parent that is a file, a read-only filesystem
+            raise BadRequest(f"cannot write {path} on {name}: {lxd_message(exc)}", code="write_failed") from None
+        return True
 
-    try:
-        upload()
-    except (lxd_exc.NotFound, lxd_exc.LXDAPIException) as exc:
-        message = lxd_message(exc)
-        if "instance not found" in message.lower():
-            raise
+    if not upload():
         if not options.mkdirs:
-            raise NotFound(f"the directory {directory} does not exist on {name} (pass mkdirs: true to create it)"
-                           f" [{message}]", code="no_such_directory") from None
+            raise NotFound(f"the directory {directory} does not exist on {name} (pass mkdirs: true to create it)",
+                           code="no_such_directory")
         code, _out, err, _t = backend.exec_raw(name, ["mkdir", "-p", "--", directory], timeout=30)
         if code != 0:
             raise BadRequest(f"cannot create {directory} on {name}: "
-                             f"{err.decode(errors='replace').strip() or f'exit {code}'}", code="mkdir_failed") from None
-        upload()
+                             f"{err.decode(errors='replace').strip() or f'exit {code}'}", code="mkdir_failed")
+        if not upload():
+            raise NotFound(f"the directory {directory} vanished on {name} while writing", code="no_such_directory")
     code, _out, err, timed_out = backend.exec_raw(
         name,
         [scripts.SH, "-c", scripts.WRITE_COMMIT, "claude-net-write", temp, path,

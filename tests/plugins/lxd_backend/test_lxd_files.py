@@ -116,6 +116,9 @@ async def test_read_errors(hub_harness, run_id, fbox):
         status, body = await h.call("POST", "/api/file/write", token, {"target": fbox, "path": "/tmp/adir",
                                                                         "content": "x"})
         assert status == 400 and body["code"] == "is_directory", body
+        status, body = await h.call("POST", "/api/file/write", token, {"target": fbox, "path": "/etc/passwd/x",
+                                                                        "content": "x", "mkdirs": True})
+        assert status == 400, body
         status, body = await h.call("POST", "/api/file/write", token, {"target": fbox, "path": "/tmp/w-big",
                                                                         "content": "x" * 1001})
         assert status == 413, body
