@@ -223,7 +223,7 @@ def latency(n: int, target: str, hub: HubClient, rest: LxdRest) -> dict[str, lis
     cleanup.clear()
     order = list(kinds)
     settle = LxdRest()
-    for i in range(n):
+    for _ in range(n):
         order = order[1:] + order[:1]  # rotate who goes first
         for kind in order:
             t0 = time.perf_counter()
@@ -257,7 +257,8 @@ def lxd_pid() -> int | None:
     return None
 
 
-def throughput(kind: str, targets: list[str], clients: int, per_client: int, port: int, token: str) -> tuple[float, int, int]:
+def throughput(kind: str, targets: list[str], clients: int, per_client: int, port: int,
+               token: str) -> tuple[float, int, int]:
     """Run ``clients`` concurrent workers; returns (execs per second, successes, errors)."""
     errors = 0
     ok = 0
@@ -372,8 +373,8 @@ def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 1
             rounds_text = " ".join(f"{r:.0f}" for r in results[kind])
             say(f"  {labels[kind]:<44} {rate:17.1f} {rounds_text:>22} {errors[kind]:>7}")
 
-        per_exec = {kind: {part: round(cpu[kind][part] * 1000 / max(1, cpu[kind]["n"]), 2) for part in ("client", "lxd")}
-                    for kind in cpu}
+        per_exec = {kind: {part: round(cpu[kind][part] * 1000 / max(1, cpu[kind]["n"]), 2)
+                           for part in ("client", "lxd")} for kind in cpu}
         say(f"  CPU ms per exec: floor client {per_exec['floor']['client']:.2f}, hub process "
             f"{per_exec['hub']['client']:.2f}; LXD daemon {per_exec['floor']['lxd']:.2f} (floor) / "
             f"{per_exec['hub']['lxd']:.2f} (hub)")

@@ -321,12 +321,17 @@ def openapi_document(app: Quart) -> dict[str, Any]:
             op["parameters"] = params
         if route.body_schema is not None and route.method != "GET":
             op["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body_schema}}}
+        elif route.body_media_type is not None:
+            op["requestBody"] = {"required": False, "content": {
+                route.body_media_type: {"schema": {"type": "string", "format": "binary"}}}}
         ok_schema = route.response_schema or {"type": "object", "properties": {"ok": {"const": True}}}
-        responses: dict[str, Any] = {
-            "200": {"description": "success",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}} if route.stream
-                    else {"application/json": {"schema": ok_schema}}},
-        }
+        if route.stream:
+            ok_content: dict[str, Any] = {"text/event-stream": {"schema": {"type": "string"}}}
+        elif route.response_media_type is not None:
+            ok_content = {route.response_media_type: {"schema": {"type": "string", "format": "binary"}}}
+        else:
+            ok_content = {"application/json": {"schema": ok_schema}}
+        responses: dict[str, Any] = {"200": {"description": "success", "content": ok_content}}
         statuses = ["400", "401", "403", "404", "409", "413", "429", "503", "504"] if route.auth else ["400"]
         if "requestBody" in op:
             statuses.append("408")  # the body did not arrive within [limits] body_timeout

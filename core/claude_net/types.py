@@ -185,6 +185,11 @@ class Route:
     tags: Sequence[str] = ()
     #: a streaming response (SSE); documented as text/event-stream
     stream: bool = False
+    #: the handler reads the request body itself, as raw bytes of this media type (no JSON parsing,
+    #: no body schema); documented as a binary request body
+    body_media_type: str | None = None
+    #: media type of a successful answer that is not JSON (e.g. ``application/octet-stream``)
+    response_media_type: str | None = None
     #: accept v1 clients that send only ``from`` and no token, when
     #: ``messaging.allow_unauthenticated`` is on (messaging routes only)
     legacy_v1: bool = False

@@ -451,7 +451,8 @@ class LxdBackend:
         code = meta.get("return")
         if op.get("status_code") not in (OP_SUCCESS, OP_RUNNING) and op.get("err") == "Command not found":
             self.forget(plan.name)
-            stderr += f"claude-net: {plan.shell}: no such shell in {plan.name} (set [lxd.nodes.{plan.name}] shell)\n".encode()
+            stderr += (f"claude-net: {plan.shell}: no such shell in {plan.name} "
+                       f"(set [lxd.nodes.{plan.name}] shell)\n").encode()
             code = 127 if code is None else code
         truncated = len(stdout) > plan.max_output or len(stderr) > plan.max_output or watched.runaway
         stdout, stderr = stdout[: plan.max_output], stderr[: plan.max_output]

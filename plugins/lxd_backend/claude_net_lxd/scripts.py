@@ -10,17 +10,19 @@ and no shell on the host is involved. They are POSIX sh (tested with busybox ash
 SH = "/bin/sh"
 
 #: ``output_guard = "container"``: runs the caller's command as ``"$1" -c "$2"`` and caps stdout
-#: and stderr at ``$3`` bytes each *inside* the container, so a runaway command cannot fill the host's LXD log directory. The
-#: command keeps running past the cap (the rest is drained to /dev/null); its exit status is
-#: passed out through the command substitution on fd 3. fds: 4/5 = the recorded stdout/stderr,
-#: 6 = the stdout pipe. Only the command gets the marker variable ``CLAUDE_NET_EXEC=$4``: a
-#: timeout kills the command's processes, and the readers then see EOF, flush what they have
-#: and end, so the partial output is kept. Readers see EOF when the command and every process
-#: that inherited its stdout/stderr have exited (as with ssh): background jobs should redirect
-#: their output.
+#: and stderr at ``$3`` bytes each *inside* the container, so a runaway command cannot fill the
+#: host's LXD log directory. The command keeps running past the cap (the rest is drained to
+#: /dev/null); its exit status is passed out through the command substitution on fd 3.
+#: fds: 4/5 = the recorded stdout/stderr, 6 = the stdout pipe. Only the command gets the marker
+#: variable ``CLAUDE_NET_EXEC=$4``: a timeout kills the command's processes, and the readers then
+#: see EOF, flush what they have and end, so the partial output is kept. Readers see EOF when the
+#: command and every process that inherited its stdout/stderr have exited (as with ssh):
+#: background jobs should redirect their output.
 EXEC_WRAPPER = r"""S=$1; C=$2; N=$3; M=$4
 exec 4>&1 5>&2
-r=$( { { { CLAUDE_NET_EXEC=$M "$S" -c "$C" 2>&1 1>&6 3>&- 4>&- 5>&- 6>&-; echo $? >&3; } 2>/dev/null | { head -c "$N" >&5; exec cat >/dev/null; } 6>&- 4>&-; } 6>&1 | { head -c "$N" >&4; exec cat >/dev/null; } 5>&-; } 3>&1 )
+r=$( { { { CLAUDE_NET_EXEC=$M "$S" -c "$C" 2>&1 1>&6 3>&- 4>&- 5>&- 6>&-; echo $? >&3; } 2>/dev/null \
+           | { head -c "$N" >&5; exec cat >/dev/null; } 6>&- 4>&-; } 6>&1 \
+       | { head -c "$N" >&4; exec cat >/dev/null; } 5>&-; } 3>&1 )
 exit "${r:-255}"
 """
 
