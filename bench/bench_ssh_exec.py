@@ -256,7 +256,10 @@ def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 1
         def mux_once() -> None:
             subprocess.run(mux.command("true"), check=True, capture_output=True, timeout=30)
 
-        kinds = {"hub": hub_once, "floor": floor_once, "mux": mux_once, "ssh": ssh_once}
+        def health_once() -> None:
+            client.get("/api/health")
+
+        kinds = {"hub": hub_once, "floor": floor_once, "mux": mux_once, "ssh": ssh_once, "health": health_once}
         for fn in kinds.values():
             fn()
         samples: dict[str, list[float]] = {k: [] for k in kinds}
@@ -272,12 +275,13 @@ def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 1
                 kinds[kind]()
                 samples[kind].append((time.perf_counter() - t0) * 1000)
         labels = {"floor": "asyncssh floor (open connection)", "hub": "hub POST /api/exec (HTTP, auth, audit hooks)",
-                  "mux": "ssh host true (OpenSSH ControlMaster)", "ssh": "ssh host true (new connection)"}
+                  "mux": "ssh host true (OpenSSH ControlMaster)", "ssh": "ssh host true (new connection)",
+                  "health": "hub GET /api/health (HTTP alone, no exec)"}
         floor_p50 = statistics.median(samples["floor"])
         say(f"\nLatency of one exec of `true`, interleaved, n={n} each (ms)")
         floor_p90 = pct(samples["floor"], 90)
         say(f"  {'path':<44} {'p50':>7} {'p90':>7} {'p99':>7} {'x floor p50':>12} {'p50 - floor':>12}")
-        for kind in ("floor", "hub", "mux", "ssh"):
+        for kind in ("floor", "hub", "mux", "ssh", "health"):
             v = samples[kind]
             say(f"  {labels[kind]:<44} {statistics.median(v):7.1f} {pct(v, 90):7.1f} {pct(v, 99):7.1f} "
                 f"{statistics.median(v) / floor_p50:11.2f}x {statistics.median(v) - floor_p50:+11.1f}")

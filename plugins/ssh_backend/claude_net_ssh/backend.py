@@ -46,6 +46,8 @@ class SshBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
+        # asyncssh logs every channel and command line at INFO; the hub's own events say what ran.
+        logging.getLogger("asyncssh").setLevel(self.settings.asyncssh_log_level.upper())
         # Open every connection in the background: the first call finds a warm pool, and
         # /api/machines has a status to show without waiting for a handshake.
         for node in self.nodes.values():

@@ -70,6 +70,11 @@ class SshSettings:
     kill_grace: float = help_field(
         2.0, "Seconds a timed-out command gets after SIGTERM before its process group is killed.")
     file_timeout: float = help_field(120.0, "Seconds a file read or write over SFTP may take.")
+    asyncssh_log_level: str = help_field(
+        "warning",
+        "Log level of the asyncssh library (debug, info, warning, error). At info it logs every channel "
+        "and every command line, so it is kept at warning unless you are debugging.",
+    )
     nodes: dict[str, SshNodeSettings] = help_field(
         {}, "SSH nodes, one [ssh.nodes.NAME] table each (NAME is the node name agents use).")
 
@@ -90,6 +95,8 @@ def check(settings: SshSettings) -> None:
     for key in ("keepalive_interval", "keepalive_count_max", "kill_grace"):
         if getattr(settings, key) < 0:
             raise ConfigError(f"[ssh] {key} must not be negative")
+    if settings.asyncssh_log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("[ssh] asyncssh_log_level must be debug, info, warning or error")
     for name, node in settings.nodes.items():
         where = f"[ssh.nodes.{name}]"
         try:
