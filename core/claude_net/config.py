@@ -366,7 +366,9 @@ def _section_lines(cls: type, header: str | None, commented_header: bool) -> lis
             continue
         if help_text:
             lines.append(f"# {help_text}")
-        if instance is not None:
+        if instance is not None and getattr(instance, f.name) is None:
+            lines.append(f"# {f.name}: not set by default")  # TOML has no null: nothing to uncomment
+        elif instance is not None:
             lines.append(f"# {f.name} = {_toml_literal(getattr(instance, f.name))}")
         else:
             default = f.default if f.default is not dataclasses.MISSING else "..."

@@ -68,6 +68,7 @@ class Node:
 @dataclasses.dataclass
 class Section:
     timeout: float = 5.0
+    shell: str | None = None
     nodes: dict[str, Node] = dataclasses.field(default_factory=dict)
 
 
@@ -87,7 +88,7 @@ def test_starter_config_round_trips(tmp_path):
     import re
 
     text = starter_config({"demo": Section})
-    assert "# port = 8765" in text and "[demo.nodes.NAME]" in text
+    assert "# port = 8765" in text and "[demo.nodes.NAME]" in text and "# shell: not set by default" in text
     cfg = tmp_path / "c.toml"
     cfg.write_text(text)
     load_settings(cfg, environ={}).bind_sections({"demo": Section}, strict=True)
