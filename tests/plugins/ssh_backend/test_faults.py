@@ -50,6 +50,7 @@ async def test_server_down_fails_fast_with_503(ssh_hub, sshd):
         assert time.monotonic() - started < 2.0
         status, body = await s.read("/etc/hostname")
         assert status == 503, body
+        s.hub.nodes.invalidate()  # the core caches listings for [nodes] cache_seconds
         status, body = await s.h.call("GET", "/api/machines", s.admin)
         (row,) = [m for m in body["machines"] if m["name"] == "ser-8"]
         assert row["backend"] == "ssh" and row["state"] == "unreachable"
