@@ -19,10 +19,10 @@ from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .errors import BadRequest, Forbidden, HubError, PayloadTooLarge, RateLimited, Unauthorized
-from .hub import Hub
+from .hub import EMITTED, Hub
 from .ratelimit import retry_after_header
 from .schema import coerce_query, validate
-from .types import Actor, Event, Route, validate_node_name
+from .types import NODE_NAME_RE, Actor, Event, Route, validate_node_name
 
 log = logging.getLogger("claude_net.http")
 
@@ -75,14 +75,41 @@ class RouteView:
 
     async def __call__(self, **params: Any) -> Response:
         request_id = request.headers.get("X-Request-Id", "")[:64] or secrets.token_hex(8)
+        emitted: list[str] = []
+        who: dict[str, Any] = {}
+        reset = EMITTED.set(emitted)
         try:
-            response = await self._handle(params, request_id)
+            response = await self._handle(params, request_id, who)
         except HubError as exc:
+            if exc.status in (400, 413) and who.get("actor") is not None and not emitted:
+                await self._record_refusal(who["actor"], who.get("target"), exc)
             return error_response(exc, request_id)
+        finally:
+            EMITTED.reset(reset)
         response.headers.setdefault("X-Request-Id", request_id)
         return response
 
-    async def _handle(self, params: dict[str, Any], request_id: str) -> Response:
+    async def _record_refusal(self, actor: Actor, target: str | None, exc: HubError) -> None:
+        """An identified caller's request refused as invalid (a bad name, path, command, size) before
+        any action recorded it: one ``denied`` row, so every refusal is in the activity feed."""
+        data = {"code": exc.code, "status": exc.status}
+        if exc.extra.get("field"):
+            data["field"] = exc.extra["field"]
+        await self.hub.emit(Event("request", actor.name, target,
+                                  f"{self.route.method} {self.route.path} refused: {exc.message}"[:500], "denied",
+                                  via=actor.via, unauthenticated=actor.unauthenticated, data=data))
+
+    async def _refuse_anonymous(self, what: str) -> None:
+        """Record a request without a valid token: at most once per address every few seconds (with a
+        count), so nobody can flood the audit log without a token."""
+        address = request.remote_addr or "unknown"
+        refused = self.hub.auth_refusals.should_record(address)
+        if refused:
+            await self.hub.emit(Event("auth", None, None, f"{what} on {self.route.method} {self.route.path} "
+                                      f"from {address}" + (f" ({refused} refused)" if refused > 1 else ""),
+                                      "denied", data={"refused": refused}))
+
+    async def _handle(self, params: dict[str, Any], request_id: str, who: dict[str, Any]) -> Response:
         route, hub = self.route, self.hub
         wants_body = route.method in ("POST", "PUT", "PATCH", "DELETE") and route.body_schema is not None
         query_args = dict(request.args)
@@ -96,13 +123,20 @@ class RouteView:
             # in the ASGI scope, which no network client can set; everyone else is "http".
             actor = await hub.authenticate(token, via=request.scope.get(VIA_SCOPE_KEY) or "http")
             if actor is None:
-                await hub.emit(Event("auth", None, None, f"invalid or revoked token on {route.method} {route.path} "
-                                     f"from {request.remote_addr}", "denied"))
+                await self._refuse_anonymous("invalid or revoked token")
                 raise Unauthorized("the token is invalid or has been revoked", code="invalid_token")
+            who["actor"] = actor
+            if hub.rate_limiter.enabled:  # before the body is read: a flooding node costs little
+                await self._rate_limit(actor)
         elif route.auth and not (route.legacy_v1 and hub.settings.messaging.allow_unauthenticated):
+            await self._refuse_anonymous("no token")
             raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)", code="missing_token")
 
         body: dict[str, Any] = await self._read_json() if wants_body else {}
+        for key in ("target", "to", "name"):  # the node acted upon, for the record of a refusal
+            if isinstance(body.get(key), str) and NODE_NAME_RE.fullmatch(body[key]):
+                who["target"] = body[key]
+                break
         if "from" in body and not isinstance(body["from"], str):  # null included: the schemas say string
             raise BadRequest("from must be a string (the name of the token's node)", code="invalid_field",
                              field="from")
@@ -120,14 +154,15 @@ class RouteView:
                                    code="missing_token")
             hub.seen(name)
             actor = Actor(name=name, unauthenticated=True)
+            who["actor"] = actor
+            if hub.rate_limiter.enabled:
+                await self._rate_limit(actor)
         elif actor is not None and body_from is not None and body_from != actor.name:
             await hub.emit(Event("auth", actor.name, None,
                                  f"'from' field {body_from[:70]!r} does not match the token of {actor.name} "
                                  f"on {route.method} {route.path}", "denied", via=actor.via))
             raise Forbidden(f"'from' is {body_from[:70]!r} but the token belongs to {actor.name}",
                             code="from_mismatch")
-        if actor is not None and hub.rate_limiter.enabled:
-            await self._rate_limit(actor)
         if route.admin and (actor is None or not actor.admin):
             await hub.emit(Event("admin", actor.name if actor else None, None,
                                  f"{route.method} {route.path} (admin only)", "denied",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import time
@@ -20,7 +21,7 @@ from .config import Settings
 from .db import Database
 from .errors import AuditError, Forbidden, HubError, NotFound, Unavailable
 from .plugins import PluginManager, make_plugin_manager
-from .ratelimit import RateLimiter
+from .ratelimit import RateLimiter, RecordThrottle
 from .types import Actor, Event, Node, isotime
 
 log = logging.getLogger("claude_net.hub")
@@ -28,6 +29,10 @@ T = TypeVar("T")
 
 #: actions only admins may perform, whatever any policy plugin says (enforced by builtin.roles)
 ADMIN_ONLY_ACTIONS = frozenset({"container", "permit", "permissions_view", "activity_view", "admin"})
+
+#: the events emitted while handling the current request (set by the HTTP layer), so a refusal
+#: that nothing else recorded can be recorded once
+EMITTED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("claude_net_emitted", default=None)
 
 
 async def await_me_maybe(value: Any) -> Any:
@@ -146,6 +151,8 @@ class Hub:
         self._exec_slots: asyncio.Semaphore | None = None
         #: per-node request rate limits ([limits] rate_per_minute / rate_burst), enforced by the HTTP layer
         self.rate_limiter = RateLimiter(settings.limits.rate_per_minute, settings.limits.rate_burst)
+        #: refused anonymous requests (no or bad token) are recorded at most once per address and window
+        self.auth_refusals = RecordThrottle()
         #: set when the hub begins to stop (SIGTERM, shutdown): long-polls and streams end early
         self.stopping = asyncio.Event()
         #: per-hub runtime state of plugins, keyed by plugin name (pools, clients, queues).
@@ -310,6 +317,9 @@ class Hub:
         For a ``pending`` event an :class:`AuditError` propagates (the caller refuses the
         action); every other failure is logged and swallowed.
         """
+        emitted = EMITTED.get()
+        if emitted is not None:
+            emitted.append(event.type)
         for impl in self.pm.hook.on_event.get_hookimpls():
             kwargs = {name: {"hub": self, "event": event}[name] for name in impl.argnames}
             try:

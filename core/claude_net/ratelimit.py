@@ -12,6 +12,30 @@ import math
 import time
 
 
+class RecordThrottle:
+    """Counts refusals per key and says when to record them: at most once per ``every`` seconds,
+    with the number refused since the last record, so a flood never becomes a flood of audit rows."""
+
+    MAX_KEYS = 10000
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._refused: dict[str, tuple[int, float]] = {}  # key -> (refusals not yet recorded, last record)
+
+    def should_record(self, key: str, now: float | None = None) -> int:
+        """Count a refusal; return how many to record now (0: recorded recently, stay quiet)."""
+        now = time.monotonic() if now is None else now
+        count, last = self._refused.get(key, (0, -math.inf))
+        count += 1
+        if now - last >= self.every:
+            if len(self._refused) >= self.MAX_KEYS:  # forget keys that have been quiet for a window
+                self._refused = {k: v for k, v in self._refused.items() if now - v[1] < self.every}
+            self._refused[key] = (0, now)
+            return count
+        self._refused[key] = (count, last)
+        return 0
+
+
 class RateLimiter:
     #: a node's refusals are recorded at most once per this many seconds (with a count)
     RECORD_EVERY = 10.0
@@ -22,7 +46,7 @@ class RateLimiter:
         self.rate = max(float(per_minute), 0.0) / 60.0
         self.burst = float(max(int(burst), 1))
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
-        self._refused: dict[str, tuple[int, float]] = {}  # key -> (refusals not yet recorded, last record)
+        self._throttle = RecordThrottle(self.RECORD_EVERY)
 
     @property
     def enabled(self) -> bool:
@@ -45,20 +69,12 @@ class RateLimiter:
 
     def should_record(self, key: str, now: float | None = None) -> int:
         """Count a refusal; return how many to record now (0: recorded recently, stay quiet)."""
-        now = time.monotonic() if now is None else now
-        count, last = self._refused.get(key, (0, -math.inf))
-        count += 1
-        if now - last >= self.RECORD_EVERY:
-            self._refused[key] = (0, now)
-            return count
-        self._refused[key] = (count, last)
-        return 0
+        return self._throttle.should_record(key, now)
 
     def _prune(self, now: float) -> None:
         for key, (tokens, at) in list(self._buckets.items()):
             if tokens + (now - at) * self.rate >= self.burst:
                 del self._buckets[key]
-                self._refused.pop(key, None)
 
 
 def retry_after_header(seconds: float) -> str:

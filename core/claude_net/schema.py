@@ -29,7 +29,27 @@ _TYPES = {
 
 @lru_cache(maxsize=512)
 def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+    r"""Compile a JSON Schema ``pattern`` (ECMA-262). ``$`` there is the end of the string; in Python
+    it also matches before a trailing newline, so ``"box1
+"`` passed ``^[a-z0-9-]+$``: ``$`` outside
+    a character class becomes ``\Z``."""
+    out: list[str] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        i += 1
+    return re.compile("".join(out))
 
 
 def _name(path: str) -> str:

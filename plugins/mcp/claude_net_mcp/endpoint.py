@@ -81,8 +81,13 @@ class McpEndpoint:
         actor = await self.hub.authenticate(token, via="mcp")
         if actor is None:
             client = scope.get("client") or ("?", 0)
-            await self.hub.emit(Event("auth", None, None, f"invalid or revoked token on {scope.get('method')} "
-                                      f"{self.prefix} from {client[0]}", "denied", via="mcp"))
+            # recorded at most once per address every few seconds, with a count: no flooding the audit log
+            refused = self.hub.auth_refusals.should_record(str(client[0]))
+            if refused:
+                await self.hub.emit(Event("auth", None, None, f"invalid or revoked token on {scope.get('method')} "
+                                          f"{self.prefix} from {client[0]}" + (f" ({refused} refused)" if refused > 1
+                                                                              else ""),
+                                          "denied", via="mcp", data={"refused": refused}))
             await _json(send, 401, "invalid_token", "the token is invalid or has been revoked")
             return
         await runtime.handle(scope, receive, send, actor, token)
