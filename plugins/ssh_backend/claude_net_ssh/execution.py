@@ -34,8 +34,10 @@ def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[st
     """The string the remote login shell runs: report its PID, cd, set env, run the command.
 
     With no ``shell`` configured the login shell itself evaluates the command, exactly like
-    ``ssh host COMMAND`` (and without starting a second shell); otherwise it execs
-    ``shell -c COMMAND``. Every caller-supplied part is a single-quoted word.
+    ``ssh host COMMAND`` (and without starting a second shell). Otherwise it runs
+    ``shell -c COMMAND`` as a child and exits with its status: not ``exec``, because bash lowers
+    SHLVL when it execs, and a bash that sees SHLVL below 2 under sshd sources ~/.bashrc a second
+    time. Every caller-supplied part is a single-quoted word.
     """
     for key in env:
         if not ENV_NAME.fullmatch(key):
@@ -45,12 +47,12 @@ def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[st
         steps.append(f"cd -- {shlex.quote(cwd)}")
     assignments = [shlex.quote(f"{key}={value}") for key, value in env.items()]
     if shell:
-        steps.append(" ".join(["exec", *(["env", "--", *assignments] if env else []),
+        steps.append(" ".join([*(["env", "--", *assignments] if env else []),
                                shlex.quote(shell), "-c", shlex.quote(command)]))
-    else:
-        if env:
-            steps.append("export " + " ".join(assignments))
-        steps.append(f"eval {shlex.quote(command)}")
+        return " && ".join(steps) + "; exit $?"
+    if env:
+        steps.append("export " + " ".join(assignments))
+    steps.append(f"eval {shlex.quote(command)}")
     return " && ".join(steps)
 
 

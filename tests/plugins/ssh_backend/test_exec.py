@@ -148,3 +148,19 @@ async def test_many_simultaneous_timeouts_all_end_their_commands(ssh_hub):
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("some timed-out commands are still running")
+
+
+async def test_a_configured_shell_runs_as_a_child_of_the_login_shell(ssh_hub, tmp_path):
+    # A server whose sessions do not preset SHLVL (like a stock one): the login shell is level 1,
+    # the configured shell must see level 2 — it would see 1, and source ~/.bashrc a second time,
+    # if it were exec'ed in place of the login shell.
+    from claude_net_ssh.testserver import PrivateSshd
+
+    with PrivateSshd(tmp_path / "stock", skip_bashrc=False) as stock:
+        node = stock.node_config(shell="/bin/bash")
+        async with ssh_hub(nodes={"ser-8": node}) as s:
+            body = await s.ok("echo $SHLVL; exit 5")
+            assert body["stdout"] == "2\n" and body["exitCode"] == 5
+            status, body = await s.exec("sleep 45.5", timeout=1)
+            assert status == 504
+            assert (await s.ok("pgrep -f 'sleep 45[.]5' || echo gone"))["stdout"] == "gone\n"
