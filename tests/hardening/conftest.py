@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import threading
 import time
 import urllib.request
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from claude_net import hookimpl
-from claude_net.testing import free_port
+from claude_net.testing import free_port, require_component
 
 
 class EventLog:
@@ -160,3 +161,54 @@ def host_marker(tmp_path) -> Iterator[Path]:
     yield directory
     leftovers = sorted(p.name for p in directory.iterdir())
     assert not leftovers, f"a command ran on the HOST and created {leftovers} in {directory}"
+
+
+# -- real LXD containers (helpers of the LXD backend's tests) -------------------------------------
+
+LXD_PREFIX = f"cnh-{secrets.token_hex(3)}"  # every container of this run is named <LXD_PREFIX>-...
+
+
+@pytest.fixture(scope="session")
+def lxd_available() -> None:
+    from tests.plugins.lxd_backend.conftest import _lxd_state
+
+    ok, why = _lxd_state()
+    require_component("LXD", ok, why)
+
+
+@pytest.fixture(scope="module")
+def lxd_box(lxd_available) -> Iterator[str]:
+    """One running busybox container for the module, always deleted afterwards."""
+    from tests.plugins.lxd_backend.conftest import Containers
+
+    containers = Containers(LXD_PREFIX)
+    try:
+        yield containers.launch("box")
+    finally:
+        containers.delete_all()
+
+
+def in_box(name: str, command: str, *, check: bool = True) -> str:
+    """Run ``sh -c command`` in the container directly through the lxc client (setup and checks)."""
+    from tests.plugins.lxd_backend.conftest import lxc
+
+    return lxc("exec", name, "--", "sh", "-c", command, check=check).stdout
+
+
+def lxd_overrides() -> dict[str, Any]:
+    """[lxd] settings that show the hub only this run's containers (never anyone else's)."""
+    return {"include": [f"{LXD_PREFIX}-*"]}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Belt and braces: delete any container of this run a crashed fixture left behind."""
+    import shutil
+    import subprocess
+
+    if shutil.which("lxc") is None:
+        return
+    with contextlib.suppress(Exception):
+        out = subprocess.run(["lxc", "list", "--format", "json"], capture_output=True, text=True, timeout=30).stdout
+        for item in json.loads(out or "[]"):
+            if item["name"].startswith(LXD_PREFIX + "-"):
+                subprocess.run(["lxc", "delete", "--force", item["name"]], capture_output=True, timeout=60)
