@@ -198,6 +198,9 @@ class Hub:
             try:
                 await await_me_maybe(impl.function(**{a: self for a in impl.argnames}))
             except Exception as exc:
+                # leave nothing behind: plugins that did start shut down, tasks stop, the database closes
+                self.started = True
+                await self.stop()
                 raise RuntimeError(f"plugin {impl.plugin_name} failed to start: {type(exc).__name__}: {exc}") from exc
         self.spawn(self._flush_last_seen_forever(), name="last-seen")
         self.started = True

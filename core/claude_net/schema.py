@@ -29,10 +29,12 @@ _TYPES = {
 
 @lru_cache(maxsize=512)
 def _regex(pattern: str) -> re.Pattern[str]:
-    r"""Compile a JSON Schema ``pattern`` (ECMA-262). ``$`` there is the end of the string; in Python
-    it also matches before a trailing newline, so ``"box1
-"`` passed ``^[a-z0-9-]+$``: ``$`` outside
-    a character class becomes ``\Z``."""
+    r"""Compile a JSON Schema ``pattern`` (ECMA-262 semantics).
+
+    In ECMA-262 ``$`` matches only at the end of the string; in Python it also matches before a
+    trailing newline, so ``"box1\n"`` would pass ``^[a-z0-9-]+$``. ``$`` outside a character
+    class therefore becomes ``\Z``.
+    """
     out: list[str] = []
     i, in_class = 0, False
     while i < len(pattern):

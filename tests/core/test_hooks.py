@@ -147,3 +147,21 @@ def test_hookspecs_have_docstrings_stating_contract():
         assert spec.__doc__ and len(spec.__doc__) > 80, name
         if spec.claude_net_spec.get("firstresult"):
             assert "Stops at first non-None result" in spec.__doc__, name
+
+
+async def test_a_plugin_that_fails_to_start_leaves_nothing_open(make_settings):
+    import pytest
+
+    from claude_net.hub import Hub
+
+    class Broken:
+        __name__ = "broken"
+
+        @hookimpl
+        def startup(self, hub):
+            raise OSError("no such socket")
+
+    hub = Hub(make_settings(), plugins=[Broken()], load_entrypoints=False)
+    with pytest.raises(RuntimeError, match="plugin broken failed to start: OSError: no such socket"):
+        await hub.start()
+    assert not hub.db.connected and not hub.started
