@@ -64,6 +64,9 @@ def _map_error(exc: BaseException) -> BaseException:
         "ConnectionFailureError",
         "AdminShutdownError",
         "DatabaseError",
+        # asyncpg, a session the server just terminated: the next statement can find the protocol
+        # mid-teardown ("cannot switch to state ...; another operation is in progress")
+        "InternalClientError",
     ):
         reason = "the database is busy" if "locked" in text or "busy" in text else "the database is unavailable"
         if "readonly" in text or "read-only" in text:
