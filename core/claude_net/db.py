@@ -11,7 +11,14 @@ SQL is written once with ``:name`` parameters and portable types. The difference
   statements out of it (SQLite runs one writer at a time anyway). WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for write
   transactions, so concurrent processes queue for the lock instead of failing mid-transaction.
 * **PostgreSQL**: the ``databases`` asyncpg pool; transactions per connection; migrations under
-  an advisory lock so several replicas can start at once.
+  an advisory lock so several replicas can start at once. Statements outside a transaction (the
+  request path) go straight to that asyncpg pool: ``:name`` parameters are turned into ``$n``
+  once per statement text (cached), instead of ``databases`` compiling each call through
+  SQLAlchemy. Pooled connections are not reset on release (asyncpg's default costs a
+  ``RESET ALL; UNLISTEN *; ...`` round trip per statement); an open transaction is still rolled
+  back. So nothing may change session state through ``hub.db`` (``SET`` without ``LOCAL``,
+  session advisory locks, ``LISTEN``): use a dedicated connection for that, as the bus and the
+  singletons do.
 
 Driver errors are mapped to the hub's errors: a unique violation becomes :class:`Conflict`; a
 locked, read-only or unreachable database becomes :class:`Unavailable` (503), never a 500.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -112,6 +120,39 @@ async def _pg_rows(conn: Any, sql: str, values: Mapping[str, Any] | None) -> lis
     return [dict(row._mapping) for row in rows]
 
 
+#: a ``:name`` parameter as SQLAlchemy's ``text()`` finds them (not ``::type`` casts)
+_PG_PARAM = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+
+
+@functools.lru_cache(maxsize=1024)
+def _pg_positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``... WHERE a = :x AND b = :y OR c = :x`` -> (``... $1 ... $2 ... $1``, ("x", "y"))."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _PG_PARAM.sub(number, sql), tuple(names)
+
+
+async def _pg_pool_rows(pool: Any, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    # Same statements and values as through ``databases`` (unused values are ignored), minus the
+    # per-call SQLAlchemy compilation; asyncpg caches the prepared statement per connection.
+    text, names = _pg_positional(sql)
+    values = values or {}
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise KeyError(f"no value for the SQL parameter(s) {', '.join(missing)}")
+    rows = await pool.fetch(text, *(values[n] for n in names))
+    return [dict(row) for row in rows]
+
+
+async def _keep_session(connection: Any) -> None:
+    """asyncpg pool release hook: nothing to reset (see the module docstring)."""
+
+
 async def _mapped(awaitable: Any) -> Any:
     try:
         return await awaitable
@@ -139,6 +180,7 @@ class Database(_Executor):
         self._db: Any = None
         self._conn: Any = None  # SQLite: the persistent ``databases`` connection
         self._raw: Any = None  # SQLite: its aiosqlite connection
+        self._pool: Any = None  # PostgreSQL: the asyncpg pool under ``databases``
         self._lock = asyncio.Lock()
         self.connected = False
 
@@ -156,7 +198,8 @@ class Database(_Executor):
             # A URL like sqlite+aiosqlite:////abs/path: make sure the directory exists.
             self._db = databases.Database(self.url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         else:
-            self._db = databases.Database(self.url, min_size=1, max_size=10, command_timeout=30)
+            self._db = databases.Database(self.url, min_size=1, max_size=10, command_timeout=30,
+                                          reset=_keep_session)
         try:
             await self._db.connect()
             if self.is_sqlite:
@@ -175,6 +218,7 @@ class Database(_Executor):
                     await self._raw.execute_fetchall(pragma)
             else:
                 await self._db.fetch_val("SELECT 1")
+                self._pool = getattr(getattr(self._db, "_backend", None), "_pool", None)
         except Exception as exc:
             mapped = _map_error(exc)
             raise Unavailable(f"cannot connect to the database {redact_url(self.url)}: {exc}",
@@ -186,6 +230,7 @@ class Database(_Executor):
             with contextlib.suppress(Exception):
                 await self._conn.__aexit__(None, None, None)
             self._conn = self._raw = None
+        self._pool = None
         if self._db is not None:
             with contextlib.suppress(Exception):
                 await self._db.disconnect()
@@ -203,6 +248,8 @@ class Database(_Executor):
             # waiting for a full thread round trip under a lock. (The check and the enqueue
             # happen without yielding to the loop, so no transaction can start in between.)
             return await _mapped(_sqlite_rows(self._raw, sql, values))
+        if self._pool is not None:
+            return await _mapped(_pg_pool_rows(self._pool, sql, values))
         return await _mapped(_pg_rows(self._db, sql, values))
 
     async def execute_many(self, sql: str, values: Sequence[Mapping[str, Any]]) -> None:
