@@ -104,7 +104,7 @@ async def test_raw_write_larger_than_the_file_limit_is_413(hub_harness, box):
     [
         ("GET", "target=box1&path=/missing", 404, "no_such_file"),
         ("GET", "target=box1&path=relative", 400, "invalid_field"),
-        ("GET", "target=box1&path=/a/../etc/shadow", 400, "invalid_path"),
+        ("GET", "target=box1&path=/a/../etc/shadow", 400, {"invalid_path", "invalid_field"}),
         ("GET", "target=box1", 400, "missing_field"),
         ("GET", "target=nosuchnode&path=/a", 404, "unknown_node"),
         ("GET", "target=Bad_Name&path=/a", 400, "invalid_field"),
@@ -112,7 +112,7 @@ async def test_raw_write_larger_than_the_file_limit_is_413(hub_harness, box):
         ("PUT", "target=box1&path=/a&mode=999", 400, "invalid_field"),
         ("PUT", "target=box1&path=/a&mode=77777", 400, "invalid_field"),
         ("PUT", "target=box1&path=/a&mkdirs=maybe", 400, "invalid_field"),
-        ("PUT", "target=box1&path=/dir/../x", 400, "invalid_path"),
+        ("PUT", "target=box1&path=/dir/../x", 400, {"invalid_path", "invalid_field"}),
         ("PUT", "target=boxoff&path=/a", 409, "not_running"),
     ],
 )
@@ -123,7 +123,8 @@ async def test_raw_errors(hub_harness, box, method, query, status, code):
             got, body = await put(h, tok, query, b"data")
         else:
             got, body = await h.call("GET", f"/api/file/raw?{query}", tok)
-        assert (got, body["code"]) == (status, code), body
+        codes = code if isinstance(code, set) else {code}  # '..' is refused by the schema or by the path check
+        assert got == status and body["code"] in codes, body
         assert body["ok"] is False
 
 
