@@ -14,9 +14,11 @@ makes a file of random bytes on the host, then for ``--reps`` rounds, interleave
 * **download**: ``lxc file pull c/tmp/... FILE`` vs ``POST /api/file/read`` (``encoding: base64``,
   decoding included) and ``GET /api/file/raw``. Every download is checked byte for byte.
 
-Throughput ratio = baseline time / hub time (median of the rounds); target >= 0.8. Memory: the
-hub's peak RSS during each transfer minus its RSS just before it (the kernel's VmHWM, reset with
-``/proc/PID/clear_refs`` before each transfer), and the RSS left once the transfer is over.
+Throughput ratio = baseline time / hub time (median of the rounds); target >= 0.8. Each hub path
+(JSON upload, JSON download, raw upload, raw download) gets a fresh hub, so memory figures are
+not blurred by an earlier transfer: the hub's peak RSS during a transfer (the kernel's VmHWM,
+reset with ``/proc/PID/clear_refs`` before each one) minus that hub's idle RSS, and the RSS left
+once the transfers are over.
 """
 
 from __future__ import annotations
@@ -91,15 +93,9 @@ def run(*, mb: int = 50, reps: int = 3, say=print) -> dict:
         data = os.urandom(size)
         local.write_bytes(data)
         digest = hashlib.sha256(data).hexdigest()
+        del data
         launched = True
         subprocess.run(["lxc", "launch", LXD_IMAGE, name], check=True, capture_output=True, timeout=120)
-        (workdir / "hub").mkdir()
-        hub = HubProcess(f'[lxd]\ninclude = ["{prefix}-*"]\n', workdir=str(workdir / "hub"))
-        token = hub.token("bench", admin=True)
-        hub.start()
-        client = Client(hub.port, token)
-        raw = client.has_raw()
-        pid = hub.proc.pid
         pulled = workdir / "pulled.bin"
 
         def check(blob: bytes) -> None:
@@ -115,60 +111,100 @@ def run(*, mb: int = 50, reps: int = 3, say=print) -> dict:
             subprocess.run(["lxc", "file", "pull", f"{name}{REMOTE}", str(pulled)], check=True, capture_output=True,
                            timeout=300)
 
-        def json_write() -> None:
-            content = base64.b64encode(local.read_bytes()).decode("ascii")
-            body = json.dumps({"target": name, "path": REMOTE, "content": content, "encoding": "base64"}).encode()
-            client.request("POST", "/api/file/write", body, {"Content-Type": "application/json"})
+        def paths(client: Client) -> dict:
+            def json_write() -> None:
+                content = base64.b64encode(local.read_bytes()).decode("ascii")
+                body = json.dumps({"target": name, "path": REMOTE, "content": content, "encoding": "base64"}).encode()
+                client.request("POST", "/api/file/write", body, {"Content-Type": "application/json"})
 
-        def json_read() -> None:
-            body = json.dumps({"target": name, "path": REMOTE, "encoding": "base64"}).encode()
-            answer = json.loads(client.request("POST", "/api/file/read", body, {"Content-Type": "application/json"}))
-            pulled.write_bytes(base64.b64decode(answer["content"]))
+            def json_read() -> None:
+                body = json.dumps({"target": name, "path": REMOTE, "encoding": "base64"}).encode()
+                answer = json.loads(client.request("POST", "/api/file/read", body,
+                                                   {"Content-Type": "application/json"}))
+                pulled.write_bytes(base64.b64decode(answer["content"]))
 
-        def raw_write() -> None:
-            with open(local, "rb") as f:
-                client.request("PUT", "/api/file/raw?" + urlencode({"target": name, "path": REMOTE}), f.read(),
-                               {"Content-Type": "application/octet-stream"})
+            def raw_write() -> None:
+                with open(local, "rb") as f:
+                    client.request("PUT", "/api/file/raw?" + urlencode({"target": name, "path": REMOTE}), f.read(),
+                                   {"Content-Type": "application/octet-stream"})
 
-        def raw_read() -> None:
-            pulled.write_bytes(client.request("GET", "/api/file/raw?" + urlencode({"target": name, "path": REMOTE})))
+            def raw_read() -> None:
+                pulled.write_bytes(client.request("GET", "/api/file/raw?" + urlencode({"target": name,
+                                                                                       "path": REMOTE})))
 
-        uploads = {"lxc": lxc_push, "json": json_write, **({"raw": raw_write} if raw else {})}
-        downloads = {"lxc": lxc_pull, "json": json_read, **({"raw": raw_read} if raw else {})}
-        # warm-up: one small round trip each way (connections, probes)
-        client.request("POST", "/api/file/write", json.dumps({"target": name, "path": "/tmp/warm", "content": "x"})
-                       .encode(), {"Content-Type": "application/json"})
-        lxc_push()
-        results: dict[str, dict[str, list[dict]]] = {"upload": {k: [] for k in uploads},
-                                                     "download": {k: [] for k in downloads}}
-        for rep in range(reps):
-            for kind in list(uploads)[rep % len(uploads):] + list(uploads)[:rep % len(uploads)]:
-                results["upload"][kind].append(measure(pid, uploads[kind]))
-                lxc_pull()  # every upload is checked too (not timed)
-                check(pulled.read_bytes())
-            for kind in list(downloads)[rep % len(downloads):] + list(downloads)[:rep % len(downloads)]:
-                results["download"][kind].append(measure(pid, downloads[kind]))
-                check(pulled.read_bytes())
+            return {("json", "upload"): json_write, ("json", "download"): json_read,
+                    ("raw", "upload"): raw_write, ("raw", "download"): raw_read}
+
+        lxc_push()  # warm-up, and the file downloads read
+        baseline: dict[str, list[float]] = {"upload": [], "download": []}
+        results: dict[str, dict] = {}
+        raw = None
+        idle_rss: list[float] = []
+        for kind in ("json", "raw"):
+            for direction in ("upload", "download"):
+                # a fresh hub per path: its memory figures are not blurred by an earlier transfer
+                hubdir = workdir / f"hub-{kind}-{direction}"
+                hubdir.mkdir()
+                hub = HubProcess(f'[lxd]\ninclude = ["{prefix}-*"]\n', workdir=str(hubdir))
+                token = hub.token("bench", admin=True)
+                hub.start()
+                client = Client(hub.port, token)
+                if raw is None:
+                    raw = client.has_raw()
+                if kind == "raw" and not raw:
+                    hub.stop()
+                    hub = None
+                    continue
+                # warm-up: connections and probes, with a tiny file
+                client.request("POST", "/api/file/write", json.dumps(
+                    {"target": name, "path": "/tmp/warm", "content": "x"}).encode(), {"Content-Type": "application/json"})
+                time.sleep(0.5)
+                pid = hub.proc.pid
+                idle = rss_kib(pid) / 1024
+                idle_rss.append(idle)
+                fn = paths(client)[(kind, direction)]
+                runs = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    (lxc_push if direction == "upload" else lxc_pull)()
+                    baseline[direction].append(time.perf_counter() - t0)
+                    if direction == "download":
+                        check(pulled.read_bytes())
+                    runs.append(measure(pid, fn))
+                    if direction == "upload":
+                        lxc_pull()  # every upload is checked too (not timed)
+                    check(pulled.read_bytes())
+                growth = [r["peak_growth_mib"] + r["rss_before_mib"] - idle for r in runs
+                          if r["peak_growth_mib"] is not None]
+                results[f"{direction}:{kind}"] = {"runs": runs, "idle": idle, "growth": growth}
+                hub.stop()
+                hub = None
 
         summary: dict[str, dict] = {}
-        for direction, kinds in results.items():
-            base = statistics.median(r["s"] for r in kinds["lxc"])
-            for kind, runs in kinds.items():
-                seconds = statistics.median(r["s"] for r in runs)
-                growth = [r["peak_growth_mib"] for r in runs if r["peak_growth_mib"] is not None]
+        for direction in ("upload", "download"):
+            base = statistics.median(baseline[direction])
+            summary[f"{direction}:lxc"] = {"s": round(base, 3), "mb_per_s": round(mb / base, 1), "ratio": 1.0,
+                                           "peak_growth_mib": None, "rss_after_mib": None,
+                                           "runs_s": [round(x, 3) for x in baseline[direction]]}
+            for kind in ("json", "raw"):
+                got = results.get(f"{direction}:{kind}")
+                if got is None:
+                    continue
+                seconds = statistics.median(r["s"] for r in got["runs"])
                 summary[f"{direction}:{kind}"] = {
-                    "s": round(seconds, 3), "mb_per_s": round(mb / seconds, 1),
-                    "ratio": round(base / seconds, 3) if kind != "lxc" else 1.0,
-                    "peak_growth_mib": round(max(growth), 1) if growth and kind != "lxc" else None,
-                    "rss_after_mib": round(runs[-1]["rss_after_mib"], 1),
-                    "runs_s": [round(r["s"], 3) for r in runs],
+                    "s": round(seconds, 3), "mb_per_s": round(mb / seconds, 1), "ratio": round(base / seconds, 3),
+                    "peak_growth_mib": round(max(got["growth"]), 1) if got["growth"] else None,
+                    "idle_rss_mib": round(got["idle"], 1),
+                    "rss_after_mib": round(got["runs"][-1]["rss_after_mib"], 1),
+                    "runs_s": [round(r["s"], 3) for r in got["runs"]],
                 }
-        say(f"File transfer of {mb} MiB, {reps} rounds (median seconds; ratio = lxc time / hub time)")
+        say(f"File transfer of {mb} MiB, {reps} rounds (median seconds; ratio = lxc time / hub time; "
+            "a fresh hub per path; peak RSS over that hub's idle RSS)")
         for key, s in summary.items():
             growth = f"  peak RSS +{s['peak_growth_mib']} MiB" if s["peak_growth_mib"] is not None else ""
             say(f"  {key:<16} {s['s']:7.3f} s {s['mb_per_s']:7.1f} MiB/s  {s['ratio']:5.2f}x{growth}")
-        return {"mib": mb, "reps": reps, "raw_endpoints": raw, "target": TARGET, "figures": summary,
-                "hub_idle_rss_mib": round(results["upload"]["json"][0]["rss_before_mib"], 1)}
+        return {"mib": mb, "reps": reps, "raw_endpoints": bool(raw), "target": TARGET, "figures": summary,
+                "hub_idle_rss_mib": round(statistics.median(idle_rss), 1) if idle_rss else None}
     finally:
         if hub is not None:
             hub.stop()
