@@ -1,6 +1,7 @@
 """``python -m bench``: run every benchmark of claude-net and print one table.
 
-    .venv/bin/python -m bench [--quick] [--only NAME ...] [--json] [--list]
+    .venv/bin/python -m bench [--quick] [--only NAME ...] [--json] [--save FILE] [--list]
+    .venv/bin/python -m bench --render FILE [--markdown]     # the table of a saved run
 
 Run from the repository root as root (LXD, sshd, PostgreSQL). Each row shows the figure, the
 baseline measured in the same run, the ratio and the target (PASS/FAIL). A component that is not
@@ -262,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--save", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument("--render", metavar="FILE", help="print the table of results saved earlier (no run)")
     args = parser.parse_args(argv)
+    if args.render:
+        doc = json.loads(Path(args.render).read_text())
+        rows = [Row(**{k: v for k, v in r.items()}) for r in doc.pop("rows")]
+        report(doc, rows, markdown=args.markdown)
+        return 0
     if args.list:
         for b in BENCHMARKS:
             print(f"{b.name:<24} {b.what}" + (f"  [needs {', '.join(b.needs)}]" if b.needs else ""))
@@ -277,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     availability: dict[str, tuple[bool, str]] = {}
     rows: list[Row] = []
     timings: dict[str, float] = {}
+    loads: dict[str, str] = {}
     for b in chosen:
         missing = []
         for need in b.needs:
@@ -289,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"== {b.name}: skipped ({'; '.join(missing)})")
             rows.append(Row(b.name, b.what, status="skipped: " + "; ".join(missing)))
             continue
-        log(f"== {b.name}: {b.what} (load {loadavg()})")
+        loads[b.name] = loadavg()
+        log(f"== {b.name}: {b.what} (load {loads[b.name]})")
         t0 = time.monotonic()
         try:
             produced = b.run(args.quick)
@@ -303,25 +313,32 @@ def main(argv: list[str] | None = None) -> int:
         log(f"   {b.name} took {timings[b.name]} s")
 
     info = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick, "machine": machine(),
-            "load_start": load_start, "load_end": loadavg(), "seconds": timings,
+            "load_start": load_start, "load_end": loadavg(), "seconds": timings, "load_at_start_of": loads,
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=common.ROOT).stdout.strip()}
     failed = [r for r in rows if r.status == "FAIL" or r.status.startswith("error")]
+    document = {**info, "rows": [r.to_json() for r in rows]}
+    if args.save:
+        Path(args.save).write_text(json.dumps(document, indent=1) + "\n")
     if args.json:
-        print(json.dumps({**info, "rows": [r.to_json() for r in rows]}, indent=1))
+        print(json.dumps(document, indent=1))
     else:
-        m = info["machine"]
-        print(f"claude-net benchmarks — {info['date']}, commit {info['commit']}{' (--quick)' if args.quick else ''}")
-        print(f"{m['nproc']} x {m['cpu']}, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}; "
-              f"load average {info['load_start']} at start, {info['load_end']} at end")
-        print()
-        print(table(rows, markdown=args.markdown))
-        notes = [(r.bench, r.figure, r.note) for r in rows if r.note]
-        if notes:
-            print()
-            for bench, figure, note in notes:
-                print(f"- {bench} / {figure}: {note}")
+        report(info, rows, markdown=args.markdown)
     return 1 if failed else 0
+
+
+def report(info: dict, rows: list[Row], *, markdown: bool = False) -> None:
+    m = info["machine"]
+    print(f"claude-net benchmarks — {info['date']}, commit {info['commit']}{' (--quick)' if info['quick'] else ''}")
+    print(f"{m['nproc']} x {m['cpu']}, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}; "
+          f"load average {info['load_start']} at start, {info['load_end']} at end")
+    print()
+    print(table(rows, markdown=markdown))
+    notes = [(r.bench, r.figure, r.note) for r in rows if r.note]
+    if notes:
+        print()
+        for bench, figure, note in notes:
+            print(f"- {bench} / {figure}: {note}")
 
 
 if __name__ == "__main__":
