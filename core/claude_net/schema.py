@@ -3,7 +3,8 @@
 Supported: ``type`` (object, string, integer, number, boolean, array, null; or a list),
 ``properties``, ``required``, ``additionalProperties: false``, ``minLength``, ``maxLength``,
 ``pattern``, ``enum``, ``minimum``, ``maximum``, ``items``, ``maxItems``, ``minItems``,
-``maxProperties``, ``propertyNames``.
+``maxProperties``, ``propertyNames``, ``allOf``; ``x-code`` names the error code of a string that fails its
+length or pattern (default ``invalid_field``), ``x-pattern-help`` says what the pattern wants.
 The same dicts are published in the OpenAPI document, so what is documented is what is enforced.
 """
 
@@ -70,17 +71,20 @@ def validate(value: Any, schema: Mapping[str, Any], path: str = "") -> Any:
         choices = ", ".join(repr(c) for c in schema["enum"])
         raise BadRequest(f"{_name(path)} must be one of {choices}", code="invalid_field", field=path or None)
     if isinstance(value, str):
+        code = schema.get("x-code", "invalid_field")  # e.g. invalid_path for the path schema
         if "minLength" in schema and len(value) < schema["minLength"]:
             raise BadRequest(f"{_name(path)} must not be empty" if schema["minLength"] == 1
                              else f"{_name(path)} must be at least {schema['minLength']} characters",
-                             code="invalid_field", field=path or None)
+                             code=code, field=path or None)
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             raise BadRequest(f"{_name(path)} must be at most {schema['maxLength']} characters",
-                             code="invalid_field", field=path or None)
+                             code=code, field=path or None)
         if "pattern" in schema and not _regex(schema["pattern"]).search(value):
             hint = schema.get("x-pattern-help") or f"match {schema['pattern']}"
             raise BadRequest(f"{_name(path)} {value[:80]!r} is not valid: it must {hint}",
-                             code="invalid_field", field=path or None)
+                             code=code, field=path or None)
+    for sub in schema.get("allOf", ()):  # each part may carry its own x-code and x-pattern-help
+        validate(value, sub, path)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
             raise BadRequest(f"{_name(path)} must be at least {schema['minimum']}", code="invalid_field",

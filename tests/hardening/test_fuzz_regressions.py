@@ -119,3 +119,52 @@ async def test_permit_schema_states_its_rules(hub_harness):
             status, body = await h.call("POST", "/api/file/write", boss,
                                         {"target": "box1", "path": "/f", "content": "x", "mode": mode})
             assert status == 200, (mode, body)
+
+
+@pytest.mark.db("sqlite")
+async def test_nul_and_dotdot_rules_are_published_in_the_schemas(hub_harness):
+    """Found by a deeper fuzz run: a command with NUL was refused although the published schema
+    allowed it. NUL in commands and env values, '..' and NUL in paths are now part of the schemas
+    (the codes stay: invalid_path for paths)."""
+    from claude_net.http import openapi_document
+
+    box = TestBox()
+    async with hub_harness(plugins=[box]) as h:
+        boss = await h.token("boss", admin=True)
+        doc = openapi_document(h.app)
+        exec_props = doc["paths"]["/api/exec"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+            "properties"]
+        assert exec_props["command"]["pattern"] and exec_props["env"]["additionalProperties"]["pattern"]
+        assert len(exec_props["cwd"]["allOf"]) == 2
+        for body, field, code in [
+            ({"command": "a\x00b"}, "command", "invalid_field"),
+            ({"command": "x", "env": {"A": "a\x00"}}, "env.A", "invalid_field"),
+            ({"command": "x", "cwd": "/tmp/\x00"}, "cwd", "invalid_path"),
+            ({"command": "x", "cwd": "/tmp/.."}, "cwd", "invalid_path"),
+            ({"command": "x", "cwd": "tmp"}, "cwd", "invalid_field"),
+        ]:
+            status, answer = await h.call("POST", "/api/exec", boss, {"target": "box1", **body})
+            assert status == 400 and answer["field"] == field and answer["code"] == code, (body, answer)
+        for path in ("/a/../b", "/..", "/a/b/..", "/a\x00"):
+            status, answer = await h.call("POST", "/api/file/read", boss, {"target": "box1", "path": path})
+            assert status == 400 and answer["code"] == "invalid_path", (path, answer)
+        for path in ("/a..b", "/..a/b", "/a/...", "//x"):  # dots that are not a '..' component are names
+            status, answer = await h.call("POST", "/api/file/write", boss, {"target": "box1", "path": path,
+                                                                           "content": "x"})
+            assert status == 200, (path, answer)
+        assert [c for c in box.calls if c[0] == "exec"] == []
+
+
+@pytest.mark.db("sqlite")
+async def test_a_trailing_newline_does_not_pass_a_name_pattern(hub_harness):
+    """Python's ``$`` matches before a final newline, JSON Schema's does not: ``"box1\\n"`` passed
+    ``^[a-z0-9][a-z0-9-]{0,62}$`` and reached the policy and the node registry."""
+    box = TestBox()
+    async with hub_harness(plugins=[box]) as h:
+        boss = await h.token("boss", admin=True)
+        for body in ({"target": "box1\n", "command": "id"}, {"target": "box1", "command": "id", "env": {"A\n": "1"}}):
+            status, answer = await h.call("POST", "/api/exec", boss, body)
+            assert status == 400, answer
+        status, answer = await h.call("POST", "/api/send", boss, {"to": "*\n", "message": "x"})
+        assert status == 400, answer
+        assert box.calls == []

@@ -31,8 +31,12 @@ TIMEOUT_GRACE = 5.0
 EVENT_OUTPUT = 4096
 NAME = {"type": "string", "pattern": NODE_NAME_RE.pattern,
         "x-pattern-help": "be a node name: lowercase letters, digits and '-', at most 63 characters"}
-PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "pattern": "^/",
-        "x-pattern-help": "be an absolute path (start with '/')"}
+PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "allOf": [
+    {"pattern": "^/", "x-pattern-help": "be an absolute path (start with '/')"},
+    {"pattern": r"^(?!.*/\.\.(?:/|$))[^\u0000]*$", "x-code": "invalid_path",
+     "x-pattern-help": "not contain '..' components or NUL bytes"}]}
+#: NUL cannot be passed to a process (argument vectors and environments are C strings)
+NO_NUL = r"^[^\u0000]*$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
@@ -295,11 +299,13 @@ def register_routes(hub):
                 "type": "object", "additionalProperties": False, "required": ["target", "command"],
                 "properties": {
                     "target": NAME,
-                    "command": {"type": "string", "minLength": 1, "maxLength": 131072},
+                    "command": {"type": "string", "minLength": 1, "maxLength": 131072, "pattern": NO_NUL,
+                                "x-pattern-help": "not contain NUL bytes"},
                     "timeout": {"type": "number", "minimum": 0.1, "maximum": limits.exec_timeout_max},
                     "cwd": PATH,
                     "env": {"type": "object", "maxProperties": 64,
-                            "additionalProperties": {"type": "string", "maxLength": 32768},
+                            "additionalProperties": {"type": "string", "maxLength": 32768, "pattern": NO_NUL,
+                                                     "x-pattern-help": "not contain NUL bytes"},
                             "propertyNames": {"pattern": ENV_NAME}},
                     "from": {"type": "string"},
                 },
