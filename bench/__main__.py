@@ -56,11 +56,14 @@ def messaging(db: str, replicas: int) -> Callable[[bool], list[Row]]:
     def run(quick: bool) -> list[Row]:
         import bench_messaging
 
-        r = bench_messaging.run(seconds=3 if quick else 10, postgresql=db == "postgresql", replicas=replicas)
+        r = bench_messaging.run(seconds=3 if quick else 10, postgresql=db == "postgresql", replicas=replicas,
+                                rounds=1 if quick else 3)
         label = f"{'SQLite' if db == 'sqlite' else 'PostgreSQL'}, {replicas} replica{'s' if replicas > 1 else ''}"
-        note = f"errors {r['errors']}" if r["errors"] else ""
+        note = "ratio per round " + ", ".join(f"{x:.2f}" for x in r["ratio_runs"])
+        if r["errors"]:
+            note += f"; errors {r['errors']}"
         if replicas > 1:
-            note = (note + "; " if note else "") + "per replica " + "+".join(map(str, r["per_replica_rps"]))
+            note += "; per replica " + "+".join(map(str, r["per_replica_rps"]))
         return [Row("", f"messaging send+inbox ({label})", r["send_inbox_rps"], r["trivial_rps"], "req/s",
                     "GET /api/health req/s", r["ratio"], f">= {r['target']:.2f}x", _ok(r["pass"]), note, r)]
 
