@@ -16,27 +16,35 @@ chains calls. The live stream (``/api/activity/stream``) never ends by design an
 
 from __future__ import annotations
 
-import copy
-import os
-import tempfile
-import zlib
-
-import hypothesis
 import pytest
-import schemathesis
-from hypothesis import HealthCheck
-from schemathesis.config import SchemathesisConfig
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-import claude_net_activity
-import claude_net_mcp
-import claude_net_permissions
-import claude_net_telegram
-from claude_net.config import load_settings
-from claude_net.http import create_app, openapi_document
-from tests.core.testbox import TestBox
+from tests.hardening.conftest import need_module
 
-from .conftest import ThreadedHub, http
+# the test tools (dev dependency group): skipped locally when missing, a failure under CI=true
+need_module("hypothesis")
+need_module("schemathesis")
+
+import copy  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+import zlib  # noqa: E402
+
+import hypothesis  # noqa: E402
+import schemathesis  # noqa: E402
+from hypothesis import HealthCheck  # noqa: E402
+from schemathesis.config import SchemathesisConfig  # noqa: E402
+from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+
+import claude_net_activity  # noqa: E402
+import claude_net_mcp  # noqa: E402
+import claude_net_permissions  # noqa: E402
+import claude_net_telegram  # noqa: E402
+from claude_net.config import load_settings  # noqa: E402
+from claude_net.http import create_app, openapi_document  # noqa: E402
+from tests.core.testbox import TestBox  # noqa: E402
+
+from .conftest import ThreadedHub, http  # noqa: E402
+
 
 pytestmark = pytest.mark.slow
 

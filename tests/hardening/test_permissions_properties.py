@@ -20,18 +20,25 @@ combination of policies a request gets — and compared with the reference.
 
 from __future__ import annotations
 
-import asyncio
-from datetime import datetime, timedelta, timezone
-
-import hypothesis
 import pytest
-from hypothesis import HealthCheck, given
-from hypothesis import strategies as st
 
-import claude_net_permissions as perms
-from claude_net import Actor, isotime
-from claude_net.hub import Hub
-from claude_net_permissions import model
+from tests.hardening.conftest import need_module
+
+# the test tools (dev dependency group): skipped locally when missing, a failure under CI=true
+need_module("hypothesis")
+
+import asyncio  # noqa: E402
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+import hypothesis  # noqa: E402
+from hypothesis import HealthCheck, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import claude_net_permissions as perms  # noqa: E402
+from claude_net import Actor, isotime  # noqa: E402
+from claude_net.hub import Hub  # noqa: E402
+from claude_net_permissions import model  # noqa: E402
+
 
 CAPS = ("exec", "file_read", "file_write")
 #: valid node names (through the API) and, for raw-SQL rules, LIKE/GLOB metacharacters
