@@ -215,7 +215,7 @@ BENCHMARKS = [
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return ""
-    if unit in ("req/s",) or abs(value) >= 1000:
+    if unit in ("req/s", "errors") or abs(value) >= 1000:
         text = f"{value:,.0f}"
     elif abs(value) >= 100:
         text = f"{value:.0f}"
