@@ -163,4 +163,9 @@ async def test_a_configured_shell_runs_as_a_child_of_the_login_shell(ssh_hub, tm
             assert body["stdout"] == "2\n" and body["exitCode"] == 5
             status, body = await s.exec("sleep 45.5", timeout=1)
             assert status == 504
-            assert (await s.ok("pgrep -f 'sleep 45[.]5' || echo gone"))["stdout"] == "gone\n"
+            for _ in range(100):  # the kill runs on a second channel right after the 504
+                if (await s.ok("pgrep -f 'sleep 45[.]5' || echo gone"))["stdout"] == "gone\n":
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the timed-out command outlived its call")
