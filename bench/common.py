@@ -7,28 +7,24 @@ table. Imported as a top-level module (each script puts ``bench/`` on ``sys.path
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from claude_net.testing import HubProcess, free_port
+from claude_net.testing import HubProcess, free_port, pg_available, scratch_pg_database
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 LXD_SOCKET = os.environ.get("LXD_SOCKET", "/var/lib/lxd/unix.socket")
 LXD_IMAGE = os.environ.get("LXD_IMAGE_ALIAS", "claude-net-busybox")
-PG_TEMPLATE = os.environ.get("CLAUDE_NET_TEST_PG", "postgresql+asyncpg://root@/{db}?host=/var/run/postgresql")
 
 __all__ = ["HubProcess", "free_port", "Row", "pct", "wrk_available", "lxd_available", "pg_available",
            "sshd_available", "pg_database", "ProbeHub", "rss_kib", "hwm_kib", "reset_hwm", "log"]
@@ -91,39 +87,9 @@ def lxd_available() -> tuple[bool, str]:
     return True, ""
 
 
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-
-    url = PG_TEMPLATE.format(db="postgres").replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(url, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def pg_available() -> tuple[bool, str]:
-    try:
-        import asyncpg  # noqa: F401
-    except ImportError:
-        return False, "asyncpg not installed"
-    try:
-        asyncio.run(_pg_admin("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - reported as a skipped row
-        return False, f"PostgreSQL not reachable ({type(exc).__name__}); scripts/dev-services postgresql"
-    return True, ""
-
-
-@contextlib.contextmanager
-def pg_database() -> Iterator[str]:
+def pg_database():
     """A fresh PostgreSQL database for one benchmark; dropped afterwards. Yields its URL."""
-    name = f"cn_bench_{secrets.token_hex(5)}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield PG_TEMPLATE.format(db=name)
-    finally:
-        with contextlib.suppress(Exception):
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return scratch_pg_database("cn_bench")
 
 
 def sshd_available() -> tuple[bool, str]:

@@ -44,7 +44,7 @@ def require_component(name: str, available: bool, why: str = "") -> None:
     message = f"{name} is not available{': ' + why if why else ''}"
     if in_ci():
         pytest.fail(f"CI=true but {message} (.ci/run must install and start it)", pytrace=False)
-    pytest.skip(message)
+    pytest.skip(message, allow_module_level=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -84,7 +84,7 @@ async def _pg_admin(sql: str) -> None:
         await conn.close()
 
 
-def _pg_available() -> tuple[bool, str]:
+def pg_available() -> tuple[bool, str]:
     try:
         import asyncpg  # noqa: F401
     except ImportError:
@@ -108,11 +108,18 @@ def database_url(db_kind: str, tmp_path) -> Any:
         yield f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
         return
     if "ok" not in _PG_STATE:
-        _PG_STATE["ok"], _PG_STATE["why"] = _pg_available()
+        _PG_STATE["ok"], _PG_STATE["why"] = pg_available()
     require_component("PostgreSQL", _PG_STATE["ok"], _PG_STATE["why"])
+    with scratch_pg_database("cn_test") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def scratch_pg_database(prefix: str):
+    """A fresh PostgreSQL database on the server of ``pg_url_template()``, dropped afterwards."""
     import asyncio
 
-    name = f"cn_test_{secrets.token_hex(6)}"
+    name = f"{prefix}_{secrets.token_hex(6)}"
     asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
     try:
         yield pg_url_template().format(db=name)
