@@ -28,15 +28,10 @@ from claude_net.testing import free_port, require_component
 
 def need_module(name: str) -> None:
     """Skip the importing test module when a test tool is missing locally; fail under CI=true."""
-    from claude_net.testing import in_ci
+    import importlib.util
 
-    try:
-        __import__(name)
-    except ImportError:
-        message = f"{name} is not installed (it belongs in the root dev dependency group)"
-        if in_ci():
-            pytest.fail(f"CI=true but {message}", pytrace=False)
-        pytest.skip(message, allow_module_level=True)
+    require_component(name, importlib.util.find_spec(name) is not None,
+                      "it belongs in the root dev dependency group")
 
 
 class EventLog:

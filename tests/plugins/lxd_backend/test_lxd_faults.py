@@ -13,7 +13,7 @@ import pytest
 
 import claude_net_lxd
 from claude_net import ExecOptions, Node, Unavailable
-from claude_net.testing import in_ci
+from claude_net.testing import in_ci, require_component
 
 from .conftest import lxc_query
 
@@ -116,8 +116,9 @@ async def test_real_daemon_restart(hub_harness, run_id, containers):
     if not (in_ci() or os.environ.get("CLAUDE_NET_TEST_LXD_RESTART") == "1"):
         pytest.skip("stops the shared LXD daemon: runs under CI=true or with CLAUDE_NET_TEST_LXD_RESTART=1")
     pid = _our_daemon()
-    if pid is None:
-        pytest.skip("the LXD daemon was not started by scripts/lxd-setup; not stopping someone else's daemon")
+    # never stops a daemon someone else started; under CI=true scripts/lxd-setup started it
+    require_component("an LXD daemon started by scripts/lxd-setup", pid is not None,
+                      "not stopping someone else's daemon")
     name = containers.launch("restart")
     async with hub_harness(plugins=[claude_net_lxd], lxd={"include": [f"{run_id}-*"]},
                            nodes={"cache_seconds": 0.0}) as h:

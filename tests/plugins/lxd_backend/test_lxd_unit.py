@@ -10,6 +10,8 @@ from importlib import metadata
 
 import pytest
 
+from claude_net.testing import require_component
+
 import claude_net_lxd
 from claude_net import BadRequest, ExecOptions, Node, ReadOptions
 
@@ -91,8 +93,7 @@ def test_in_container_scripts_are_valid_posix_sh(shell):
 
     import shutil
 
-    if shutil.which(shell[0]) is None:
-        pytest.skip(f"{shell[0]} is not installed")
+    require_component(shell[0], shutil.which(shell[0]) is not None, "the scripts are checked under each shell")
     for name in ("EXEC_WRAPPER", "PROBE", "KILL", "WRITE_COMMIT"):
         result = subprocess.run([*shell, "-n", "-c", getattr(scripts, name)], capture_output=True, text=True)
         assert result.returncode == 0, (name, result.stderr)
