@@ -63,6 +63,13 @@ class MethodNotAllowed(HubError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(HubError):
+    """The client stopped sending its request body (``[limits] body_timeout``)."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class Conflict(HubError):
     status = 409
     code = "conflict"
@@ -116,6 +123,7 @@ __all__ = [
     "NotSupported",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "Unauthorized",
     "Unavailable",
 ]

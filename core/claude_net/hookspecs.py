@@ -13,7 +13,7 @@ return a coroutine, which is never ``None``, and so would always win. A test enf
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -24,6 +24,7 @@ from .types import (
     Event,
     ExecOptions,
     ExecResult,
+    FileStream,
     Migration,
     Node,
     ReadOptions,
@@ -184,6 +185,42 @@ def write_file(
     Same ownership rule as ``execute``. Apply ``options.mode/uid/gid``; create parent
     directories only when ``options.mkdirs``. Readers must never see a half-written file where
     the backend can avoid it. The awaitable may return extra JSON fields for the response.
+    """
+
+
+@hookspec(firstresult=True)
+def open_file_stream(hub: Hub, node: Node, path: str, options: ReadOptions) -> Awaitable[FileStream] | None:
+    """Open the file at absolute ``path`` on ``node`` for a streamed read. Stops at first non-None result.
+
+    Optional: a backend without it gets the buffered ``read_file`` instead (``GET /api/file/raw``
+    falls back to it). Same ownership rule as ``execute``; a backend may also return ``None`` for
+    a node it owns when it cannot stream there. The awaitable resolves, before any byte is sent,
+    to a :class:`FileStream` once the file is found and checked, and raises what ``read_file``
+    raises: :class:`claude_net.NotFound` (missing), :class:`claude_net.BadRequest` (a
+    directory), :class:`claude_net.PayloadTooLarge` (larger than ``options.max_size``). Resolve
+    symlinks inside the node. The stream yields at most ``options.max_size`` bytes (exactly
+    ``size`` when it announces one), holds only a bounded amount in memory whatever the file's
+    size, and releases everything in ``aclose()``, which the core always calls. An error while
+    iterating ends the transfer and is recorded as the action's result.
+    """
+
+
+@hookspec(firstresult=True)
+def write_file_stream(
+    hub: Hub, node: Node, path: str, chunks: AsyncIterator[bytes], options: WriteOptions
+) -> Awaitable[Mapping[str, Any] | None] | None:
+    """Write the bytes of ``chunks`` to absolute ``path`` on ``node`` as they arrive. Stops at first non-None result.
+
+    Optional: a backend without it gets the buffered ``write_file`` instead (``PUT /api/file/raw``
+    falls back to it). Same ownership rule and options as ``write_file``; a backend may also
+    return ``None`` for a node it owns when it cannot stream there. Consume ``chunks`` to the
+    end, holding only a bounded amount in memory (backpressure: read the next chunk when the
+    previous one is on its way). Write to a temporary file and rename it over the target once
+    every byte is there: readers never see half a file. Iterating ``chunks`` raises when the
+    upload fails (:class:`claude_net.PayloadTooLarge` past ``options.max_size``, a client that
+    stops sending or disconnects); on that or any other failure, including cancellation, remove
+    the temporary file, leave the target untouched and let the exception propagate. The
+    awaitable may return extra JSON fields for the response.
     """
 
 

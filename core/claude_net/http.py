@@ -7,6 +7,7 @@ a generic 500 that never leaks internals.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quart import Quart, Response, request
+from quart.asgi import ASGIHTTPConnection
+from quart.wrappers.request import Body, Request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .errors import BadRequest, Forbidden, HubError, PayloadTooLarge, RateLimited, Unauthorized
@@ -31,6 +34,84 @@ log = logging.getLogger("claude_net.http")
 PUBLIC_PATHS = frozenset({"/api/health", "/api/openapi.json", "/api/telegram/webhook"})
 #: ASGI scope key an in-process caller sets to name its channel in ``Actor.via`` (e.g. "mcp")
 VIA_SCOPE_KEY = "claude_net.via"
+
+
+#: request body bytes the hub holds before it stops reading from the client (see StreamingBody)
+BODY_HIGH_WATER = 1024 * 1024
+
+
+class StreamingBody(Body):
+    """Quart's request body with backpressure.
+
+    Quart's receiver appends whatever the server hands it to an unbounded buffer, so a handler
+    that streams the body (``PUT /api/file/raw``) would still end up holding all of it when it
+    consumes slower than the client sends. Here the receiver (:class:`StreamingHTTPConnection`)
+    waits while ``BODY_HIGH_WATER`` bytes are buffered; Hypercorn then stops reading the socket
+    and TCP slows the client down. Awaiting the whole body (``request.get_data()``: the JSON
+    endpoints, bounded by their own limits) lifts the bound for that request.
+    """
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
+        super().__init__(expected_content_length, max_content_length)
+        self._room = asyncio.Event()
+        self._room.set()
+        self._unbounded = False
+
+    def append(self, data: bytes) -> None:
+        super().append(data)
+        if not self._unbounded and len(self._data) >= BODY_HIGH_WATER:
+            self._room.clear()
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await super().__anext__()
+        finally:
+            self._room.set()
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        self._unbounded = True
+        self._room.set()
+        return super().__await__()
+
+    async def room(self) -> None:
+        """Return once the buffer is below the high-water mark (or the whole body is wanted)."""
+        await self._room.wait()
+
+
+class StreamingRequest(Request):
+    body_class = StreamingBody
+
+
+class ResponseAborted(Exception):
+    """Raised by a streamed response body that cannot finish (the failure is already recorded).
+
+    The connection is closed without completing the response, so the client sees a truncated
+    body (fewer bytes than ``Content-Length``, or no final chunk), never a short file that looks
+    whole.
+    """
+
+
+class StreamingHTTPConnection(ASGIHTTPConnection):
+    """Quart's ASGI HTTP handling with request-body backpressure and quiet aborted responses."""
+
+    async def handle_messages(self, request: Request, receive: Any) -> None:
+        body = request.body
+        while True:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+                elif isinstance(body, StreamingBody):
+                    await body.room()
+            elif message["type"] == "http.disconnect":
+                return
+
+    async def _send_response(self, send: Any, response: Any) -> None:
+        try:
+            await super()._send_response(send, response)
+        except ResponseAborted as exc:
+            log.warning("response to %s %s cut short: %s", self.scope.get("method"), self.scope.get("path"), exc)
 
 
 @dataclass
@@ -264,6 +345,8 @@ def create_app(settings: Any = None, *, plugins: Any = (), load_entrypoints: boo
         hub = Hub(settings if settings is not None else load_settings(), plugins=plugins,
                   load_entrypoints=load_entrypoints)
     app = Quart("claude_net", static_folder=None)
+    app.request_class = StreamingRequest
+    app.asgi_http_class = StreamingHTTPConnection  # type: ignore[assignment]
     app.config["BODY_TIMEOUT"] = hub.settings.limits.body_timeout
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["MAX_CONTENT_LENGTH"] = max(hub.settings.limits.max_body_bytes,

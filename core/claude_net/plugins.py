@@ -109,7 +109,9 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return sorted(metadata.entry_points(group=PROJECT), key=lambda ep: ep.name)
 
 
-FIRSTRESULT_HOOKS = ("execute", "read_file", "write_file", "container_op")
+#: the hooks whose first non-None answer wins (execute, read_file, write_file, open_file_stream, ...)
+FIRSTRESULT_HOOKS = tuple(name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+                          if getattr(fn, "claude_net_spec", {}).get("firstresult"))
 
 
 def check_firstresult_impls(pm: pluggy.PluginManager) -> None:

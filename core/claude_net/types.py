@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -113,6 +114,76 @@ class WriteOptions:
     uid: int | None = None
     gid: int | None = None
     mkdirs: bool = False
+
+
+class FileStream:
+    """A file's content as it is read: what an ``open_file_stream`` awaitable returns.
+
+    ``size`` is the file's length in bytes when the backend knows it (the core sends it as
+    ``Content-Length`` and checks that exactly that many bytes arrive), else ``None``. Iterate the
+    stream (``async for chunk in stream``) for the bytes in order, in chunks of any size (a few
+    hundred KiB to a MiB keep per-chunk overhead low and memory bounded). ``aclose()`` releases
+    what the backend holds (a connection, a file handle, a temporary file): it closes the chunk
+    iterator (an async generator's ``finally`` runs) and then awaits ``close()``. It is safe to call
+    twice, after an error, and before or after a partial iteration; the core always calls it.
+
+        async def chunks():
+            while block := await handle.read(1 << 20):
+                yield block
+
+        return FileStream(chunks(), size=length, close=handle.close)
+    """
+
+    def __init__(self, chunks: AsyncIterable[bytes], *, size: int | None = None,
+                 close: Callable[[], Awaitable[None] | None] | None = None) -> None:
+        self.size = size
+        self._chunks: AsyncIterator[bytes] = chunks.__aiter__()
+        self._close = close
+        self._closed = False
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, chunk_size: int = 1024 * 1024) -> FileStream:
+        """A stream over bytes already in memory (what a backend without streaming returns)."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            view = memoryview(data)
+            for start in range(0, len(data), chunk_size):
+                yield bytes(view[start:start + chunk_size])
+
+        return cls(chunks(), size=len(data))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __aiter__(self) -> FileStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._closed:
+            raise StopAsyncIteration
+        return await self._chunks.__anext__()
+
+    async def aclose(self) -> None:
+        """Release the backend's resources; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            aclose = getattr(self._chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self._close is not None:
+                result = self._close()
+                if inspect.isawaitable(result):
+                    await result
+
+    async def __aenter__(self) -> FileStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 ContainerOp = Literal["start", "stop", "snapshot", "restore", "list_snapshots"]

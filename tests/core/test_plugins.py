@@ -8,8 +8,11 @@ import textwrap
 
 import pytest
 
-from claude_net import hookimpl
+from claude_net import hookimpl, hookspecs
 from claude_net.plugins import DEFAULT_PLUGINS, make_plugin_manager
+
+FIRSTRESULT_HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+                     if getattr(fn, "claude_net_spec", {}).get("firstresult")]
 
 
 @pytest.fixture
@@ -72,7 +75,8 @@ def test_async_firstresult_impl_is_refused():
 def test_no_installed_firstresult_impl_is_a_coroutine_function():
     """Every installed plugin (entry points included) obeys the firstresult rule."""
     pm = make_plugin_manager()
-    for hook in ("execute", "read_file", "write_file", "container_op"):
+    assert {"execute", "read_file", "write_file", "open_file_stream", "write_file_stream"} <= set(FIRSTRESULT_HOOKS)
+    for hook in FIRSTRESULT_HOOKS:
         for impl in getattr(pm.hook, hook).get_hookimpls():
             assert not inspect.iscoroutinefunction(impl.function), f"{impl.plugin_name}.{hook}"
     assert pm.failures == [] or all("firstresult" not in f.error for f in pm.failures)

@@ -13,6 +13,7 @@ from claude_net import (
     BadRequest,
     Conflict,
     ExecResult,
+    FileStream,
     Node,
     NotFound,
     PayloadTooLarge,
@@ -132,6 +133,82 @@ class TestBox:
         return run()
 
 
+class StreamBox(TestBox):
+    """TestBox with the stream hooks: files leave and arrive in chunks, uploads through a temporary entry.
+
+    ``chunk`` is the size of the chunks downloads yield; ``fail_after`` makes a download raise
+    once that many bytes were yielded; ``short`` makes it announce more bytes than it sends;
+    ``download_gate`` holds a download after its first chunk, ``upload_gate`` an upload before
+    its first chunk. ``temps`` holds uploads in progress, ``chunks_seen`` the size of every
+    uploaded chunk, ``closed`` the paths whose download stream was released.
+    """
+
+    __name__ = "streambox"
+
+    def __init__(self, chunk: int = 64 * 1024) -> None:
+        super().__init__()
+        self.chunk = chunk
+        self.fail_after: int | None = None
+        self.short = False
+        self.download_gate: asyncio.Event | None = None
+        self.upload_gate: asyncio.Event | None = None
+        self.temps: dict[tuple[str, str], bytearray] = {}
+        self.chunks_seen: list[int] = []
+        self.closed: list[str] = []
+
+    @hookimpl
+    def open_file_stream(self, node, path, options):
+        if node.backend != "testbox":
+            return None
+
+        async def run():
+            self._check(node)
+            self.calls.append(("open", node.name, path))
+            if path.endswith("/"):
+                raise BadRequest(f"{path} is a directory", code="is_directory")
+            data = self.files.get((node.name, path))
+            if data is None:
+                raise NotFound(f"{path} does not exist on {node.name}", code="no_such_file")
+            if len(data) > options.max_size:
+                raise PayloadTooLarge("too large")
+
+            async def chunks():
+                for start in range(0, len(data), self.chunk):
+                    if self.fail_after is not None and start >= self.fail_after:
+                        raise Unavailable("the testbox daemon went away", code="testbox_gone")
+                    if start and self.download_gate is not None:
+                        await self.download_gate.wait()
+                    yield data[start:start + self.chunk]
+
+            return FileStream(chunks(), size=len(data) + (10 if self.short else 0),
+                              close=lambda: self.closed.append(path))
+
+        return run()
+
+    @hookimpl
+    def write_file_stream(self, node, path, chunks, options):
+        if node.backend != "testbox":
+            return None
+
+        async def run():
+            self._check(node)
+            self.calls.append(("write_stream", node.name, path))
+            temp = (node.name, f"{path}.tmp")
+            self.temps[temp] = bytearray()
+            try:
+                if self.upload_gate is not None:
+                    await self.upload_gate.wait()
+                async for chunk in chunks:
+                    self.chunks_seen.append(len(chunk))
+                    self.temps[temp] += chunk
+                self.files[(node.name, path)] = bytes(self.temps[temp])
+            finally:
+                del self.temps[temp]
+            return {"streamed": True}
+
+        return run()
+
+
 class Recorder:
     """Records every event it sees; can be told to fail like an unwritable audit log."""
 
@@ -139,6 +216,8 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events = []
+        #: (type, result, data) of every event as it was emitted
+        self.details = []
         self.fail_pending = False
 
     @hookimpl
@@ -148,6 +227,7 @@ class Recorder:
         if self.fail_pending and event.result == "pending":
             raise AuditError("disk full")
         self.events.append((event.type, event.actor, event.target, event.result, event.id))
+        self.details.append((event.type, event.result, dict(event.data)))
 
 
 class Allow:

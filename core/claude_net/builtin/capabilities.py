@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import re
 
 from claude_net import (
     BadRequest,
     ExecOptions,
+    FileStream,
     GatewayTimeout,
+    HubError,
     NotSupported,
     PayloadTooLarge,
     ReadOptions,
@@ -23,6 +26,7 @@ from claude_net import (
     WriteOptions,
     hookimpl,
 )
+from claude_net.errors import RequestTimeout
 from claude_net.types import NODE_NAME_RE, validate_node_name, validate_remote_path
 
 #: extra seconds a backend gets past the requested timeout before the core gives up on it
@@ -120,7 +124,7 @@ async def exec_(ctx):
 
 
 async def _read_file(hub, actor, target: str, path: str) -> bytes:
-    """The one read path (JSON and raw endpoints): authorize, record, dispatch to the owner."""
+    """The buffered read path of ``POST /api/file/read``: authorize, record, dispatch to the owner."""
     options = ReadOptions(max_size=hub.settings.limits.file_max_bytes)
 
     async def run():
@@ -179,9 +183,8 @@ async def file_write(ctx):
 
 
 async def _write_file(hub, actor, target: str, path: str, data: bytes, fields) -> dict:
-    """The one write path (JSON and raw endpoints): authorize, record, dispatch to the owner."""
-    options = WriteOptions(max_size=hub.settings.limits.file_max_bytes, mode=_mode(fields.get("mode")),
-                           uid=fields.get("uid"), gid=fields.get("gid"), mkdirs=bool(fields.get("mkdirs", False)))
+    """The buffered write path of ``POST /api/file/write``: authorize, record, dispatch to the owner."""
+    options = _write_options(hub, fields)
 
     async def run():
         node = await hub.nodes.get(target)
@@ -194,39 +197,235 @@ async def _write_file(hub, actor, target: str, path: str, data: bytes, fields) -
 
 
 # -- files, raw bytes ---------------------------------------------------------------------------
-# The same read/write path as above without JSON and base64 around the content: a 50 MiB file
-# costs the hub one copy of its bytes instead of ~4 (base64 text, JSON text, decoded bytes) and
-# no encode/decode passes on the event loop.
+# The same permission, limits and records as the JSON file endpoints, without JSON and base64
+# around the content, and streamed end to end: the hub holds a bounded amount of a file whatever
+# its size, and the client's transfer overlaps the backend's. A backend that implements the
+# stream hooks (open_file_stream / write_file_stream) gets the bytes as they arrive; one that
+# does not gets the buffered read_file / write_file, as before.
+
+#: seconds a streamed download may wait for the server to start sending it once the file is open
+STREAM_START_TIMEOUT = 60.0
+#: where in-flight downloads are kept (a strong reference to their tasks)
+DOWNLOADS_KEY = "claude_net.downloads"
+
+
+def _write_options(hub, fields) -> WriteOptions:
+    return WriteOptions(max_size=hub.settings.limits.file_max_bytes, mode=_mode(fields.get("mode")),
+                        uid=fields.get("uid"), gid=fields.get("gid"), mkdirs=bool(fields.get("mkdirs", False)))
+
+
+class UploadChunks:
+    """The body of ``PUT /api/file/raw`` as it arrives: what ``write_file_stream`` iterates.
+
+    Counts the bytes and fails past the limit (413: a chunked upload has no Content-Length to
+    check first) or when the client sends nothing for ``[limits] body_timeout`` seconds (408).
+    The failure is kept, so the caller gets it whatever a backend turns it into.
+    """
+
+    def __init__(self, body, limit: int, idle_timeout: float) -> None:
+        self._body = body.__aiter__()
+        self.limit = limit
+        self.idle_timeout = idle_timeout
+        self.received = 0
+        self.done = False
+        self.error: HubError | None = None
+
+    def __aiter__(self) -> UploadChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        from werkzeug.exceptions import RequestEntityTooLarge
+
+        while True:
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                raise StopAsyncIteration
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await self._body.__anext__()
+            except StopAsyncIteration:
+                self.done = True
+                raise
+            except TimeoutError:
+                self.error = RequestTimeout(f"the upload stalled: nothing arrived for {self.idle_timeout:g} s "
+                                           f"after {self.received} bytes", code="request_timeout")
+                continue
+            except RequestEntityTooLarge:
+                self.error = PayloadTooLarge(f"the file exceeds the limit of {self.limit} bytes", limit=self.limit)
+                continue
+            if not chunk:
+                continue
+            self.received += len(chunk)
+            if self.received > self.limit:
+                self.error = PayloadTooLarge(f"the file exceeds the limit of {self.limit} bytes", limit=self.limit)
+                continue
+            return chunk
+
+    async def read_all(self) -> bytes:
+        """The whole body (for a backend without ``write_file_stream``); bounded by the limit."""
+        data = bytearray()
+        async for chunk in self:
+            data += chunk
+        return bytes(data)
+
+
+async def file_raw_write(ctx):
+    from quart import request
+
+    hub, query = ctx.hub, ctx.query
+    target, path = query["target"], validate_remote_path(query["path"])
+    options = _write_options(hub, query)  # a bad mode is a 400 before the upload is read
+    limit = options.max_size
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"the file is {length} bytes; the limit is {limit}", limit=limit)
+    chunks = UploadChunks(request.body, limit, hub.settings.limits.body_timeout)
+
+    async def run():
+        node = await hub.nodes.get(target)
+        try:
+            awaitable = hub.pm.hook.write_file_stream(hub=hub, node=node, path=path, chunks=chunks, options=options)
+            if awaitable is None:  # a backend without streaming: its buffered write
+                data = await chunks.read_all()
+                extra = await _dispatch(hub, "write_file", node, path=path, data=data, options=options)
+            else:
+                extra = await awaitable
+        except Exception:
+            if chunks.error is not None:  # the upload failed, whatever the backend made of it
+                raise chunks.error from None
+            raise
+        if not chunks.done:
+            raise HubError(f"the {node.backend} backend finished before reading the whole upload",
+                           code="backend_error")
+        return extra
+
+    # the whole transfer runs inside the guarded action: the final event has the real result
+    extra = await hub.guarded(ctx.actor, action="file_write", event_type="file_write", target=target, detail=path,
+                              run=run, request={"path": path, "size": length},
+                              result_data=lambda _: {"bytes": chunks.received})
+    return {"path": path, "size": chunks.received, **(extra or {})}
+
+
+class Download:
+    """One ``GET /api/file/raw``: the guarded action spans the whole transfer.
+
+    ``hub.guarded`` runs in a task of its own. Its ``run`` opens the stream (a refusal or an
+    error before the first byte is the usual JSON answer), hands it to the response, then waits
+    for the response body to end, so the final event records what really happened: ``ok`` with
+    the byte count once the last byte went to the server, ``error`` when the backend failed
+    midway, the file changed size or the client went away.
+    """
+
+    def __init__(self, hub, actor, target: str, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.hub, self.actor, self.target, self.path = hub, actor, target, path
+        self.limit = hub.settings.limits.file_max_bytes
+        self.opened: asyncio.Future[FileStream] = loop.create_future()
+        self.started: asyncio.Future[None] = loop.create_future()
+        self.finished: asyncio.Future[int] = loop.create_future()
+        self.task: asyncio.Task | None = None
+
+    async def _run(self) -> int:
+        hub, path, options = self.hub, self.path, ReadOptions(max_size=self.limit)
+        node = await hub.nodes.get(self.target)
+        awaitable = hub.pm.hook.open_file_stream(hub=hub, node=node, path=path, options=options)
+        if awaitable is None:  # a backend without streaming: its buffered read
+            stream = FileStream.from_bytes(await _dispatch(hub, "read_file", node, path=path, options=options))
+        else:
+            stream = await awaitable
+        try:
+            if stream.size is not None and stream.size > self.limit:
+                raise PayloadTooLarge(f"{path} is {stream.size} bytes; the limit is {self.limit}", limit=self.limit,
+                                      size=stream.size)
+            if self.opened.done():  # the request went away while the file was being opened
+                raise asyncio.CancelledError
+            self.opened.set_result(stream)
+            try:
+                async with asyncio.timeout(STREAM_START_TIMEOUT):
+                    await asyncio.shield(self.started)
+            except TimeoutError:
+                raise HubError("the response was never sent", code="not_sent") from None
+            return await self.finished
+        finally:
+            if not self.started.done():  # once the body started, it closes the stream
+                await stream.aclose()
+
+    async def open(self) -> FileStream:
+        """Authorize, record ``pending``, open the file; raises what a refusal or the backend raise."""
+        hub = self.hub
+        self.task = asyncio.ensure_future(hub.guarded(
+            self.actor, action="file_read", event_type="file_read", target=self.target, detail=self.path,
+            run=self._run, request={"path": self.path}, result_data=lambda sent: {"bytes": sent}))
+        downloads = hub.plugin_state.setdefault(DOWNLOADS_KEY, set())
+        downloads.add(self.task)
+        self.task.add_done_callback(self._forget)
+        try:
+            await asyncio.wait({self.task, self.opened}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self.opened.cancel()
+            self.task.cancel()
+            raise
+        if not self.opened.done():
+            self.opened.cancel()
+            return self.task.result()  # raises: run() ended before the file was open
+        return self.opened.result()
+
+    def _forget(self, task: asyncio.Task) -> None:
+        self.hub.plugin_state.get(DOWNLOADS_KEY, set()).discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the body or open() reported it
+
+    def _finish(self, sent: int, error: BaseException | None) -> None:
+        if self.finished.done():
+            return
+        if error is None:
+            self.finished.set_result(sent)
+        else:
+            self.finished.set_exception(error)
+
+    async def body(self):
+        """The response body: the stream's chunks, checked against the announced size and the limit."""
+        from claude_net.http import ResponseAborted
+
+        stream = self.opened.result()
+        self.started.set_result(None)
+        size, sent = stream.size, 0
+        try:
+            async for chunk in stream:
+                sent += len(chunk)
+                if sent > self.limit or (size is not None and sent > size):
+                    raise HubError(f"{self.path} grew while it was read: more than "
+                                   f"{size if size is not None else self.limit} bytes", code="file_changed")
+                if chunk:
+                    yield chunk
+            if size is not None and sent != size:
+                raise HubError(f"{self.path} ended after {sent} of {size} bytes (it changed while it was read)",
+                               code="file_changed")
+        except (GeneratorExit, asyncio.CancelledError):
+            self._finish(sent, HubError(f"the client went away after {sent} bytes", code="client_gone"))
+            raise
+        except Exception as exc:
+            self._finish(sent, exc)
+            raise ResponseAborted(f"{self.path} on {self.target} after {sent} bytes: {exc}") from exc
+        else:
+            self._finish(sent, None)
+        finally:
+            await stream.aclose()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self.task)  # the final event is written before the response ends
 
 
 async def file_raw_read(ctx):
     from quart import Response  # the CLI loads this plugin too: the web stack only when serving
 
     target, path = ctx.query["target"], validate_remote_path(ctx.query["path"])
-    data = await _read_file(ctx.hub, ctx.actor, target, path)
-    return Response(data, status=200, content_type="application/octet-stream",
-                    headers={"Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"})
-
-
-async def file_raw_write(ctx):
-    from quart import request
-    from werkzeug.exceptions import RequestEntityTooLarge
-
-    hub, query = ctx.hub, ctx.query
-    target, path = query["target"], validate_remote_path(query["path"])
-    _mode(query.get("mode"))  # a bad mode is a 400 before the upload is read
-    limit = hub.settings.limits.file_max_bytes
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"the file is {length} bytes; the limit is {limit}", limit=limit)
-    request.max_content_length = limit
-    try:
-        data = await request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise PayloadTooLarge(f"the file exceeds the limit of {limit} bytes", limit=limit) from None
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the file is {len(data)} bytes; the limit is {limit}", limit=limit)
-    return await _write_file(hub, ctx.actor, target, path, data, query)
+    download = Download(ctx.hub, ctx.actor, target, path)
+    stream = await download.open()
+    headers = {"Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"}
+    if stream.size is not None:
+        headers["Content-Length"] = str(stream.size)
+    return Response(download.body(), status=200, content_type="application/octet-stream", headers=headers)
 
 
 # -- containers ---------------------------------------------------------------------------------
