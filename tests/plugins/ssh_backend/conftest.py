@@ -1,14 +1,13 @@
 """Fixtures for the SSH backend: a real private OpenSSH sshd, and a hub that knows it as ``ser-8``.
 
-The SSH tests run on SQLite only (they exercise SSH, not the database); tests marked
-``both_databases`` keep the core's SQLite + PostgreSQL parametrization.
+Like every test of the suite, each SSH test runs on SQLite and on PostgreSQL (the core's
+``database_url`` fixture).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 
 import pytest
 
@@ -16,27 +15,6 @@ import claude_net_ssh
 from claude_net import hookimpl
 from claude_net.testing import require_component
 from claude_net_ssh.testserver import PrivateSshd, sshd_available
-
-HERE = Path(__file__).parent
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "both_databases: run this SSH test on PostgreSQL too")
-
-
-def pytest_collection_modifyitems(config, items):
-    keep, drop = [], []
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        mine = HERE in Path(str(item.fspath)).parents
-        if (mine and callspec is not None and callspec.params.get("db_kind") == "postgresql"
-                and item.get_closest_marker("both_databases") is None):
-            drop.append(item)
-        else:
-            keep.append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
 
 
 def _require_sshd() -> None:

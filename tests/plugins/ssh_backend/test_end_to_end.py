@@ -8,7 +8,6 @@ import sys
 import pytest
 
 
-@pytest.mark.both_databases
 async def test_ser8_end_to_end(ssh_hub, tmp_path, db_kind):
     path = tmp_path / "hello.txt"
     async with ssh_hub() as s:

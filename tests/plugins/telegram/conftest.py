@@ -1,14 +1,13 @@
 """Fixtures for the Telegram plugin: a local Bot API server and a hub wired to it.
 
 The real python-telegram-bot library talks to :class:`tg_botapi.FakeBotAPI` through the plugin's
-``base_url`` setting. Tests run on SQLite only (they exercise Telegram, not the database); tests
-marked ``both_databases`` keep the SQLite + PostgreSQL parametrization.
+``base_url`` setting. Like every test of the suite, each runs on SQLite and on PostgreSQL (the
+core's ``database_url`` fixture).
 """
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import pytest
 
@@ -18,27 +17,6 @@ import claude_net_telegram
 from tests.core.testbox import TestBox
 from tg_botapi import FakeBotAPI
 from tg_helpers import TOKEN, eventually, tg_settings
-
-HERE = Path(__file__).parent
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "both_databases: run this test on PostgreSQL too")
-
-
-def pytest_collection_modifyitems(config, items):
-    keep, drop = [], []
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        mine = HERE in Path(str(item.fspath)).parents
-        if (mine and callspec is not None and callspec.params.get("db_kind") == "postgresql"
-                and item.get_closest_marker("both_databases") is None):
-            drop.append(item)
-        else:
-            keep.append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
 
 
 @pytest.fixture

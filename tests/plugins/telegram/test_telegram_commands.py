@@ -24,7 +24,6 @@ async def rules(h):
              r["granted_by"]) for r in rows]
 
 
-@pytest.mark.both_databases
 async def test_permit_and_revoke_in_the_spec_words_act_as_the_admin_via_telegram(tg_hub):
     async with tg_hub() as h:
         reply, _ = await command(h, "@chasclaude permit managerclaude all")

@@ -29,7 +29,6 @@ def echo_with(h, needle):
     return h.api.wait_sent(lambda m: needle in m["plain"] and m["reply_to"] is None)
 
 
-@pytest.mark.both_databases
 async def test_an_exec_is_echoed_with_who_where_command_exit_code_and_output(tg_hub):
     async with tg_hub() as h:
         _, agent = await permitted_agent(h)

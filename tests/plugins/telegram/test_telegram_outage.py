@@ -34,7 +34,6 @@ def echoed(h, label):
     return {line for m in h.api.sent for line in m["plain"].splitlines() if line.startswith(f"$ echo {label}-")}
 
 
-@pytest.mark.both_databases
 async def test_telegram_answering_errors_for_a_while_slows_nothing_and_the_backlog_arrives(tg_hub):
     async with tg_hub() as h:
         agent = await permitted_agent(h)
