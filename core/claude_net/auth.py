@@ -73,7 +73,7 @@ async def verify_token(db: Database, token: str) -> TokenInfo | None:
     if match is None:
         return None
     token_id, secret = match.groups()
-    row = await db.fetch_one(
+    row = await db.lookup(
         "SELECT id, name, secret_hash, admin, created_at FROM tokens WHERE id = :id AND revoked_at IS NULL",
         {"id": token_id},
     )

@@ -5,11 +5,15 @@ SQL is written once with ``:name`` parameters and portable types. The difference
 * **SQLite**: ``databases``' SQLite backend opens a new connection (and thread) per acquire,
   and its query path costs six thread hops per statement, which together cost most of a
   request. The hub instead holds one persistent ``databases`` connection for its whole life and
-  runs each statement on its aiosqlite connection in a single hop (``execute_fetchall``;
-  sqlite3 binds ``:name`` parameters natively). Autocommit statements from concurrent requests
-  pipeline on aiosqlite's queue; a transaction holds an asyncio lock that keeps other tasks'
-  statements out of it (SQLite runs one writer at a time anyway). WAL journal, a busy timeout, and ``BEGIN IMMEDIATE`` for write
-  transactions, so concurrent processes queue for the lock instead of failing mid-transaction.
+  sends statements to its aiosqlite thread in batches: whatever concurrent requests issue while
+  one batch is on its way goes in the next, one trip for many statements (each still runs and
+  commits on its own; sqlite3 binds ``:name`` parameters natively). A transaction holds an
+  asyncio lock that keeps other tasks' statements out of it, and starts only once the batches
+  queued before it have run (SQLite runs one writer at a time anyway). WAL journal, a busy
+  timeout, and ``BEGIN IMMEDIATE`` for write transactions, so concurrent processes queue for the
+  lock instead of failing mid-transaction. :meth:`Database.lookup` (the token check of every
+  request) reads on the event loop itself from a read-only connection: a primary-key read in WAL
+  mode never waits for writers and costs less than the trip to the thread.
 * **PostgreSQL**: the ``databases`` asyncpg pool; transactions per connection; migrations under
   an advisory lock so several replicas can start at once. Statements outside a transaction (the
   request path) go straight to that asyncpg pool: ``:name`` parameters are turned into ``$n``
@@ -112,6 +116,75 @@ async def _sqlite_rows(raw: Any, sql: str, values: Mapping[str, Any] | None) -> 
     return [dict(row) for row in rows]
 
 
+def _run_batch(conn: Any, batch: list[tuple[str, dict[str, Any]]]) -> list[tuple[bool, Any]]:
+    """On aiosqlite's thread: run each statement on its own (autocommit), keep each outcome."""
+    out: list[tuple[bool, Any]] = []
+    for sql, values in batch:
+        try:
+            out.append((True, [dict(row) for row in conn.execute(sql, values).fetchall()]))
+        except Exception as exc:  # noqa: BLE001 - handed to the statement's own caller
+            out.append((False, exc))
+    return out
+
+
+class _SqliteBatcher:
+    """Sends the autocommit statements of concurrent requests to aiosqlite's thread in batches.
+
+    A trip to the thread and back costs far more than a small statement: the thread must take
+    the GIL from the busy event loop and the loop must be woken with the result, a dozen context
+    switches under load. Statements that arrive while a batch is queued or running go together
+    in the next one: one trip for many requests. Each statement still runs and commits on its
+    own, in arrival order, and its error goes to its own caller only.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._queue: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def rows(self, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((sql, dict(values or {}), future))
+        if self._drainer is None:
+            self._idle.clear()
+            self._drainer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def idle(self) -> None:
+        """Wait until every queued statement has run (before a transaction takes the connection)."""
+        await self._idle.wait()
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    # the thread function runs on aiosqlite's worker, like execute_fetchall
+                    results = await asyncio.shield(self._raw._execute(
+                        _run_batch, self._raw._conn, [(sql, values) for sql, values, _f in batch]))
+                except BaseException as exc:  # the connection is closed or the drain was cancelled
+                    for _s, _v, future in batch:
+                        if not future.done():
+                            future.set_exception(exc if isinstance(exc, Exception) else
+                                                 Unavailable("the database connection was closed",
+                                                             code="database_unavailable"))
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_s, _v, future), (ok, result) in zip(batch, results):
+                    if future.done():  # its caller was cancelled; the statement ran anyway
+                        continue
+                    if ok:
+                        future.set_result(result)
+                    else:
+                        future.set_exception(result)
+        finally:
+            self._drainer = None
+            self._idle.set()
+
+
 async def _pg_rows(conn: Any, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     # SQLAlchemy's text() rejects values the statement does not use; sqlite3 ignores them. Same
     # behaviour on both: unused values are dropped.
@@ -181,6 +254,8 @@ class Database(_Executor):
         self._conn: Any = None  # SQLite: the persistent ``databases`` connection
         self._raw: Any = None  # SQLite: its aiosqlite connection
         self._pool: Any = None  # PostgreSQL: the asyncpg pool under ``databases``
+        self._reader: Any = None  # SQLite: a read-only sqlite3 connection used on the event loop
+        self._batcher: _SqliteBatcher | None = None  # SQLite: autocommit statements, batched
         self._lock = asyncio.Lock()
         self.connected = False
 
@@ -216,6 +291,8 @@ class Database(_Executor):
                     "PRAGMA foreign_keys=ON",
                 ):
                     await self._raw.execute_fetchall(pragma)
+                self._reader = await self._open_reader()
+                self._batcher = _SqliteBatcher(self._raw)
             else:
                 await self._db.fetch_val("SELECT 1")
                 self._pool = getattr(getattr(self._db, "_backend", None), "_pool", None)
@@ -225,11 +302,55 @@ class Database(_Executor):
                               code="database_unavailable") from (exc if mapped is exc else mapped)
         self.connected = True
 
+    async def _open_reader(self) -> Any:
+        """The read-only connection for :meth:`lookup`, or None for an in-memory database."""
+        import sqlite3
+
+        rows = await self._raw.execute_fetchall("PRAGMA database_list")
+        path = next((r["file"] for r in rows if r["name"] == "main"), "")
+        if not path:
+            return None
+        # check_same_thread=False only because it is opened here and closed by whichever thread
+        # stops the hub; it is used on the event loop's thread alone.
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
+                                 check_same_thread=False, timeout=0)
+        reader.row_factory = sqlite3.Row
+        reader.execute("PRAGMA busy_timeout=0")
+        reader.execute("PRAGMA query_only=1")
+        return reader
+
+    async def lookup(self, sql: str, values: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """One row by an indexed point read: for the request path's hottest reads (tokens).
+
+        On SQLite the statement runs on the event loop itself, on a read-only connection: a
+        primary-key read in WAL mode takes microseconds and never waits for writers, where a hop
+        to the writer thread and back costs a request far more (two GIL hand-offs). If SQLite
+        cannot answer at once (busy: another process is recovering the WAL), it falls back to
+        the normal path. Only for statements that read a handful of rows through an index —
+        anything longer would stall every request. On PostgreSQL it is :meth:`fetch_one`.
+        """
+        if self._reader is not None and self.connected:
+            import sqlite3
+
+            try:
+                # fetchall: run the statement to its end, so no read transaction stays open
+                # (an open one would hold back WAL checkpoints)
+                rows = self._reader.execute(sql, dict(values or {})).fetchall()
+            except sqlite3.OperationalError:
+                pass  # busy or locked: take the normal path, which waits with a timeout
+            else:
+                return dict(rows[0]) if rows else None
+        return await self.fetch_one(sql, values)
+
     async def disconnect(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                self._reader.close()
+            self._reader = None
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.__aexit__(None, None, None)
-            self._conn = self._raw = None
+            self._conn = self._raw = self._batcher = None
         self._pool = None
         if self._db is not None:
             with contextlib.suppress(Exception):
@@ -242,12 +363,11 @@ class Database(_Executor):
         if self.is_sqlite:
             if self._lock.locked():  # a transaction is open: wait so we don't run inside it
                 async with self._lock:
-                    return await _mapped(_sqlite_rows(self._raw, sql, values))
-            # No transaction open: queue the statement right away. aiosqlite runs its queue
-            # back to back on its thread, so concurrent requests pipeline instead of each
-            # waiting for a full thread round trip under a lock. (The check and the enqueue
-            # happen without yielding to the loop, so no transaction can start in between.)
-            return await _mapped(_sqlite_rows(self._raw, sql, values))
+                    return await _mapped(self._batcher.rows(sql, values))
+            # No transaction open: queue the statement right away, in the next batch. (The check
+            # and the enqueue happen without yielding to the loop, and a transaction waits for
+            # the batcher to be idle before it begins, so a statement never lands inside one.)
+            return await _mapped(self._batcher.rows(sql, values))
         if self._pool is not None:
             return await _mapped(_pg_pool_rows(self._pool, sql, values))
         return await _mapped(_pg_rows(self._db, sql, values))
@@ -264,6 +384,7 @@ class Database(_Executor):
             raise Unavailable("the database is not connected", code="database_unavailable")
         if self.is_sqlite:
             async with self._lock:
+                await self._batcher.idle()
                 tx = Transaction(self._raw, sqlite=True)
                 await tx.execute("BEGIN IMMEDIATE")
                 try:

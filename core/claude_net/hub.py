@@ -37,6 +37,8 @@ EMITTED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("clau
 
 async def await_me_maybe(value: Any) -> Any:
     """Await ``value`` if it is awaitable; hooks may answer synchronously or not."""
+    if value is None:  # the common case for synchronous hooks, decided without ABC checks
+        return None
     if inspect.isawaitable(value):
         return await value
     return value
@@ -98,18 +100,23 @@ class NodeRegistry:
         A stale listing is served at once while a refresh runs in the background, so a slow
         backend never delays requests that only need a name it already listed.
         """
-        age = time.monotonic() - self._fetched_at
         if fresh or self._fetched_at < 0:
             await self.refresh()
-        elif age > self.hub.settings.nodes.cache_seconds and (self._refreshing is None or self._refreshing.done()):
-            self._refreshing = asyncio.ensure_future(self._fetch())
+        else:
+            self._keep_fresh()
         return sorted(self._nodes.values(), key=lambda n: n.name), dict(self._errors)
+
+    def _keep_fresh(self) -> None:
+        """Start a background refresh when the listing is older than the cache time."""
+        if (time.monotonic() - self._fetched_at > self.hub.settings.nodes.cache_seconds
+                and (self._refreshing is None or self._refreshing.done())):
+            self._refreshing = asyncio.ensure_future(self._fetch())
 
     async def get(self, name: str) -> Node:
         """Resolve a node name; refreshes once on a miss. 404 if unknown, 503 if a backend is down."""
         node = self._nodes.get(name) if self._fetched_at >= 0 else None
         if node is not None:
-            await self.all()  # keeps the listing fresh in the background
+            self._keep_fresh()
             return node
         if time.monotonic() - self._fetched_at > 0.25:  # bounded: unknown names cannot force a listing each
             await self.refresh()
@@ -323,8 +330,9 @@ class Hub:
         emitted = EMITTED.get()
         if emitted is not None:
             emitted.append(event.type)
+        args = {"hub": self, "event": event}
         for impl in self.pm.hook.on_event.get_hookimpls():
-            kwargs = {name: {"hub": self, "event": event}[name] for name in impl.argnames}
+            kwargs = {name: args[name] for name in impl.argnames}
             try:
                 await await_me_maybe(impl.function(**kwargs))
             except AuditError:

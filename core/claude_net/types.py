@@ -51,8 +51,9 @@ def utcnow() -> datetime:
 
 def isotime(moment: datetime | None = None) -> str:
     """Fixed-width UTC ISO 8601 timestamp; sorts lexically in every database."""
-    moment = moment or utcnow()
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = datetime.now(timezone.utc) if moment is None else moment.astimezone(timezone.utc)
+    # isoformat is several times faster than strftime; both give 2026-11-26T18:42:32.123456
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(frozen=True)

@@ -120,3 +120,107 @@ async def test_cancelled_transaction_rolls_back_and_releases_its_connection(data
         assert await db.fetch_val("SELECT COUNT(*) FROM c") == 1
     finally:
         await asyncio.wait_for(db.disconnect(), 10)  # would hang if a pooled connection leaked
+
+
+async def test_concurrent_statements_each_get_their_own_outcome(database_url):
+    """Autocommit statements issued together (one batch on SQLite) each return their own rows, and
+    one failing statement fails only its own caller."""
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
+
+        async def insert(i):
+            return await db.fetch_val("INSERT INTO b (id, v) VALUES (:id, :v) RETURNING id", {"id": i, "v": f"v{i}"})
+
+        async def duplicate():
+            return await db.fetch_val("INSERT INTO b (id, v) VALUES (1000, 'v3') RETURNING id")
+
+        await insert(3)
+        results = await asyncio.gather(*(insert(i) for i in range(10, 40)), duplicate(), return_exceptions=True)
+        assert results[:-1] == list(range(10, 40))
+        assert isinstance(results[-1], Conflict)
+        assert await db.fetch_val("SELECT COUNT(*) FROM b") == 31
+    finally:
+        await db.disconnect()
+
+
+async def test_a_transaction_never_swallows_statements_queued_before_it(database_url):
+    """Statements queued just before a transaction starts run (and commit) on their own: a
+    rollback of the transaction must not take them with it."""
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE q (id INTEGER PRIMARY KEY, who TEXT NOT NULL)")
+
+        async def outside(i):
+            await db.execute("INSERT INTO q (id, who) VALUES (:id, 'outside')", {"id": i})
+
+        async def failing_transaction():
+            with pytest.raises(RuntimeError):
+                async with db.transaction() as tx:
+                    await tx.execute("INSERT INTO q (id, who) VALUES (999, 'tx')")
+                    raise RuntimeError("roll back")
+
+        await asyncio.gather(*(outside(i) for i in range(20)), failing_transaction(), *(outside(i) for i in range(20, 40)))
+        rows = await db.fetch_all("SELECT who, COUNT(*) AS n FROM q GROUP BY who")
+        assert rows == [{"who": "outside", "n": 40}]
+    finally:
+        await db.disconnect()
+
+
+async def test_a_cancelled_caller_does_not_disturb_the_others(database_url):
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE c (id INTEGER PRIMARY KEY)")
+        tasks = [asyncio.ensure_future(db.execute("INSERT INTO c (id) VALUES (:id)", {"id": i})) for i in range(10)]
+        tasks[4].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[4], asyncio.CancelledError)
+        assert [r for i, r in enumerate(results) if i != 4] == [None] * 9
+        ids = {r["id"] for r in await db.fetch_all("SELECT id FROM c")}
+        assert set(range(10)) - {4} <= ids  # the cancelled one may or may not have run
+        assert await db.fetch_val("SELECT 1") == 1  # and the connection still works
+    finally:
+        await db.disconnect()
+
+
+async def test_lookup_sees_what_another_process_committed(database_url):
+    """``lookup`` (the token read; on SQLite a read on the event loop) answers from the latest
+    committed state, including a change another process made a moment ago."""
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE k (id TEXT PRIMARY KEY, revoked TEXT)")
+        await db.execute("INSERT INTO k (id) VALUES ('a')")
+        query = "SELECT id, revoked FROM k WHERE id = :id"
+        assert await db.lookup(query, {"id": "a"}) == {"id": "a", "revoked": None}
+        assert await db.lookup(query, {"id": "missing"}) is None
+        subprocess.run([sys.executable, "-c", REVOKE_SCRIPT, database_url], check=True, timeout=60)
+        assert await db.lookup(query, {"id": "a"}) == {"id": "a", "revoked": "now"}
+    finally:
+        await db.disconnect()
+
+
+async def test_lookup_on_an_in_memory_database():
+    db = Database("sqlite+aiosqlite:///:memory:")
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE k (id TEXT PRIMARY KEY)")
+        await db.execute("INSERT INTO k (id) VALUES ('a')")
+        assert await db.lookup("SELECT id FROM k WHERE id = :id", {"id": "a"}) == {"id": "a"}
+    finally:
+        await db.disconnect()
+
+
+REVOKE_SCRIPT = """
+import asyncio, sys
+from claude_net.db import Database
+async def main():
+    db = Database(sys.argv[1])
+    await db.connect()
+    await db.execute("UPDATE k SET revoked = 'now' WHERE id = 'a'")
+    await db.disconnect()
+asyncio.run(main())
+"""
