@@ -77,6 +77,18 @@ class StreamingBody(Body):
         """Return once the buffer is below the high-water mark (or the whole body is wanted)."""
         await self._room.wait()
 
+    def take_complete(self) -> bytes | None:
+        """The whole body at once if it has already arrived (the usual case for a small JSON
+        body: no waiting task, no timer); None while more is on its way. Raises as awaiting the
+        body would (too large)."""
+        if self._must_raise is not None:
+            raise self._must_raise
+        if not self._complete.is_set():
+            return None
+        data = bytes(self._data)
+        self._data.clear()
+        return data
+
 
 class StreamingRequest(Request):
     body_class = StreamingBody
@@ -284,9 +296,14 @@ class RouteView:
             raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {limit}", limit=limit)
         request.max_content_length = limit
         try:
-            raw = await request.get_data(cache=False)
+            body = request.body
+            raw = body.take_complete() if isinstance(body, StreamingBody) else None
+            if raw is None:
+                raw = await request.get_data(cache=False)
         except RequestEntityTooLarge:
             raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes", limit=limit) from None
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"the request body is {len(raw)} bytes; the limit is {limit}", limit=limit)
         if not raw:
             raise BadRequest("a JSON object body is required", code="invalid_json")
         try:

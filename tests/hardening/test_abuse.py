@@ -123,6 +123,7 @@ def test_huge_files_are_413_or_within_limits(real_hub):
         assert _upload(hub.port, "POST", "/api/file/write", hub.boss, len(json_body), json_body) == 413
         # ... and without a Content-Length (chunked), cut off at the limit while streaming
         assert _upload(hub.port, "PUT", raw_path, hub.boss, 20 * MiB, chunked=True) == 413
+        assert _upload(hub.port, "POST", "/api/file/write", hub.boss, len(json_body), json_body, chunked=True) == 413
         # within limits: a 6 MiB binary file round-trips exactly
         data = in_box(hub.box, "md5sum /tmp/ok").split()[0]
         request = urllib.request.Request(f"{hub.url}/api/file/raw?target={hub.box}&path=/tmp/ok",
