@@ -8,6 +8,8 @@ import contextlib
 import csv
 import io
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -301,3 +303,23 @@ def test_cli_help(argv, capsys):
         main(argv)
     assert exc.value.code == 0
     assert "--format" in capsys.readouterr().out or argv == ["activity", "--help"]
+
+
+def test_cli_export_into_a_closed_pipe_stops_quietly(tmp_path, database_url, hub_harness):
+    """``claude-net activity export | head -1``: the reader leaves early; no traceback."""
+
+    async def fill():
+        async with opened(hub_harness) as hub:
+            for i in range(3000):
+                await store.record(hub, Event("message", "beta", "alpha", f"message {i} " + "x" * 100, "ok"))
+
+    asyncio.run(fill())
+    cfg = _config(tmp_path, database_url)
+    proc = subprocess.Popen([sys.executable, "-m", "claude_net.cli", "-c", cfg, "activity", "export"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # like head -1: read one line, then go away
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert json.loads(first)["detail"].startswith("message 0 ")
+    assert proc.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
