@@ -406,10 +406,16 @@ class TelegramRuntime:
         given = ctx.headers.get(SECRET_HEADER)
         if given is None or not hmac.compare_digest(_digest(given), _digest(self.webhook_secret)):
             missing = given is None
-            await self.hub.emit(Event("auth", None, None,
-                                      f"{'missing' if missing else 'wrong'} {SECRET_HEADER} on POST "
-                                      f"/api/telegram/webhook from {request.remote_addr}", "denied",
-                                      via="telegram"))
+            address = request.remote_addr or "unknown"
+            # recorded at most once per address every few seconds (with a count), like every
+            # refusal of a caller without credentials: nobody floods the audit log through here
+            refused = self.hub.auth_refusals.should_record(f"telegram-webhook {address}")
+            if refused:
+                await self.hub.emit(Event("auth", None, None,
+                                          f"{'missing' if missing else 'wrong'} {SECRET_HEADER} on POST "
+                                          f"/api/telegram/webhook from {address}"
+                                          + (f" ({refused} refused)" if refused > 1 else ""), "denied",
+                                          via="telegram", data={"refused": refused}))
             if missing:
                 raise Unauthorized(f"the {SECRET_HEADER} header is required", code="webhook_secret_missing")
             raise Forbidden(f"the {SECRET_HEADER} header does not match", code="webhook_secret_mismatch")

@@ -41,6 +41,7 @@ async def test_webhook_mode_with_good_and_bad_secrets(tg_hub, caplog):
         assert (status, body) == (200, {"ok": True, "duplicate": True})
 
         bad = update(h.api, "@chasclaude revoke managerclaude all", 9002)
+        h.hub.auth_refusals.every = 0  # record every refusal (flood throttling is tested below)
         status, body = await h.call("POST", PATH, None, bad, headers={HEADER: SECRET[:-1] + "X"})
         assert status == 403 and body["code"] == "webhook_secret_mismatch"
         status, body = await h.call("POST", PATH, None, bad)
@@ -58,6 +59,18 @@ async def test_webhook_mode_with_good_and_bad_secrets(tg_hub, caplog):
         auth = await activity_rows(h.hub, type="auth", result="denied")
         assert [r["detail"].split(" on ")[0] for r in auth] == [
             f"wrong {HEADER}", f"missing {HEADER}", f"wrong {HEADER}", f"missing {HEADER}"]
+
+        # a flood of bad calls is refused every time but recorded once per window, with a count
+        h.hub.auth_refusals.every = 3600
+        for _ in range(30):
+            status, _ = await h.call("POST", PATH, None, bad, headers={HEADER: "guess"})
+            assert status == 403
+        auth = await activity_rows(h.hub, type="auth", result="denied")
+        assert len(auth) == 4  # the address was recorded moments ago: the flood is only counted
+        h.hub.auth_refusals.every = 0  # the window is over: the next refusal records the count
+        status, _ = await h.call("POST", PATH, None, bad, headers={HEADER: "guess"})
+        auth = await activity_rows(h.hub, type="auth", result="denied")
+        assert len(auth) == 5 and auth[-1]["detail"].endswith("(31 refused)"), auth[-1]["detail"]
 
         for junk in ({"no": "update"}, {"update_id": 9003, "message": {"text": "no chat, no date"}}):
             status, body = await h.call("POST", PATH, None, junk, headers={HEADER: SECRET})
