@@ -70,6 +70,7 @@ class HubMcpRuntime:
             )
             self.servers[admin] = server
         self._task = self.hub.spawn(self._run_session_managers(), name="mcp-session-managers")
+        self.hub.spawn(self._stop_with_hub(), name="mcp-stop-with-hub")
         await self._ready.wait()
         if self._error is not None:
             raise self._error
@@ -87,6 +88,12 @@ class HubMcpRuntime:
             raise
         finally:
             self._ready.set()
+
+    async def _stop_with_hub(self) -> None:
+        """The hub is stopping (SIGTERM): close the sessions now, so their open SSE streams end
+        at once instead of holding the shutdown for the server's graceful timeout."""
+        await self.hub.stopping.wait()
+        self._stop.set()
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any, actor: Actor, token: str) -> None:
         caller = Caller(name=actor.name, admin=actor.admin, token=token)
