@@ -188,6 +188,26 @@ def hub_harness(make_settings):
     return harness
 
 
+async def eventually(check: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Call ``check()`` (sync or async) until it returns something truthy, and return that.
+
+    For conditions a background task makes true a moment later (a bot's reply, a row in the
+    activity feed, a process gone); raises AssertionError after ``timeout`` seconds.
+    """
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout:g}s")
+        await asyncio.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ import claude_net_activity
 import claude_net_lxd
 import claude_net_permissions
 import claude_net_telegram
-from claude_net.testing import free_port, require_component
+from claude_net.testing import eventually, free_port, require_component
 from tests.core.testbox import TestBox
 from tests.plugins.telegram.tg_botapi import FakeBotAPI
 
@@ -34,18 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 async def _rows(hub, **filters):
     where = " AND ".join(f"{k} = :{k}" for k in filters) or "1 = 1"
     return await hub.db.fetch_all(f"SELECT * FROM activity_log WHERE {where} ORDER BY id", filters)
-
-
-async def _until(check, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(interval)
 
 
 # -- LXD ------------------------------------------------------------------------------------------
@@ -85,13 +73,13 @@ async def test_lxd_daemon_stopped_mid_exec(hub_harness, lxd_box):
         assert status == 200, body
         running = asyncio.ensure_future(h.call("POST", "/api/exec", boss, {
             "target": lxd_box, "command": f"sleep {SLEEP}; echo too-late", "timeout": 60}))
-        await _until(lambda: subprocess.run(["pgrep", "-f", f"sleep {SLEEP}"], capture_output=True).returncode == 0)
+        await eventually(lambda: subprocess.run(["pgrep", "-f", f"sleep {SLEEP}"], capture_output=True).returncode == 0)
         stopped_at = time.monotonic()
         # SIGKILL: a crash. (On SIGTERM LXD shuts down gracefully and first lets running execs finish,
         # so an exec in flight simply completes: nothing to test there.)
         os.kill(pid, 9)
         try:
-            await _until(lambda: not _alive(pid), timeout=30)
+            await eventually(lambda: not _alive(pid), timeout=30)
             status, body = await asyncio.wait_for(running, 30)
             answered = time.monotonic() - stopped_at
             assert status == 503, body  # not a hang until the 60 s timeout, not a 500
@@ -108,7 +96,7 @@ async def test_lxd_daemon_stopped_mid_exec(hub_harness, lxd_box):
             subprocess.run(["pkill", "-f", f"sleep {SLEEP}"], capture_output=True)
             restart_lxd()
         # recovered by itself: same hub, no restart
-        status, body = await _until(lambda: _exec_ok(h, boss, lxd_box), timeout=30, interval=0.5)
+        status, body = await eventually(lambda: _exec_ok(h, boss, lxd_box), timeout=30, interval=0.5)
         assert body["stdout"] == "again\n"
         rows = await _rows(h.hub, type="exec", from_machine="boss")
         interrupted = [r for r in rows if "too-late" in r["detail"]]
@@ -160,7 +148,7 @@ async def test_sshd_killed_mid_command(hub_harness, tmp_path):
             marker = f"sleep 31.{os.getpid()}"
             running = asyncio.ensure_future(h.call("POST", "/api/exec", boss, {
                 "target": "ser-8", "command": f"{marker}; echo too-late", "timeout": 60}))
-            await _until(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0)
+            await eventually(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0)
             killed_at = time.monotonic()
             sshd.stop()  # the listener and every connection and session it served: SIGKILL
             status, body = await asyncio.wait_for(running, 30)
@@ -289,7 +277,7 @@ async def test_database_read_only_refuses_actions_and_answers_messaging_clearly(
                 assert status == 503, body
                 return body if "read-only" in body["error"] else None
 
-            body = await _until(read_only_answer, timeout=10)
+            body = await eventually(read_only_answer, timeout=10)
             assert body["code"] == "database_unavailable" and body["error"].startswith("the database is read-only")
             status, body = await h.call("POST", "/api/exec", boss, {"target": "box1", "command": "echo x"})
             assert status == 503 and body["code"] == "audit_unavailable", body
@@ -313,7 +301,7 @@ async def test_database_read_only_refuses_actions_and_answers_messaging_clearly(
             status, body = await h.call("POST", "/api/send", alpha, {"to": "boss", "message": "after"})
             return status == 200
 
-        await _until(writable, timeout=10)
+        await eventually(writable, timeout=10)
         status, body = await h.call("POST", "/api/exec", boss, {"target": "box1", "command": "echo y"})
         assert status == 200, body
         assert box.states["box1"] == "running"
@@ -350,7 +338,7 @@ async def test_telegram_unreachable_from_the_start_then_back(hub_harness, caplog
             assert len(await _rows(h.hub, type="exec", result="ok")) == 5
             await api.start()  # Telegram is back, same address
             # every echo arrives (batched into fewer messages), none dropped
-            await _until(lambda: sum(m["plain"].count("$ echo tg-") for m in api.sent) == 5, timeout=15)
+            await eventually(lambda: sum(m["plain"].count("$ echo tg-") for m in api.sent) == 5, timeout=15)
             status, body = await h.call("GET", "/api/telegram/status", admin)
             assert body["telegram"]["connected"] is True and body["telegram"]["outbox"]["dropped_total"] == 0
     finally:
@@ -379,4 +367,4 @@ async def test_terminated_database_sessions_are_a_503_never_a_500(hub_harness, d
         async def healthy():
             return (await h.call("POST", "/api/send", alpha, {"to": "alpha", "message": "ok"}))[0] == 200
 
-        await _until(healthy, timeout=10)
+        await eventually(healthy, timeout=10)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+from claude_net.testing import eventually  # noqa: F401 - the Telegram tests import it from here
 
 #: shaped like a real token (bot id, colon, 35 characters), so the log redaction is really tested
 TOKEN = "7000000001:AAFakeTokenOnlyForTests_abcdefghij12"
@@ -17,19 +16,6 @@ def tg_settings(api, **overrides):
     return {"token": TOKEN, "chat_id": CHAT_ID, "admin_ids": [ADMIN_ID], "base_url": api.base_url,
             "poll_timeout": 5, "request_timeout": 3.0, "send_interval": 0.05, "retry_initial": 0.05,
             "retry_max": 0.4, "shutdown_drain": 1.0, "max_command_age": 300.0, **overrides}
-
-
-async def eventually(check, timeout: float = 10.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 async def activity_rows(hub, **filters):
