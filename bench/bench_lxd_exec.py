@@ -48,6 +48,9 @@ IMAGE = os.environ.get("LXD_IMAGE_ALIAS", "claude-net-busybox")
 SOCKET = os.environ.get("LXD_SOCKET", "/var/lib/lxd/unix.socket")
 ROOT = Path(__file__).resolve().parents[1]
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import exec_arguments  # noqa: E402
+
 
 # -- direct LXD REST (the floor) ------------------------------------------------------------------
 
@@ -414,13 +417,7 @@ def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 1
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=200, help="latency samples per path (default 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (default 3)")
-    parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
-    parser.add_argument("--per-client", type=int, default=10, help="execs per client per round (default 10)")
-    parser.add_argument("--all-plugins", action="store_true",
-                        help="load every installed plugin in the hub (e.g. the activity log), not just lxd")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the report")
+    exec_arguments(parser)
     args = parser.parse_args()
 
     try:

@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_lxd_exec import HubClient  # noqa: E402
-from common import HubProcess, pct, sshd_available  # noqa: E402
+from common import HubProcess, exec_arguments, pct, sshd_available  # noqa: E402
 
 LATENCY_TARGET = 1.25
 LATENCY_GAP_TARGET_MS = 3.0
@@ -361,15 +361,10 @@ def run(*, n: int = 200, rounds: int = 3, clients: int = 20, per_client: int = 1
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=200, help="latency samples per path (default 200)")
-    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (default 3)")
-    parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
-    parser.add_argument("--per-client", type=int, default=10, help="execs per client per round (default 10)")
+    exec_arguments(parser)
     parser.add_argument("--burst", type=int, default=BURST, help=f"simultaneous execs in the burst test (default {BURST})")
-    parser.add_argument("--all-plugins", action="store_true", help="load every installed plugin in the hub")
     parser.add_argument("--with-bashrc", action="store_true",
                         help="let bash source the login user's ~/.bashrc in every session (slow here: pyenv init)")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the report")
     args = parser.parse_args()
     ok, why = sshd_available()
     if not ok:

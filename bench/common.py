@@ -18,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from claude_net.testing import HubProcess, free_port, pg_available, scratch_pg_database
 
@@ -65,6 +66,17 @@ def pct(values: list[float], p: float) -> float:
 
 
 # -- components ------------------------------------------------------------------------------------
+
+
+def exec_arguments(parser: Any) -> None:
+    """The command-line options the LXD and SSH exec benchmarks share."""
+    parser.add_argument("--n", type=int, default=200, help="latency samples per path (default 200)")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path (default 3)")
+    parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default 20)")
+    parser.add_argument("--per-client", type=int, default=10, help="execs per client per round (default 10)")
+    parser.add_argument("--all-plugins", action="store_true",
+                        help="load every installed plugin in the hub (e.g. the activity log), not just the backend")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the report")
 
 
 def wrk_available() -> tuple[bool, str]:
