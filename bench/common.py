@@ -7,15 +7,12 @@ table. Imported as a top-level module (each script puts ``bench/`` on ``sys.path
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,21 +146,9 @@ class ProbeHub(HubProcess):
     The probe runs inside the hub's event loop and answers ``GET /api/bench/lag`` (token needed).
     """
 
-    def start(self, timeout: float = 30) -> ProbeHub:
-        self.log = open(self.dir / "hub.log", "wb")
+    def command(self) -> tuple[list[str], dict[str, str]]:
         env = {**self.env, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH_DIR), self.env.get("PYTHONPATH")]))}
-        self.proc = subprocess.Popen([sys.executable, "-m", "loopprobe", "serve"], env=env, cwd=self.dir,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited: {(self.dir / 'hub.log').read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(self.url + "/api/health", timeout=1) as r:
-                    if json.loads(r.read())["ok"]:
-                        return self
-            time.sleep(0.1)
-        raise RuntimeError("hub did not start")
+        return [sys.executable, "-m", "loopprobe", "serve"], env
 
 
 def port_free(port: int) -> bool:

@@ -242,10 +242,14 @@ class HubProcess:
     def token(self, name: str, admin: bool = False) -> str:
         return self.cli("token", "create", name, "--replace", *(["--admin"] if admin else []))
 
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """The serving command and its environment (a subclass may wrap ``serve``)."""
+        return [sys.executable, "-m", "claude_net.cli", "serve"], self.env
+
     def start(self, timeout: float = 30) -> HubProcess:
         self.log = open(self.dir / "hub.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "claude_net.cli", "serve"], env=self.env, cwd=self.dir,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        argv, env = self.command()
+        self.proc = subprocess.Popen(argv, env=env, cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
