@@ -1,7 +1,8 @@
 """claude-net backend for LXD containers (entry point ``lxd``).
 
 Every instance of the configured LXD project is a node: exec, file read/write and container
-operations (start, stop, snapshot, restore, list_snapshots) go through the LXD API with pylxd.
+operations (start, stop, snapshot, restore, list_snapshots) go through the LXD API with pylxd;
+streamed file transfers (the raw file endpoints) speak HTTP to the daemon's socket directly.
 
 The hook implementations here are thin: they decide ownership synchronously and hand over to
 the runtime in ``hub.plugin_state["lxd"]`` (:class:`claude_net_lxd.backend.LxdBackend`), which
@@ -102,6 +103,30 @@ def write_file(hub, node, path, data, options):
         return files.write(backend, node, path, data, options)
 
     return _owned(hub, node, call)
+
+
+@hookimpl
+def open_file_stream(hub, node, path, options):
+    if node.backend != BACKEND:
+        return None
+    backend = hub.plugin_state.get(STATE_KEY)
+    if backend is None or backend.streams is None:  # not running, or https: the buffered read_file
+        return None
+    from . import files
+
+    return files.open_stream(backend, node, path, options)
+
+
+@hookimpl
+def write_file_stream(hub, node, path, chunks, options):
+    if node.backend != BACKEND:
+        return None
+    backend = hub.plugin_state.get(STATE_KEY)
+    if backend is None or backend.streams is None:  # not running, or https: the buffered write_file
+        return None
+    from . import files
+
+    return files.write_stream(backend, node, path, chunks, options)
 
 
 @hookimpl

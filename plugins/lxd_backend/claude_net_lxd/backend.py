@@ -34,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pylxd
 import requests
@@ -44,7 +44,8 @@ from claude_net import Conflict, ExecResult, HubError, Node, NotFound, Unavailab
 
 from . import scripts
 from .config import LxdSettings
-from .transport import FastRest, RestError, make_session
+from .streams import LxdStreams
+from .transport import UNIX_SCHEME, FastRest, RestError, make_session
 
 log = logging.getLogger("claude_net_lxd")
 
@@ -135,6 +136,13 @@ class LxdBackend:
         self.rest = FastRest(self.session, self._endpoint, project=settings.project,
                              connect_timeout=settings.connect_timeout, request_timeout=settings.request_timeout,
                              maxsize=exec_slots + CHORE_THREADS + 8)
+        #: streamed file transfers (local unix socket only; None for https: the buffered path)
+        self.streams: LxdStreams | None = None
+        if self._endpoint.startswith(UNIX_SCHEME):
+            self.streams = LxdStreams(unquote(self._endpoint[len(UNIX_SCHEME):]), project=settings.project,
+                                      connect_timeout=settings.connect_timeout,
+                                      request_timeout=settings.request_timeout)
+        self._background: set[asyncio.Task[Any]] = set()
         self._client: pylxd.Client | None = None
         self._client_lock = threading.Lock()
         self._probes: dict[str, asyncio.Future[Probe]] = {}
@@ -236,6 +244,19 @@ class LxdBackend:
             if mapped is exc:
                 raise
             raise mapped from None
+
+    def background(self, coro) -> asyncio.Task[Any]:
+        """Run clean-up work that must finish even when the request that needed it is cancelled."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._background.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("LXD clean-up failed: %s", t.exception())
+
+        task.add_done_callback(done)
+        return task
 
     def wait_operation(self, op_id: str, deadline: float) -> dict[str, Any]:
         """Wait for an LXD operation until ``deadline`` (monotonic); returns its last state."""

@@ -5,24 +5,36 @@ symlinks in the middle of a path, resolve inside the container, never on the hos
 as the *last* component is returned by LXD as the link itself; we follow it (again through
 LXD, so again inside the container), up to 40 hops like the kernel.
 
-Reads stream: the size announced by LXD is checked before any content is read, and at most
-``max_size + 1`` bytes are ever read. Writes upload to a temporary file next to the target and
-rename it over the target with one exec (readers never see a half-written file).
+The size announced by LXD is checked before any content is read, and at most ``max_size + 1``
+bytes are ever read. Writes upload to a temporary file next to the target and rename it over the
+target with one exec (readers never see a half-written file).
+
+Two ways through: :func:`open_stream` / :func:`write_stream` (the ``open_file_stream`` /
+``write_file_stream`` hooks, ``GET``/``PUT /api/file/raw``) move the bytes in chunks over
+:mod:`claude_net_lxd.streams` on the event loop, with bounded memory; :func:`read` /
+:func:`write` (the buffered ``read_file`` / ``write_file`` hooks: the JSON endpoints, and an
+https endpoint) go through pylxd in a worker thread with the whole file in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import uuid
+from collections.abc import AsyncIterator, Mapping
 
 from pylxd import exceptions as lxd_exc
 
-from claude_net import BadRequest, Node, NotFound, PayloadTooLarge
+from claude_net import BadRequest, FileStream, Node, NotFound, PayloadTooLarge
 
 from . import scripts
 from .backend import LxdBackend, LxdError, lxd_message
+from .streams import CHUNK, StreamConnection
+from .transport import RestError
 
 MAX_SYMLINK_HOPS = 40
+#: bytes per read of a buffered download (never one read of the whole limit)
+READ_CHUNK = 1024 * 1024
 
 
 def read_sync(backend: LxdBackend, name: str, path: str, max_size: int) -> bytes:
@@ -54,10 +66,12 @@ def read_sync(backend: LxdBackend, name: str, path: str, max_size: int) -> bytes
             if length is not None and int(length) > max_size:
                 raise PayloadTooLarge(f"{path} is {int(length)} bytes; the limit is {max_size}",
                                       limit=max_size, size=int(length))
-            data = response.raw.read(max_size + 1) or b""
-            if len(data) > max_size:
-                raise PayloadTooLarge(f"{path} is larger than the limit of {max_size} bytes", limit=max_size)
-            return data
+            data = bytearray()
+            while block := response.raw.read(min(READ_CHUNK, max_size + 1 - len(data))):
+                data += block
+                if len(data) > max_size:
+                    raise PayloadTooLarge(f"{path} is larger than the limit of {max_size} bytes", limit=max_size)
+            return bytes(data)
         finally:
             response.close()
 
@@ -67,12 +81,15 @@ async def read(backend: LxdBackend, node: Node, path: str, options) -> bytes:
     return await backend.run(read_sync, backend, node.name, path, options.max_size, name=node.name)
 
 
-def write_sync(backend: LxdBackend, name: str, path: str, data: bytes, options) -> dict:
-    api = backend.api()
+def temp_for(path: str) -> tuple[str, str]:
+    """(directory, temporary file) for a write of ``path``: a hidden name next to the target."""
     directory, base = posixpath.split(path)
     if not base:
         raise BadRequest(f"{path} names a directory, not a file", code="is_directory")
-    temp = posixpath.join(directory, f".{base[:180]}.claude-net-{uuid.uuid4().hex[:12]}.tmp")
+    return directory, posixpath.join(directory, f".{base[:180]}.claude-net-{uuid.uuid4().hex[:12]}.tmp")
+
+
+def upload_headers(options) -> dict[str, str]:
     headers = {"X-LXD-type": "file", "X-LXD-write": "overwrite"}
     if options.mode is not None:
         headers["X-LXD-mode"] = f"{options.mode:04o}"
@@ -80,6 +97,38 @@ def write_sync(backend: LxdBackend, name: str, path: str, data: bytes, options) 
         headers["X-LXD-uid"] = str(options.uid)
     if options.gid is not None:
         headers["X-LXD-gid"] = str(options.gid)
+    return headers
+
+
+def mkdirs_sync(backend: LxdBackend, name: str, directory: str) -> None:
+    code, _out, err, _t = backend.exec_raw(name, ["mkdir", "-p", "--", directory], timeout=30)
+    if code != 0:
+        raise BadRequest(f"cannot create {directory} on {name}: "
+                         f"{err.decode(errors='replace').strip() or f'exit {code}'}", code="mkdir_failed")
+
+
+def commit_sync(backend: LxdBackend, name: str, path: str, temp: str, *, mode_given: bool,
+                owner_given: bool) -> None:
+    """Rename the uploaded ``temp`` over ``path`` (see :data:`scripts.WRITE_COMMIT`)."""
+    code, _out, err, timed_out = backend.exec_raw(
+        name,
+        [scripts.SH, "-c", scripts.WRITE_COMMIT, "claude-net-write", temp, path,
+         "1" if mode_given else "0", "1" if owner_given else "0"],
+        timeout=30,
+    )
+    if code == 21:
+        raise BadRequest(f"{path} is a directory on {name}", code="is_directory")
+    if code != 0:
+        if timed_out or code is None:
+            backend.later(backend.exec_raw, name, ["rm", "-f", "--", temp], timeout=10.0)
+        raise LxdError(f"could not put {path} in place on {name}: "
+                       f"{err.decode(errors='replace').strip() or f'exit {code}'}")
+
+
+def write_sync(backend: LxdBackend, name: str, path: str, data: bytes, options) -> dict:
+    api = backend.api()
+    directory, temp = temp_for(path)
+    headers = upload_headers(options)
 
     def upload() -> bool:
         """Upload ``data`` to the temporary file; False when the directory does not exist."""
@@ -98,29 +147,193 @@ def write_sync(backend: LxdBackend, name: str, path: str, data: bytes, options) 
         if not options.mkdirs:
             raise NotFound(f"the directory {directory} does not exist on {name} (pass mkdirs: true to create it)",
                            code="no_such_directory")
-        code, _out, err, _t = backend.exec_raw(name, ["mkdir", "-p", "--", directory], timeout=30)
-        if code != 0:
-            raise BadRequest(f"cannot create {directory} on {name}: "
-                             f"{err.decode(errors='replace').strip() or f'exit {code}'}", code="mkdir_failed")
+        mkdirs_sync(backend, name, directory)
         if not upload():
             raise NotFound(f"the directory {directory} vanished on {name} while writing", code="no_such_directory")
-    code, _out, err, timed_out = backend.exec_raw(
-        name,
-        [scripts.SH, "-c", scripts.WRITE_COMMIT, "claude-net-write", temp, path,
-         "1" if options.mode is not None else "0",
-         "1" if options.uid is not None or options.gid is not None else "0"],
-        timeout=30,
-    )
-    if code == 21:
-        raise BadRequest(f"{path} is a directory on {name}", code="is_directory")
-    if code != 0:
-        if timed_out or code is None:
-            backend.later(backend.exec_raw, name, ["rm", "-f", "--", temp], timeout=10.0)
-        raise LxdError(f"could not put {path} in place on {name}: "
-                       f"{err.decode(errors='replace').strip() or f'exit {code}'}")
+    commit_sync(backend, name, path, temp, mode_given=options.mode is not None,
+                owner_given=options.uid is not None or options.gid is not None)
     return {}
 
 
 async def write(backend: LxdBackend, node: Node, path: str, data: bytes, options) -> dict:
     await backend.require_running(node)
     return await backend.run(write_sync, backend, node.name, path, data, options, name=node.name)
+
+
+# -- streamed: GET/PUT /api/file/raw ----------------------------------------------------------------
+
+
+def _not_found(backend: LxdBackend, name: str, error: RestError, what: str) -> BaseException:
+    """A 404 from the file API: the instance (unknown node) or the file/directory (``what``)."""
+    if "instance not found" in error.message.lower():
+        return backend.translate(error, name)
+    return NotFound(what, code="no_such_file")
+
+
+async def open_stream(backend: LxdBackend, node: Node, path: str, options) -> FileStream:
+    """Find and check the file (following symlinks inside the container), then stream its bytes."""
+    await backend.require_running(node)
+    streams, name, max_size = backend.streams, node.name, options.max_size
+    assert streams is not None
+    current, hops = path, 0
+    while True:
+        conn = await streams.request("GET", streams.files_url(name, current))
+        try:
+            if conn.status >= 400:
+                error = await conn.error()
+                if error.status == 404:
+                    raise _not_found(backend, name, error,
+                                     f"{path} is a symlink to {current}, which does not exist on {name}"
+                                     if current != path else f"{path}: no such file on {name}")
+                raise backend.translate(error, name)
+            kind = conn.headers.get("x-lxd-type", "file")
+            if kind == "directory":
+                raise BadRequest(f"{path} is a directory on {name}; list it with exec (ls)", code="is_directory")
+            if kind == "symlink":
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise BadRequest(f"{path}: too many levels of symbolic links", code="symlink_loop")
+                target = (await conn.read_body(4097)).decode("utf-8", errors="surrogateescape")
+                current = posixpath.normpath(posixpath.join(posixpath.dirname(current), target))
+                conn.close()
+                continue
+            size = conn.length
+            if size is not None and size > max_size:
+                raise PayloadTooLarge(f"{path} is {size} bytes; the limit is {max_size}", limit=max_size, size=size)
+        except BaseException:
+            conn.close()
+            raise
+        return FileStream(_capped(conn, path, max_size), size=size, close=conn.close)
+
+
+async def _capped(conn: StreamConnection, path: str, max_size: int) -> AsyncIterator[bytes]:
+    """The body in chunks of up to 1 MiB, never past ``max_size`` (a file of unannounced size)."""
+    got = 0
+    async for block in conn.iter_body(CHUNK):
+        got += len(block)
+        if got > max_size:
+            raise PayloadTooLarge(f"{path} is larger than the limit of {max_size} bytes", limit=max_size)
+        yield block
+
+
+async def _head(backend: LxdBackend, name: str, path: str) -> tuple[int, dict[str, str]]:
+    streams = backend.streams
+    assert streams is not None
+    conn = await streams.request("HEAD", streams.files_url(name, path))
+    conn.close()
+    return conn.status, conn.headers
+
+
+async def _write_target(backend: LxdBackend, name: str, path: str) -> tuple[str, dict[str, str] | None]:
+    """Where an upload of ``path`` goes and what is there: ``(target, X-LXD-* headers or None)``.
+
+    A symlink is followed inside the container (as reads do). The headers hold the mode and owner
+    of the file the upload replaces; ``None``: there is no file yet. A directory is refused before
+    any byte of the upload is taken.
+    """
+    streams = backend.streams
+    assert streams is not None
+    current, hops = path, 0
+    while True:
+        status, headers = await _head(backend, name, current)
+        if status >= 400:  # no such file (or worse: the upload will say)
+            return current, None
+        kind = headers.get("x-lxd-type", "file")
+        if kind == "directory":
+            raise BadRequest(f"{path} is a directory on {name}", code="is_directory")
+        if kind != "symlink":
+            return current, {f"X-LXD-{key}": headers[f"x-lxd-{key}"] for key in ("mode", "uid", "gid")
+                             if f"x-lxd-{key}" in headers}
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise BadRequest(f"{path}: too many levels of symbolic links", code="symlink_loop")
+        link = await streams.request("GET", streams.files_url(name, current))
+        try:
+            target = (await link.read_body(4097)).decode("utf-8", errors="surrogateescape")
+        finally:
+            link.close()
+        current = posixpath.normpath(posixpath.join(posixpath.dirname(current), target))
+
+
+async def _require_directory(backend: LxdBackend, name: str, path: str, directory: str, mkdirs: bool) -> None:
+    """A new file's directory must exist (``mkdirs``: create it)."""
+    status, headers = await _head(backend, name, directory)
+    if status < 400:
+        if headers.get("x-lxd-type", "directory") != "directory":
+            raise BadRequest(f"cannot write {path} on {name}: {directory} is not a directory", code="write_failed")
+        return
+    if status != 404:
+        raise BadRequest(f"cannot write {path} on {name}: LXD answered HTTP {status} for {directory}",
+                         code="write_failed")
+    if not mkdirs:
+        raise NotFound(f"the directory {directory} does not exist on {name} (pass mkdirs: true to create it)",
+                       code="no_such_directory")
+    await backend.run(mkdirs_sync, backend, name, directory, name=name)
+
+
+async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, options) -> Mapping[str, object]:
+    """Upload ``chunks`` to a temporary file as they arrive, then rename it over ``path``.
+
+    Before any byte of the upload is taken (a stream cannot be sent twice) the target is looked at
+    with HEAD requests: symlinks are followed inside the container, a directory is refused, the
+    mode and owner of a file the upload replaces are kept (unless given), and a new file's
+    directory must exist (``mkdirs``: it is created). The temporary file, next to the target, gets
+    its final mode and owner with the upload, so the commit is a single ``mv -T`` exec (the shell
+    script of the buffered path, :data:`scripts.WRITE_COMMIT`, only when that fails). On any
+    failure, cancellation included, the request to LXD is ended and the temporary file deleted in
+    the background (a task that outlives the cancelled request); the target is never touched
+    before the final rename.
+    """
+    await backend.require_running(node)
+    streams, name = backend.streams, node.name
+    assert streams is not None
+    target, existing = await _write_target(backend, name, path)
+    directory, temp = temp_for(target)
+    if existing is None:
+        await _require_directory(backend, name, path, directory, options.mkdirs)
+    headers = upload_headers(options)
+    if options.mode is None and existing and "X-LXD-mode" in existing:
+        headers["X-LXD-mode"] = existing["X-LXD-mode"]
+    if options.uid is None and options.gid is None and existing:
+        headers.update({k: v for k, v in existing.items() if k != "X-LXD-mode"})
+    url = streams.files_url(name, temp)
+    conn: StreamConnection | None = None
+    try:
+        conn = await streams.connect()
+        try:
+            await streams.upload(conn, url, headers, chunks)
+        except RestError as exc:
+            if exc.status == 404 and "instance not found" in exc.message.lower():
+                raise backend.translate(exc, name) from None
+            raise BadRequest(f"cannot write {path} on {name}: {exc.message}", code="write_failed") from None
+        conn.close()
+        conn = None
+        await backend.run(rename_sync, backend, name, target, temp, name=name)
+    except BaseException:
+        backend.background(_discard(backend, name, temp, conn))
+        raise
+    return {"resolvedPath": target} if target != path else {}
+
+
+def rename_sync(backend: LxdBackend, name: str, target: str, temp: str) -> None:
+    """``mv -f -T temp target``: one process; the full commit script when it fails (say, a directory)."""
+    code, _out, _err, _t = backend.exec_raw(name, ["mv", "-f", "-T", "--", temp, target], timeout=30)
+    if code != 0:
+        commit_sync(backend, name, target, temp, mode_given=True, owner_given=True)  # temp has them already
+
+
+async def _discard(backend: LxdBackend, name: str, temp: str, conn: StreamConnection | None) -> None:
+    """End an unfinished upload, then delete its temporary file (the target was never touched)."""
+    if conn is not None:
+        await conn.abandon()
+    streams = backend.streams
+    assert streams is not None
+    try:
+        answer = await streams.request("DELETE", streams.files_url(name, temp))
+        answer.close()
+        if answer.status < 400 or answer.status == 404:
+            return
+    except Exception:  # noqa: BLE001 - try the other way
+        pass
+    loop = asyncio.get_running_loop()  # a daemon without the file_delete API extension
+    await loop.run_in_executor(backend.chores, lambda: backend.exec_raw(name, ["rm", "-f", "--", temp], timeout=10.0))
