@@ -10,6 +10,26 @@ import sys
 log = logging.getLogger("claude_net.serve")
 
 
+#: bytes Hypercorn asks for per socket read (its default is 64 KiB); asyncio hands over at most
+#: 256 KiB per socket read, and Hypercorn queues up to 10 reads per request (2.5 MiB at most)
+READ_SIZE = 256 * 1024
+
+
+def _tune_hypercorn() -> None:
+    """Let Hypercorn read up to 256 KiB per call instead of 64 KiB.
+
+    A read returns what has arrived, so small requests are unaffected; a large upload
+    (``PUT /api/file/raw``) goes through Hypercorn's, h11's and Quart's per-read machinery up to 4
+    times less often, which is a good part of the hub's CPU per upload (see bench/README.md).
+    Memory stays bounded: asyncio pauses the socket when its buffer is full, and Hypercorn queues
+    at most 10 reads per request.
+    """
+    import hypercorn.asyncio.tcp_server as tcp_server
+
+    if getattr(tcp_server, "MAX_RECV", 0) < READ_SIZE:
+        tcp_server.MAX_RECV = READ_SIZE
+
+
 def worker_app():
     """App factory for ``--workers N``: each Hypercorn worker process builds its own hub."""
     from .config import load_settings
@@ -18,6 +38,7 @@ def worker_app():
     settings = load_settings()
     logging.basicConfig(level=settings.core.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    _tune_hypercorn()
     return create_app(settings)
 
 
@@ -63,6 +84,7 @@ def serve(settings, *, host: str | None = None, port: int | None = None, workers
                  redact_url(settings.core.database_url))
         return run(config)
     app = create_app(hub=hub)
+    _tune_hypercorn()
     log.info("claude-net serving on http://%s with %s", config.bind[0], redact_url(settings.core.database_url))
 
     # Database calls hop to a worker thread (aiosqlite) and back. Under load the event loop
