@@ -179,7 +179,8 @@ class RouteView:
             return error_response(exc, request_id)
         finally:
             EMITTED.reset(reset)
-        response.headers.setdefault("X-Request-Id", request_id)
+        if "X-Request-Id" not in response.headers:  # (setdefault costs a raised KeyError here)
+            response.headers["X-Request-Id"] = request_id
         return response
 
     async def _record_refusal(self, actor: Actor, target: str | None, exc: HubError) -> None:

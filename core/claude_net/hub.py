@@ -12,6 +12,7 @@ import contextvars
 import inspect
 import logging
 import time
+from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -42,6 +43,10 @@ async def await_me_maybe(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+def _stamp(seconds: float) -> str:
+    return isotime(datetime.fromtimestamp(seconds, timezone.utc))
 
 
 class NodeRegistry:
@@ -154,7 +159,7 @@ class Hub:
         self.nodes = NodeRegistry(self)
         self.started = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._last_seen: dict[str, str] = {}
+        self._last_seen: dict[str, float] = {}  # name -> time.time() of its last request
         self._exec_slots: asyncio.Semaphore | None = None
         #: per-node request rate limits ([limits] rate_per_minute / rate_burst), enforced by the HTTP layer
         self.rate_limiter = RateLimiter(settings.limits.rate_per_minute, settings.limits.rate_burst)
@@ -268,18 +273,19 @@ class Hub:
         info = await auth.verify_token(self.db, token)
         if info is None:
             return None
-        self._last_seen[info.name] = isotime()
+        self._last_seen[info.name] = time.time()  # formatted only when read or flushed
         return Actor(name=info.name, admin=info.admin or self.is_admin(info.name), via=via)
 
     def seen(self, name: str) -> None:
-        self._last_seen[name] = isotime()
+        self._last_seen[name] = time.time()
 
     async def last_seen(self) -> dict[str, str]:
         rows = await self.db.fetch_all("SELECT name, last_seen FROM node_seen")
         seen = {r["name"]: r["last_seen"] for r in rows}
         for name, at in self._last_seen.items():
-            if at > seen.get(name, ""):
-                seen[name] = at
+            stamp = _stamp(at)
+            if stamp > seen.get(name, ""):
+                seen[name] = stamp
         return seen
 
     async def _flush_last_seen(self) -> None:
@@ -293,11 +299,11 @@ class Hub:
                         "INSERT INTO node_seen (name, last_seen) VALUES (:name, :at) "
                         "ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen "
                         "WHERE node_seen.last_seen < excluded.last_seen",
-                        {"name": name, "at": at},
+                        {"name": name, "at": _stamp(at)},
                     )
         except HubError:
             for name, at in pending.items():  # keep them for the next flush
-                self._last_seen[name] = max(at, self._last_seen.get(name, ""))
+                self._last_seen[name] = max(at, self._last_seen.get(name, 0.0))
 
     async def _flush_last_seen_forever(self) -> None:
         while True:
