@@ -76,6 +76,20 @@ def write_file(hub, node, path, data, options):
 
 
 @hookimpl
+def open_file_stream(hub, node, path, options):
+    if node.backend != BACKEND:
+        return None
+    return _backend(hub).open_file_stream(node.name, path, options)
+
+
+@hookimpl
+def write_file_stream(hub, node, path, chunks, options):
+    if node.backend != BACKEND:
+        return None
+    return _backend(hub).write_file_stream(node.name, path, chunks, options)
+
+
+@hookimpl
 def container_op(node, op):
     if node.backend != BACKEND:
         return None

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Any
 
 from claude_net import (
     Event,
     ExecOptions,
     ExecResult,
+    FileStream,
     GatewayTimeout,
     Node,
     NotFound,
@@ -96,6 +97,13 @@ class SshBackend:
     async def write_file(self, name: str, path: str, data: bytes, options: WriteOptions) -> dict[str, Any]:
         node = self.node(name)
         return await self._file_op(node, path, files.write_file(node, path, data, options))
+
+    async def open_file_stream(self, name: str, path: str, options: ReadOptions) -> FileStream:
+        return await files.open_stream(self.node(name), path, options, self.settings.file_timeout)
+
+    async def write_file_stream(self, name: str, path: str, chunks: AsyncIterator[bytes],
+                                options: WriteOptions) -> dict[str, Any]:
+        return await files.write_stream(self.node(name), path, chunks, options, self.settings.file_timeout)
 
     async def _file_op(self, node: NodeConnection, path: str, operation: Awaitable[Any]) -> Any:
         timeout = self.settings.file_timeout

@@ -4,21 +4,31 @@ Reads check the size before transferring and stop as soon as the limit is passed
 temporary file in the target's directory, which is then renamed over the target with the
 ``posix-rename@openssh.com`` extension (an atomic ``rename(2)``): a reader sees the old file or the
 new one, never half of one.
+
+The streamed variants (:func:`open_stream`, :func:`write_stream`: the raw file endpoints) move
+1 MiB at a time, so the hub holds a bounded amount whatever the file's size; the buffered ones
+(the JSON endpoints) are the same code over bytes in memory. A streamed transfer has no overall
+deadline (a large file over a slow link takes what it takes); each SFTP step does:
+``[ssh] file_timeout``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import posixpath
 import secrets
 import stat
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import asyncssh
 
 from claude_net import (
     BadRequest,
+    FileStream,
     Forbidden,
+    GatewayTimeout,
     HubError,
     NotFound,
     PayloadTooLarge,
@@ -31,6 +41,7 @@ from .connection import NodeConnection
 
 CHUNK = 1024 * 1024
 DEFAULT_MODE = 0o644
+T = TypeVar("T")
 
 
 def _sftp_error(exc: asyncssh.SFTPError, node: str, path: str) -> HubError:
@@ -76,22 +87,101 @@ async def read_file(node: NodeConnection, path: str, options: ReadOptions) -> by
             raise _sftp_error(exc, node.name, path) from None
 
 
+async def open_stream(node: NodeConnection, path: str, options: ReadOptions, step_timeout: float) -> FileStream:
+    """Check the file (size, kind) and return a stream of its bytes, holding an SFTP session until closed."""
+    limit = options.max_size
+    session = node.sftp()
+    sftp = await _step(session.__aenter__(), step_timeout, node.name, path)
+    try:
+        try:
+            attrs = await _step(sftp.stat(path), step_timeout, node.name, path)  # follows symlinks on the node
+            if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat.S_ISDIR(attrs.permissions or 0):
+                raise BadRequest(f"{path} on {node.name} is a directory", code="is_directory")
+            size = attrs.size or 0
+            if size > limit:
+                raise PayloadTooLarge(f"{path} on {node.name} is {size} bytes; the limit is {limit}", limit=limit,
+                                      size=size)
+            handle = await _step(sftp.open(path, "rb"), step_timeout, node.name, path)
+        except asyncssh.SFTPError as exc:
+            raise _sftp_error(exc, node.name, path) from None
+    except BaseException:
+        await session.__aexit__(None, None, None)
+        raise
+
+    async def chunks() -> AsyncIterator[bytes]:
+        offset = 0
+        while True:
+            try:
+                block = await _step(handle.read(CHUNK, offset), step_timeout, node.name, path)
+            except asyncssh.SFTPError as exc:
+                raise _sftp_error(exc, node.name, path) from None
+            if not block:
+                return
+            offset += len(block)
+            if offset > limit:  # it grew, or it reported size 0 (procfs)
+                raise PayloadTooLarge(f"{path} on {node.name} is larger than the limit of {limit} bytes", limit=limit)
+            yield block
+
+    async def close() -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(handle.close(), step_timeout)
+        finally:
+            await session.__aexit__(None, None, None)
+
+    # files like /proc/* report size 0: their length is only known at the end
+    return FileStream(chunks(), size=size or None, close=close)
+
+
+async def _step(awaitable: Awaitable[T], timeout: float, node: str, path: str) -> T:
+    async with _steps(timeout, node, path):
+        return await awaitable
+
+
+@contextlib.asynccontextmanager
+async def _steps(timeout: float | None, node: str, path: str) -> AsyncIterator[None]:
+    """SFTP work that must end within ``timeout`` seconds (None: the caller bounds it as a whole)."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise GatewayTimeout(f"an SFTP step on {path} on {node} took more than {timeout:g}s ([ssh] file_timeout)",
+                             code="timeout") from None
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    if data:
+        yield data
+
+
 async def write_file(node: NodeConnection, path: str, data: bytes, options: WriteOptions) -> dict[str, Any]:
     if len(data) > options.max_size:
         raise PayloadTooLarge(f"the file is {len(data)} bytes; the limit is {options.max_size}",
                               limit=options.max_size)
+    return await write_stream(node, path, _one(data), options, step_timeout=None)
+
+
+async def write_stream(node: NodeConnection, path: str, chunks: AsyncIterator[bytes], options: WriteOptions,
+                       step_timeout: float | None) -> dict[str, Any]:
+    """Write ``chunks`` as they arrive to a temporary file (0600), then rename it over the target.
+
+    The target is looked at first (symlinks resolved on the node, directories refused, the mode
+    and owner of a file it replaces kept); on any failure, cancellation included, the temporary
+    file is removed and the target left as it was.
+    """
     async with node.sftp() as sftp:
-        target, existing = await _resolve_target(sftp, node.name, path)
-        parent = posixpath.dirname(target) or "/"
-        try:
-            if options.mkdirs:
-                await sftp.makedirs(parent, exist_ok=True)
-            parent_attrs = await sftp.stat(parent)
-        except asyncssh.SFTPNoSuchFile:
-            raise NotFound(f"the directory {parent} does not exist on {node.name} (pass mkdirs: true to create it)",
-                           code="no_such_directory") from None
-        except asyncssh.SFTPError as exc:
-            raise _sftp_error(exc, node.name, parent) from None
+        async with _steps(step_timeout, node.name, path):
+            target, existing = await _resolve_target(sftp, node.name, path)
+            parent = posixpath.dirname(target) or "/"
+            try:
+                if options.mkdirs:
+                    await sftp.makedirs(parent, exist_ok=True)
+                parent_attrs = await sftp.stat(parent)
+            except asyncssh.SFTPNoSuchFile:
+                raise NotFound(f"the directory {parent} does not exist on {node.name} (pass mkdirs: true to create "
+                               "it)", code="no_such_directory") from None
+            except asyncssh.SFTPError as exc:
+                raise _sftp_error(exc, node.name, parent) from None
         if not stat.S_ISDIR(parent_attrs.permissions or 0):
             raise BadRequest(f"{parent} on {node.name} is not a directory", code="not_a_directory")
 
@@ -102,13 +192,21 @@ async def write_file(node: NodeConnection, path: str, data: bytes, options: Writ
         try:
             # Created private (0600); the final mode is set once the content is complete.
             async with sftp.open(temp, "wb", attrs=asyncssh.SFTPAttrs(permissions=0o600)) as f:
-                if data:
-                    await f.write(data, 0)
-                await _set_owner(f, node.name, path, existing, options)
-                await f.chmod(mode)  # after chown, which may clear set-id bits
-                with contextlib.suppress(asyncssh.SFTPOpUnsupported, asyncssh.SFTPError):
-                    await f.fsync()
-            await sftp.posix_rename(temp, target)
+                offset = 0
+                async for chunk in chunks:
+                    if offset + len(chunk) > options.max_size:
+                        raise PayloadTooLarge(f"the file exceeds the limit of {options.max_size} bytes",
+                                              limit=options.max_size)
+                    async with _steps(step_timeout, node.name, path):
+                        await f.write(chunk, offset)
+                    offset += len(chunk)
+                async with _steps(step_timeout, node.name, path):
+                    await _set_owner(f, node.name, path, existing, options)
+                    await f.chmod(mode)  # after chown, which may clear set-id bits
+                    with contextlib.suppress(asyncssh.SFTPOpUnsupported, asyncssh.SFTPError):
+                        await f.fsync()
+            async with _steps(step_timeout, node.name, path):
+                await sftp.posix_rename(temp, target)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 await sftp.remove(temp)
