@@ -19,6 +19,8 @@ https endpoint) go through pylxd in a worker thread with the whole file in memor
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import posixpath
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -29,8 +31,10 @@ from claude_net import BadRequest, FileStream, Node, NotFound, PayloadTooLarge
 
 from . import scripts
 from .backend import LxdBackend, LxdError, lxd_message
-from .streams import CHUNK, StreamConnection
+from .streams import CHUNK, StreamConnection, WaitingExec
 from .transport import RestError
+
+log = logging.getLogger("claude_net_lxd")
 
 MAX_SYMLINK_HOPS = 40
 #: bytes per read of a buffered download (never one read of the whole limit)
@@ -298,6 +302,10 @@ async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, optio
         headers.update({k: v for k, v in existing.items() if k != "X-LXD-mode"})
     url = streams.files_url(name, temp)
     conn: StreamConnection | None = None
+    # the commit's exec starts now and waits for its cue: its cost overlaps the upload
+    committer = WaitingExec(streams, name, [scripts.SH, "-c", scripts.COMMIT_ON_LINE, "claude-net-commit", temp,
+                                            target])
+    ready = asyncio.ensure_future(committer.start())
     try:
         conn = await streams.connect()
         try:
@@ -308,10 +316,26 @@ async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, optio
             raise BadRequest(f"cannot write {path} on {name}: {exc.message}", code="write_failed") from None
         conn.close()
         conn = None
-        await backend.run(rename_sync, backend, name, target, temp, name=name)
+        code = None
+        try:
+            await ready
+        except Exception as exc:  # noqa: BLE001 - the commit then takes an exec of its own
+            log.info("LXD: no waiting commit for %s on %s (%s); committing with an exec", path, name, exc)
+        else:
+            code = await committer.finish(b"commit\n")
+            if code != 0:
+                log.info("LXD: the waiting commit of %s on %s exited %s; committing with an exec", path, name, code)
+        if code != 0:
+            await backend.run(rename_sync, backend, name, target, temp, name=name)
     except BaseException:
         backend.background(_discard(backend, name, temp, conn))
         raise
+    finally:
+        if not ready.done():
+            ready.cancel()
+        with contextlib.suppress(BaseException):
+            await ready
+        committer.close()  # a commit still waiting reads EOF and leaves the files alone
     return {"resolvedPath": target} if target != path else {}
 
 

@@ -67,3 +67,20 @@ fi
 e=$(mv -f -- "$t" "$p" 2>&1) || { rm -f -- "$t"; echo "$e" >&2; exit 23; }
 exit 0
 """
+
+#: Renames the uploaded ``$1`` over ``$2`` once the line ``commit`` arrives on stdin; EOF or
+#: anything else exits 3 and touches nothing. Started while an upload is still running (see
+#: :class:`claude_net_lxd.streams.WaitingExec`), so the exec's own cost overlaps the upload.
+#: Meanwhile a background loop writes back what has arrived every 50 ms (``sync -d``): ext4
+#: allocates and flushes a file's pending data when it is renamed over another one
+#: (``auto_da_alloc``), ~50 ms for 50 MiB that would otherwise come after the upload. The loop
+#: ends with the script (``kill -0 $$``) and never holds the exec's output pipes. ``mv -T``
+#: refuses to move the file into a directory (then :data:`WRITE_COMMIT` takes over).
+COMMIT_ON_LINE = r"""t=$1; p=$2
+( while sleep 0.05 && kill -0 $$ 2>/dev/null; do sync -d -- "$t" 2>/dev/null; done ) </dev/null >/dev/null 2>&1 &
+f=$!
+IFS= read -r w; r=$?
+kill "$f" 2>/dev/null
+[ "$r" = 0 ] && [ "$w" = commit ] || exit 3
+exec mv -f -T -- "$t" "$p"
+"""

@@ -16,8 +16,11 @@ and the hub uses the buffered hooks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
+import os
+import struct
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from urllib.parse import quote, urlencode
 
@@ -50,7 +53,9 @@ class StreamConnection:
     # -- request ------------------------------------------------------------------------------
 
     async def send_head(self, method: str, target: str, headers: Mapping[str, str]) -> None:
-        lines = [f"{method} {target} HTTP/1.1", "Host: lxd", "User-Agent: claude-net", "Connection: close"]
+        lines = [f"{method} {target} HTTP/1.1", "Host: lxd", "User-Agent: claude-net"]
+        if "Connection" not in headers:
+            lines.append("Connection: close")
         lines += [f"{k}: {v}" for k, v in headers.items()]
         self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         await self._drain()
@@ -279,3 +284,92 @@ class LxdStreams:
                 if await conn.read_head() >= 400:
                     return await conn.error()
         return None
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, masked WebSocket frame (a client's frames must be masked)."""
+    length = len(payload)
+    if length < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
+    elif length < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
+    mask = os.urandom(4)
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (length // 4 + 1))[:length], "big")) \
+        .to_bytes(length, "big") if length else b""
+    return head + mask + masked
+
+
+class WaitingExec:
+    """A command started in the container ahead of time that waits for one line on its stdin.
+
+    LXD's exec with ``wait-for-websocket``: one POST, then a WebSocket per stream (stdin, stdout,
+    stderr, control); LXD starts the command once they are connected. :meth:`start` does that
+    (typically while something else runs, e.g. an upload); :meth:`finish` sends the line and
+    waits for the exit code; :meth:`close` ends everything, so a command still waiting reads EOF
+    and gives up. The exec's own cost (a process spawned in the container, 10-50 ms) is then
+    paid while the upload is still running instead of after it.
+    """
+
+    def __init__(self, streams: LxdStreams, name: str, argv: list[str]) -> None:
+        self.streams = streams
+        self.name = name
+        self.argv = argv
+        self.op_id: str | None = None
+        self.sockets: dict[str, StreamConnection] = {}
+        self.sent = False
+
+    async def start(self) -> None:
+        body = json.dumps({"command": self.argv, "environment": {}, "interactive": False,
+                           "wait-for-websocket": True, "record-output": False, "user": 0, "group": 0}).encode()
+        query = f"?{urlencode({'project': self.streams.project})}" if self.streams.project else ""
+        conn = await self.streams.request("POST", f"/1.0/instances/{quote(self.name, safe='')}/exec{query}",
+                                          {"Content-Type": "application/json"}, body)
+        try:
+            if conn.status >= 400:
+                raise await conn.error()
+            answer = json.loads(await conn.read_body(1 << 20))
+        finally:
+            conn.close()
+        meta = answer.get("metadata") or {}
+        self.op_id = meta["id"]
+        for fd, secret in (meta.get("metadata") or {}).get("fds", {}).items():
+            self.sockets[fd] = await self._websocket(f"/1.0/operations/{self.op_id}/websocket?"
+                                                     f"{urlencode({'secret': secret})}")
+
+    async def _websocket(self, url: str) -> StreamConnection:
+        conn = await self.streams.connect()
+        try:
+            await conn.send_head("GET", url, {"Connection": "Upgrade", "Upgrade": "websocket",
+                                              "Sec-WebSocket-Version": "13",
+                                              "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()})
+            if await conn.read_head() != 101:
+                raise await conn.error()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def finish(self, line: bytes) -> int | None:
+        """Send ``line`` on stdin, close it, and wait for the command's exit code."""
+        stdin = self.sockets["0"]
+        self.sent = True
+        stdin.writer.write(ws_frame(0x2, line) + ws_frame(0x8, struct.pack("!H", 1000)))
+        await stdin._drain()
+        conn = await self.streams.request("GET", f"/1.0/operations/{self.op_id}/wait?"
+                                                 f"{urlencode({'timeout': int(self.streams.request_timeout)})}")
+        try:
+            if conn.status >= 400:
+                raise await conn.error()
+            op = (json.loads(await conn.read_body(1 << 20)).get("metadata") or {})
+        finally:
+            conn.close()
+        if op.get("status_code") == 103:  # still running
+            raise Unavailable(f"LXD did not finish the command within {self.streams.request_timeout:g}s",
+                              code="lxd_timeout")
+        return (op.get("metadata") or {}).get("return")
+
+    def close(self) -> None:
+        for conn in self.sockets.values():
+            conn.close()

@@ -68,6 +68,17 @@ async def settled_temps(name: str, directory: str = "/tmp", seconds: float = 10.
     return left
 
 
+async def settled_commit_processes(name: str, seconds: float = 10.0) -> list[str]:
+    """The upload commit scripts still running in the container once they had their chance to end."""
+    deadline = time.monotonic() + seconds
+    while True:
+        ps = await asyncio.to_thread(sh, name, "ps -o args")
+        left = [line for line in ps.splitlines() if "claude-net-commit" in line]
+        if not left or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.2)
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -94,7 +105,8 @@ def q(target, path, **extra):
     return urlencode({"target": target, "path": path, **extra})
 
 
-async def test_stream_write_read_mode_owner_and_no_temp(hub_harness, run_id, sbox):
+async def test_stream_write_read_mode_owner_and_no_temp(hub_harness, run_id, sbox, caplog):
+    caplog.set_level("INFO", logger="claude_net_lxd")
     data = os.urandom(3 * MiB + 17)
     async with hub(hub_harness, run_id) as h:
         token = await h.token("boss", admin=True)
@@ -113,6 +125,9 @@ async def test_stream_write_read_mode_owner_and_no_temp(hub_harness, run_id, sbo
         assert status == 200, body
         assert sh(sbox, "stat -c '%a %u %g' /tmp/s.bin").split() == ["640", "1000", "1001"]
         assert sh(sbox, "cat /tmp/s.bin") == "short now"
+    # both commits were made by the exec started during the upload, not by a fallback exec
+    assert "commit" not in caplog.text, caplog.text
+    assert await settled_commit_processes(sbox) == []  # and its write-back loop ended with it
 
 
 async def test_stream_download_errors_are_json_before_any_byte(hub_harness, run_id, sbox):
@@ -171,6 +186,7 @@ async def test_stream_upload_over_the_limit_leaves_the_target_untouched(hub_harn
         assert status == 413 and body["code"] == "too_large", body
         assert sh(sbox, "cat /tmp/s-keep") == "original\n"
         assert await settled_temps(sbox) == []
+        assert await settled_commit_processes(sbox) == []  # the waiting commit gave up and ended
 
 
 @pytest.fixture(scope="module")
@@ -247,6 +263,7 @@ def test_client_disconnect_mid_upload_leaves_no_temporary_file(real_hub, sbox):
         assert temps(sbox), "the upload never reached the container"
     assert wait_no_temps(sbox) == []
     assert sh(sbox, "cat /tmp/s-drop") == "original\n"
+    assert asyncio.run(settled_commit_processes(sbox)) == []
     status, body = _get_json(server, "/api/activity?hours=1&type=file_write&limit=5")
     row = next(r for r in body["events"] if r["detail"] == "/tmp/s-drop")
     assert row["result"] == "error", row
@@ -286,3 +303,44 @@ async def test_loop_is_free_during_a_stream(hub_harness, run_id, sbox):
         assert status == 200 and status2 == 200 and got == data, body
         assert max(gaps) < 0.25, f"the loop stalled for {max(gaps) * 1000:.0f} ms"
         sh(sbox, "rm -f /tmp/s-loop.bin")
+
+
+async def test_target_turned_directory_during_the_upload_is_400_and_leaves_it_alone(hub_harness, run_id, sbox):
+    """The commit (started while the upload runs) refuses to move the file into a directory."""
+    async with hub(hub_harness, run_id) as h:
+        token = await h.token("boss", admin=True)
+        sh(sbox, "rm -rf /tmp/s-race; echo file > /tmp/s-race")
+        headers = {**auth(token), "Content-Type": "application/octet-stream"}
+        async with h.client.request(f"/api/file/raw?{q(sbox, '/tmp/s-race')}", method="PUT",
+                                    headers=headers) as connection:
+            await connection.send(os.urandom(MiB))
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(sh, sbox, "rm -f /tmp/s-race; mkdir /tmp/s-race; echo inside > /tmp/s-race/x")
+            await connection.send(os.urandom(MiB))
+            await connection.send_complete()
+        response = await connection.as_response()
+        body = await response.get_json()
+        assert response.status_code == 400 and body["code"] == "is_directory", body
+        assert sh(sbox, "ls -A /tmp/s-race").split() == ["x"]
+        assert await settled_temps(sbox) == []
+
+
+def test_commit_without_a_waiting_exec_uses_the_full_script(lxd_available, sbox):
+    from claude_net import BadRequest
+    from claude_net_lxd import files
+    from claude_net_lxd.backend import LxdBackend
+    from claude_net_lxd.config import LxdSettings
+
+    backend = LxdBackend(LxdSettings(), exec_slots=2)
+    try:
+        sh(sbox, "rm -rf /tmp/s-dir; mkdir /tmp/s-dir; echo data > /tmp/s-tmp1; echo a > /tmp/s-file; "
+                 "echo b > /tmp/s-tmp2")
+        with pytest.raises(BadRequest) as caught:
+            files.rename_sync(backend, sbox, "/tmp/s-dir", "/tmp/s-tmp1")
+        assert caught.value.code == "is_directory"
+        assert sh(sbox, "ls -A /tmp/s-dir") == ""  # nothing moved into the directory
+        assert "No such file" in sh(sbox, "ls /tmp/s-tmp1 2>&1 || true")  # the script removed it
+        files.rename_sync(backend, sbox, "/tmp/s-file", "/tmp/s-tmp2")
+        assert sh(sbox, "cat /tmp/s-file") == "b\n"
+    finally:
+        backend.close()
