@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import posixpath
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 
@@ -288,6 +289,7 @@ async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, optio
     the background (a task that outlives the cancelled request); the target is never touched
     before the final rename.
     """
+    started = time.monotonic()
     await backend.require_running(node)
     streams, name = backend.streams, node.name
     assert streams is not None
@@ -304,18 +306,20 @@ async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, optio
     conn: StreamConnection | None = None
     # the commit's exec starts now and waits for its cue: its cost overlaps the upload
     committer = WaitingExec(streams, name, [scripts.SH, "-c", scripts.COMMIT_ON_LINE, "claude-net-commit", temp,
-                                            target])
+                                            target, f"{temp}.old"])
     ready = asyncio.ensure_future(committer.start())
     try:
         conn = await streams.connect()
+        uploading = time.monotonic()
         try:
-            await streams.upload(conn, url, headers, chunks)
+            sent = await streams.upload(conn, url, headers, chunks)
         except RestError as exc:
             if exc.status == 404 and "instance not found" in exc.message.lower():
                 raise backend.translate(exc, name) from None
             raise BadRequest(f"cannot write {path} on {name}: {exc.message}", code="write_failed") from None
         conn.close()
         conn = None
+        committing = time.monotonic()
         code = None
         try:
             await ready
@@ -327,15 +331,13 @@ async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, optio
                 log.info("LXD: the waiting commit of %s on %s exited %s; committing with an exec", path, name, code)
         if code != 0:
             await backend.run(rename_sync, backend, name, target, temp, name=name)
+        log.debug("LXD upload of %s on %s: %d bytes; checks %.1f ms, upload %.1f ms, commit %.1f ms%s", path, name,
+                  sent, (uploading - started) * 1000, (committing - uploading) * 1000,
+                  (time.monotonic() - committing) * 1000, "" if code == 0 else " (exec after the upload)")
     except BaseException:
-        backend.background(_discard(backend, name, temp, conn))
+        backend.background(_discard(backend, name, temp, conn, committer, ready))
         raise
-    finally:
-        if not ready.done():
-            ready.cancel()
-        with contextlib.suppress(BaseException):
-            await ready
-        committer.close()  # a commit still waiting reads EOF and leaves the files alone
+    committer.close()
     return {"resolvedPath": target} if target != path else {}
 
 
@@ -346,18 +348,31 @@ def rename_sync(backend: LxdBackend, name: str, target: str, temp: str) -> None:
         commit_sync(backend, name, target, temp, mode_given=True, owner_given=True)  # temp has them already
 
 
-async def _discard(backend: LxdBackend, name: str, temp: str, conn: StreamConnection | None) -> None:
-    """End an unfinished upload, then delete its temporary file (the target was never touched)."""
+async def _discard(backend: LxdBackend, name: str, temp: str, conn: StreamConnection | None,
+                   committer: WaitingExec | None = None, ready: asyncio.Future | None = None) -> None:
+    """End an unfinished upload and its waiting commit, then delete the temporary file (and the
+    replaced file's second name): the target was never touched."""
     if conn is not None:
         await conn.abandon()
+    if committer is not None:
+        if ready is not None:
+            with contextlib.suppress(BaseException):
+                await ready
+        await committer.abort()  # it reads EOF, removes the second name and ends
+        committer.close()
+    for leftover in (temp, f"{temp}.old"):
+        await _delete(backend, name, leftover)
+
+
+async def _delete(backend: LxdBackend, name: str, path: str) -> None:
     streams = backend.streams
     assert streams is not None
     try:
-        answer = await streams.request("DELETE", streams.files_url(name, temp))
+        answer = await streams.request("DELETE", streams.files_url(name, path))
         answer.close()
         if answer.status < 400 or answer.status == 404:
             return
     except Exception:  # noqa: BLE001 - try the other way
         pass
     loop = asyncio.get_running_loop()  # a daemon without the file_delete API extension
-    await loop.run_in_executor(backend.chores, lambda: backend.exec_raw(name, ["rm", "-f", "--", temp], timeout=10.0))
+    await loop.run_in_executor(backend.chores, lambda: backend.exec_raw(name, ["rm", "-f", "--", path], timeout=10.0))

@@ -370,6 +370,22 @@ class WaitingExec:
                               code="lxd_timeout")
         return (op.get("metadata") or {}).get("return")
 
+    async def abort(self, timeout: float = 10.0) -> None:
+        """Close stdin without the line (the command reads EOF and gives up) and wait until it has ended.
+
+        Closing the connections alone would make LXD kill the command before it cleaned up.
+        """
+        if self.sent or self.op_id is None or "0" not in self.sockets:
+            return
+        self.sent = True
+        with contextlib.suppress(Exception):
+            stdin = self.sockets["0"]
+            stdin.writer.write(ws_frame(0x8, struct.pack("!H", 1000)))
+            await stdin._drain()
+            conn = await self.streams.request("GET", f"/1.0/operations/{self.op_id}/wait?"
+                                                     f"{urlencode({'timeout': int(timeout)})}")
+            conn.close()  # the answer came: the command has ended
+
     def close(self) -> None:
         for conn in self.sockets.values():
             conn.close()

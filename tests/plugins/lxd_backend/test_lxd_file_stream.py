@@ -116,7 +116,7 @@ async def test_stream_write_read_mode_owner_and_no_temp(hub_harness, run_id, sbo
         assert body["size"] == len(data)
         assert sh(sbox, "stat -c '%a %u %g %s' /tmp/s.bin").split() == ["640", "1000", "1001", str(len(data))]
         assert sh(sbox, "md5sum /tmp/s.bin").split()[0] == hashlib.md5(data).hexdigest()
-        assert temps(sbox) == []
+        assert await settled_temps(sbox) == []  # nor the second name the replaced file had for a while
         status, headers, got = await get(h, token, q(sbox, "/tmp/s.bin"))
         assert status == 200 and headers["Content-Length"] == str(len(data))
         assert got == data
@@ -125,6 +125,8 @@ async def test_stream_write_read_mode_owner_and_no_temp(hub_harness, run_id, sbo
         assert status == 200, body
         assert sh(sbox, "stat -c '%a %u %g' /tmp/s.bin").split() == ["640", "1000", "1001"]
         assert sh(sbox, "cat /tmp/s.bin") == "short now"
+        assert await settled_temps(sbox) == []
+        assert sh(sbox, "stat -c %h /tmp/s.bin").strip() == "1"
     # both commits were made by the exec started during the upload, not by a fallback exec
     assert "commit" not in caplog.text, caplog.text
     assert await settled_commit_processes(sbox) == []  # and its write-back loop ended with it
