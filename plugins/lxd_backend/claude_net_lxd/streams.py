@@ -70,7 +70,10 @@ class StreamConnection:
 
     async def send_chunk(self, data: bytes) -> None:
         """One chunk of a ``Transfer-Encoding: chunked`` body (waits while LXD is behind)."""
-        self.writer.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        # three writes, not writelines(): that joins the pieces, a copy of every byte
+        self.writer.write(b"%x\r\n" % len(data))
+        self.writer.write(data)
+        self.writer.write(b"\r\n")
         await self._drain()
 
     async def end_chunks(self) -> None:
