@@ -59,13 +59,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "db_kind" in metafunc.fixturenames:
-        choice = metafunc.config.getoption("--db")
-        kinds = ["sqlite", "postgresql"] if choice == "both" else [choice]
-        marker = metafunc.definition.get_closest_marker("db")
-        if marker is not None:
-            kinds = [k for k in kinds if k in marker.args]
-        metafunc.parametrize("db_kind", kinds, scope="function")
+    # db_kind: one fresh database per test (database_url); package_db_kind: for a hub that the
+    # tests of a directory share (database_for), started once per database
+    for name, scope in (("db_kind", "function"), ("package_db_kind", "package")):
+        if name in metafunc.fixturenames:
+            choice = metafunc.config.getoption("--db")
+            kinds = ["sqlite", "postgresql"] if choice == "both" else [choice]
+            marker = metafunc.definition.get_closest_marker("db")
+            if marker is not None:
+                kinds = [k for k in kinds if k in marker.args]
+            metafunc.parametrize(name, kinds, scope=scope)
 
 
 def pg_url_template() -> str:
@@ -104,8 +107,24 @@ _PG_STATE: dict[str, Any] = {}
 @pytest.fixture
 def database_url(db_kind: str, tmp_path) -> Any:
     """A fresh, empty database of kind ``db_kind`` for one test."""
-    if db_kind == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
+    with database_for(db_kind, tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def database_for(kind: str, directory: Path):
+    """A fresh, empty database URL of ``kind``: a SQLite file in ``directory``, or a scratch
+    PostgreSQL database (dropped afterwards; skips locally, fails under CI when there is none).
+
+    For a hub process that several tests share, with the ``package_db_kind`` fixture::
+
+        @pytest.fixture(scope="package")
+        def hub(package_db_kind, tmp_path_factory):
+            with database_for(package_db_kind, tmp_path_factory.mktemp("hub")) as url:
+                ...
+    """
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{Path(directory) / 'hub.db'}"
         return
     if "ok" not in _PG_STATE:
         _PG_STATE["ok"], _PG_STATE["why"] = pg_available()

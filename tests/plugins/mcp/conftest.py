@@ -1,6 +1,6 @@
-"""Fixtures for the MCP tests: a real hub (``claude-net serve`` in a subprocess, SQLite) with the
-lxd, permissions, activity and mcp plugins, one throwaway LXD container it lists, and MCP client
-sessions from the SDK over stdio (the ``claude-net-mcp`` subprocess) and streamable HTTP (/mcp).
+"""Fixtures for the MCP tests: a real hub (``claude-net serve`` in a subprocess, on SQLite and on
+PostgreSQL) with the lxd, permissions, activity and mcp plugins, one throwaway LXD container it
+lists, and MCP client sessions from the SDK over stdio (the ``claude-net-mcp`` subprocess) and streamable HTTP (/mcp).
 
 Everything is shared by the directory's tests (package scope) and always torn down: the hub
 is terminated, the container deleted. Without LXD the tests skip locally and fail under
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from claude_net.testing import require_component
+from claude_net.testing import database_for, require_component
 from mcp_helpers import ALLOWED_ORIGIN, RUN, http_session, running_hub, stdio_session
 
 IMAGE = os.environ.get("LXD_IMAGE_ALIAS", "claude-net-busybox")
@@ -42,12 +42,6 @@ def _lxd_state() -> tuple[bool, str]:
     except subprocess.CalledProcessError:
         return False, f"image {IMAGE} is missing; run scripts/lxd-setup"
     return True, ""
-
-
-@pytest.fixture
-def database_url(tmp_path):
-    """The hub under test runs in its own process on SQLite; nothing here needs PostgreSQL."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
 
 
 @pytest.fixture(scope="package")
@@ -87,14 +81,16 @@ def delete_container(name: str, attempts: int = 60) -> None:
 
 
 @pytest.fixture(scope="package")
-def hub(box):
-    """``claude-net serve`` on a free port with the plugins under test; only our container is listed."""
+def hub(box, package_db_kind, tmp_path_factory):
+    """``claude-net serve`` on a free port with the plugins under test; only our container is listed.
+    Started once per database (SQLite, PostgreSQL), the directory's tests run against each."""
     config = ('[plugins]\nallow = ["lxd", "permissions", "activity", "mcp"]\n'
               f'[lxd]\ninclude = ["{RUN}-*"]\n'
               f'[mcp]\nallowed_origins = ["{ALLOWED_ORIGIN}"]\n')
-    with running_hub(config, roles=ROLES) as h:
-        h.box = box
-        yield h
+    with database_for(package_db_kind, tmp_path_factory.mktemp("hub")) as url:
+        with running_hub(config, roles=ROLES, database_url=url) as h:
+            h.box = box
+            yield h
 
 
 @pytest.fixture

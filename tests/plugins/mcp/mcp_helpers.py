@@ -101,13 +101,15 @@ class Hub:
 
 
 @contextlib.contextmanager
-def running_hub(config: str, *, roles: dict[str, bool]):
-    """``claude-net serve`` (SQLite, a temp dir) with ``config`` appended; tokens for ``roles`` first."""
+def running_hub(config: str, *, roles: dict[str, bool], database_url: str | None = None):
+    """``claude-net serve`` (a temp dir; SQLite there unless ``database_url``) with ``config``
+    appended; tokens for ``roles`` first."""
     workdir = Path(tempfile.mkdtemp(prefix="cn-mcp-"))
     port = free_port()
     path = workdir / "claude-net.toml"
+    database_url = database_url or f"sqlite+aiosqlite:///{workdir / 'hub.db'}"
     path.write_text(f'port = {port}\nlog_level = "warning"\n'
-                    f'database_url = "sqlite+aiosqlite:///{workdir / "hub.db"}"\n' + config)
+                    f'database_url = "{database_url}"\n' + config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLAUDE_NET_")}
     env["CLAUDE_NET_CONFIG"] = str(path)
     h = Hub(url=f"http://127.0.0.1:{port}", dir=workdir, env=env)

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from claude_net.testing import database_for
 from mcp_helpers import http_session, running_hub
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -18,10 +19,11 @@ HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "app
 
 
 @pytest.fixture(scope="module")
-def stateful_hub():
-    with running_hub('[plugins]\nallow = ["mcp"]\n[mcp]\nstateless = false\n',
-                     roles={"one": False, "two": False}) as hub:
-        yield hub
+def stateful_hub(package_db_kind, tmp_path_factory):
+    with database_for(package_db_kind, tmp_path_factory.mktemp("hub")) as url:
+        with running_hub('[plugins]\nallow = ["mcp"]\n[mcp]\nstateless = false\n',
+                         roles={"one": False, "two": False}, database_url=url) as hub:
+            yield hub
 
 
 def test_a_session_belongs_to_the_token_that_opened_it(stateful_hub):
