@@ -138,7 +138,7 @@ def activity(quick: bool) -> list[Row]:
 def files(quick: bool) -> list[Row]:
     import bench_files
 
-    r = bench_files.run(mb=10 if quick else 50, reps=1 if quick else 3, say=log)
+    r = bench_files.run(mb=10 if quick else 50, reps=1 if quick else 5, say=log)
     out = []
     labels = {"json": "JSON base64", "raw": "raw octet-stream"}
     for direction, verb, base in (("upload", "write", "lxc file push"), ("download", "read", "lxc file pull")):
@@ -148,9 +148,14 @@ def files(quick: bool) -> list[Row]:
             if f is None:
                 continue
             path = {"json": f"POST /api/file/{verb}", "raw": f"{'PUT' if verb == 'write' else 'GET'} /api/file/raw"}[kind]
+            # the JSON rows are informational: their time includes base64 of 50 MiB in the client,
+            # which lxc does not do; the raw endpoints are the way to move large files and carry the target
+            target, status = (f">= {r['target']:.2f}x", _ok(f["ratio"] >= r["target"])) if kind == "raw" \
+                else ("", "info")
+            # the ratio is against the lxc runs interleaved with this path's runs
+            lxc_rate = round(r["mib"] / f["lxc_s"], 1) if f.get("lxc_s") else baseline["mb_per_s"]
             out.append(Row("", f"file {direction} {r['mib']} MiB, {labels[kind]} ({path})", f["mb_per_s"],
-                           baseline["mb_per_s"], "MiB/s", base, f["ratio"], f">= {r['target']:.2f}x",
-                           _ok(f["ratio"] >= r["target"]),
+                           lxc_rate, "MiB/s", base, f["ratio"], target, status,
                            f"hub peak RSS +{f['peak_growth_mib']} MiB, {f['rss_after_mib']} MiB after", f))
     return out
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """File transfer through the hub vs ``lxc file push``/``pull``, with the hub's memory growth.
 
-    python bench/bench_files.py [--mb 50] [--reps 3] [--json]
+    python bench/bench_files.py [--mb 50] [--reps 5] [--json]
 
 Launches one busybox container (uniquely named, deleted at the end) and a real hub
 (``claude-net serve``, every installed plugin, ``[lxd] include`` limited to that container),
@@ -14,11 +14,15 @@ makes a file of random bytes on the host, then for ``--reps`` rounds, interleave
 * **download**: ``lxc file pull c/tmp/... FILE`` vs ``POST /api/file/read`` (``encoding: base64``,
   decoding included) and ``GET /api/file/raw``. Every download is checked byte for byte.
 
-Throughput ratio = baseline time / hub time (median of the rounds); target >= 0.8. Each hub path
-(JSON upload, JSON download, raw upload, raw download) gets a fresh hub, so memory figures are
-not blurred by an earlier transfer: the hub's peak RSS during a transfer (the kernel's VmHWM,
-reset with ``/proc/PID/clear_refs`` before each one) minus that hub's idle RSS, and the RSS left
-once the transfers are over.
+Throughput ratio = baseline time / hub time (medians; the baseline is the lxc runs interleaved
+with that path's runs, so both saw the same load; per-round ratios are printed too). Target
+>= 0.8 for the raw endpoints, which stream end to end (the client's leg overlaps LXD's, the hub
+holds a few MiB). The JSON rows are informational: their time includes base64 encoding/decoding
+of the whole file in the client (and JSON in the hub), which ``lxc`` does not do; they exist for
+MCP and agents moving small files. Each hub path (JSON upload, JSON download, raw upload, raw
+download) gets a fresh hub, so memory figures are not blurred by an earlier transfer: the hub's
+peak RSS during a transfer (the kernel's VmHWM, reset with ``/proc/PID/clear_refs`` before each
+one) minus that hub's idle RSS, and the RSS left once the transfers are over.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def measure(pid: int, fn) -> dict:
             "rss_after_mib": rss_kib(pid) / 1024}
 
 
-def run(*, mb: int = 50, reps: int = 3, say=print) -> dict:
+def run(*, mb: int = 50, reps: int = 5, say=print) -> dict:
     prefix = f"bench-{secrets.token_hex(3)}"
     name = f"{prefix}-files"
     workdir = Path(tempfile.mkdtemp(prefix="cn-bench-files-"))
@@ -164,10 +168,12 @@ def run(*, mb: int = 50, reps: int = 3, say=print) -> dict:
                 idle_rss.append(idle)
                 fn = paths(client)[(kind, direction)]
                 runs = []
+                paired: list[float] = []  # the lxc runs next to this path's runs
                 for _ in range(reps):
                     t0 = time.perf_counter()
                     (lxc_push if direction == "upload" else lxc_pull)()
                     baseline[direction].append(time.perf_counter() - t0)
+                    paired.append(baseline[direction][-1])
                     if direction == "download":
                         check(pulled.read_bytes())
                     runs.append(measure(pid, fn))
@@ -176,7 +182,7 @@ def run(*, mb: int = 50, reps: int = 3, say=print) -> dict:
                     check(pulled.read_bytes())
                 growth = [r["peak_growth_mib"] + r["rss_before_mib"] - idle for r in runs
                           if r["peak_growth_mib"] is not None]
-                results[f"{direction}:{kind}"] = {"runs": runs, "idle": idle, "growth": growth}
+                results[f"{direction}:{kind}"] = {"runs": runs, "idle": idle, "growth": growth, "lxc": paired}
                 hub.stop()
                 hub = None
 
@@ -191,18 +197,27 @@ def run(*, mb: int = 50, reps: int = 3, say=print) -> dict:
                 if got is None:
                     continue
                 seconds = statistics.median(r["s"] for r in got["runs"])
+                # against the lxc runs interleaved with this path's (the load of that moment)
+                lxc_seconds = statistics.median(got["lxc"])
                 summary[f"{direction}:{kind}"] = {
-                    "s": round(seconds, 3), "mb_per_s": round(mb / seconds, 1), "ratio": round(base / seconds, 3),
+                    "s": round(seconds, 3), "mb_per_s": round(mb / seconds, 1),
+                    "ratio": round(lxc_seconds / seconds, 3), "lxc_s": round(lxc_seconds, 3),
+                    "round_ratios": [round(b / r["s"], 2) for b, r in zip(got["lxc"], got["runs"])],
                     "peak_growth_mib": round(max(got["growth"]), 1) if got["growth"] else None,
                     "idle_rss_mib": round(got["idle"], 1),
                     "rss_after_mib": round(got["runs"][-1]["rss_after_mib"], 1),
                     "runs_s": [round(r["s"], 3) for r in got["runs"]],
                 }
         say(f"File transfer of {mb} MiB, {reps} rounds (median seconds; ratio = lxc time / hub time; "
-            "a fresh hub per path; peak RSS over that hub's idle RSS)")
+            "a fresh hub per path; peak RSS over that hub's idle RSS; target >= "
+            f"{TARGET}x for raw, JSON informational)")
         for key, s in summary.items():
             growth = f"  peak RSS +{s['peak_growth_mib']} MiB" if s["peak_growth_mib"] is not None else ""
-            say(f"  {key:<16} {s['s']:7.3f} s {s['mb_per_s']:7.1f} MiB/s  {s['ratio']:5.2f}x{growth}")
+            runs = "  runs " + " ".join(f"{x:.3f}" for x in s["runs_s"])
+            if "lxc_s" in s:
+                runs += f" (lxc next to them: median {s['lxc_s']:.3f} s; per round " + \
+                    " ".join(f"{x:.2f}x" for x in s["round_ratios"]) + ")"
+            say(f"  {key:<16} {s['s']:7.3f} s {s['mb_per_s']:7.1f} MiB/s  {s['ratio']:5.2f}x{growth}{runs}")
         return {"mib": mb, "reps": reps, "raw_endpoints": bool(raw), "target": TARGET, "figures": summary,
                 "hub_idle_rss_mib": round(statistics.median(idle_rss), 1) if idle_rss else None}
     finally:
@@ -216,7 +231,7 @@ def run(*, mb: int = 50, reps: int = 3, say=print) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=50, help="file size in MiB (default 50)")
-    parser.add_argument("--reps", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--reps", type=int, default=5, help="rounds (default 5)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     ok, why = lxd_available()
@@ -227,8 +242,8 @@ def main() -> int:
     result = run(mb=args.mb, reps=args.reps, say=say)
     if args.json:
         print(json.dumps(result))
-    best = max(v["ratio"] for k, v in result["figures"].items() if not k.endswith(":lxc"))
-    return 0 if best >= TARGET else 1
+    raw = [v["ratio"] for k, v in result["figures"].items() if k.endswith(":raw")]
+    return 0 if raw and min(raw) >= TARGET else 1
 
 
 if __name__ == "__main__":
