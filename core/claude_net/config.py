@@ -89,7 +89,8 @@ class LimitsSettings:
     )
     rate_burst: int = help_field(2000, "Requests a node may make at once before rate_per_minute applies.")
     body_timeout: float = help_field(
-        30.0, "Seconds a client has to send a whole request body; a slower client gets 408 and is dropped.")
+        30.0, "Seconds a client has to send a whole request body; a slower client gets 408 and is dropped. "
+              "For the streamed PUT /api/file/raw: the longest pause between two pieces of the body.")
 
 
 @dataclass

@@ -69,7 +69,8 @@ class SshSettings:
         5.0, "How long a node's reachable/unreachable status is reused before it is probed again.")
     kill_grace: float = help_field(
         2.0, "Seconds a timed-out command gets after SIGTERM before its process group is killed.")
-    file_timeout: float = help_field(120.0, "Seconds a file read or write over SFTP may take.")
+    file_timeout: float = help_field(
+        120.0, "Seconds a file read or write over SFTP may take (a streamed raw transfer: each SFTP step of it).")
     asyncssh_log_level: str = help_field(
         "warning",
         "Log level of the asyncssh library (debug, info, warning, error). At info it logs every channel "
