@@ -311,3 +311,40 @@ async def test_file_stream_aclose_is_idempotent_and_runs_the_generator_cleanup()
     assert [c async for c in stream] == []
     whole = FileStream.from_bytes(b"x" * 10, chunk_size=4)
     assert whole.size == 10 and [c async for c in whole] == [b"xxxx", b"xxxx", b"xx"]
+
+
+async def test_head_answers_the_headers_without_reading_the_file(hub_harness, box, rec):
+    box.fail_after = 0  # reading any of it would fail
+    async with hub_harness(plugins=[box, rec]) as h:
+        tok = await h.token("boss", admin=True)
+        box.files[("box1", "/f")] = b"h" * 5000
+        async with h.client.request("/api/file/raw?target=box1&path=/f", method="HEAD",
+                                    headers=auth(tok)) as connection:
+            await connection.send_complete()
+        assert connection.status_code == 200 and connection.headers["Content-Length"] == "5000"
+        assert bytes(connection.response_data) == b""
+        assert box.closed == ["/f"]
+        assert [(t, r, d.get("bytes")) for t, r, d in file_events(rec)] == [
+            ("file_read", "pending", None), ("file_read", "ok", 0)]
+        status, body = await h.call("HEAD", "/api/file/raw?target=box1&path=/missing", tok)
+        assert status == 404
+
+
+async def test_a_download_whose_body_is_never_sent_is_closed_and_recorded(hub_harness, box, rec, monkeypatch):
+    from claude_net import Actor
+    from claude_net.builtin import capabilities
+
+    monkeypatch.setattr(capabilities, "STREAM_START_TIMEOUT", 0.2)
+    async with hub_harness(plugins=[box, rec]) as h:
+        box.files[("box1", "/f")] = b"n" * 100
+        download = capabilities.Download(h.hub, Actor("boss", admin=True), "box1", "/f")
+        stream = await download.open()
+        assert stream.size == 100
+        # the response never starts (say, the client vanished before the headers went out)
+        with pytest.raises(Exception) as caught:
+            await asyncio.wait_for(download.task, 5)
+        assert getattr(caught.value, "code", None) == "not_sent"
+        assert box.closed == ["/f"]
+        events = file_events(rec)
+        assert [(t, r) for t, r, _ in events] == [("file_read", "pending"), ("file_read", "error")]
+        assert events[-1][2]["code"] == "not_sent"

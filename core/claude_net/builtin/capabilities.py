@@ -384,22 +384,25 @@ class Download:
         else:
             self.finished.set_exception(error)
 
-    async def body(self):
-        """The response body: the stream's chunks, checked against the announced size and the limit."""
+    async def body(self, *, head: bool = False):
+        """The response body: the stream's chunks, checked against the announced size and the limit.
+
+        ``head``: a HEAD request, answered with the headers only: the file is not read.
+        """
         from claude_net.http import ResponseAborted
 
         stream = self.opened.result()
         self.started.set_result(None)
         size, sent = stream.size, 0
         try:
-            async for chunk in stream:
+            async for chunk in (_nothing() if head else stream):
                 sent += len(chunk)
                 if sent > self.limit or (size is not None and sent > size):
                     raise HubError(f"{self.path} grew while it was read: more than "
                                    f"{size if size is not None else self.limit} bytes", code="file_changed")
                 if chunk:
                     yield chunk
-            if size is not None and sent != size:
+            if size is not None and sent != size and not head:
                 raise HubError(f"{self.path} ended after {sent} of {size} bytes (it changed while it was read)",
                                code="file_changed")
         except (GeneratorExit, asyncio.CancelledError):
@@ -416,8 +419,13 @@ class Download:
                 await asyncio.shield(self.task)  # the final event is written before the response ends
 
 
+async def _nothing():
+    return
+    yield  # an empty async generator
+
+
 async def file_raw_read(ctx):
-    from quart import Response  # the CLI loads this plugin too: the web stack only when serving
+    from quart import Response, request  # the CLI loads this plugin too: the web stack only when serving
 
     target, path = ctx.query["target"], validate_remote_path(ctx.query["path"])
     download = Download(ctx.hub, ctx.actor, target, path)
@@ -425,7 +433,8 @@ async def file_raw_read(ctx):
     headers = {"Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"}
     if stream.size is not None:
         headers["Content-Length"] = str(stream.size)
-    return Response(download.body(), status=200, content_type="application/octet-stream", headers=headers)
+    return Response(download.body(head=request.method == "HEAD"), status=200,
+                    content_type="application/octet-stream", headers=headers)
 
 
 # -- containers ---------------------------------------------------------------------------------
