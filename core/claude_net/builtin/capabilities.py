@@ -556,9 +556,11 @@ def register_routes(hub):
         Route(
             "GET", "/api/file/raw", file_raw_read,
             summary="Read a file on a node as raw bytes (needs the file_read pathway)",
-            description="The file's bytes as `application/octet-stream` (no JSON, no base64): the way to move "
-                        "large or binary files. Same permission, limits and activity record as "
-                        "`POST /api/file/read`; errors are the usual JSON error objects.",
+            description="The file's bytes as `application/octet-stream` (no JSON, no base64), streamed from the "
+                        "node as they are read: the way to move large or binary files. Same permission, limits "
+                        "and activity record as `POST /api/file/read`; errors known before the first byte are the "
+                        "usual JSON error objects, a failure after it cuts the response short of its "
+                        "`Content-Length`. HEAD answers the headers without reading the file.",
             query_schema={"type": "object", "additionalProperties": False, "required": ["target", "path"],
                           "properties": {"target": NAME, "path": PATH}},
             response_media_type="application/octet-stream", tags=["capabilities"],
@@ -567,8 +569,10 @@ def register_routes(hub):
             "PUT", "/api/file/raw", file_raw_write,
             summary="Write a file on a node from the raw request body (needs the file_write pathway)",
             description="The request body is the file's content, any bytes (send it as "
-                        "`application/octet-stream`). Same permission, limits, options and activity record "
-                        "as `POST /api/file/write`; answers the same JSON.",
+                        "`application/octet-stream`, with a `Content-Length` or chunked), streamed to the node as "
+                        "it arrives. Same permission, limits (413 as soon as the body passes `file_max_bytes`), "
+                        "options and activity record as `POST /api/file/write`; answers the same JSON once the "
+                        "file is in place. On any failure the target is left as it was.",
             query_schema={"type": "object", "additionalProperties": False, "required": ["target", "path"],
                           "properties": {
                               "target": NAME, "path": PATH,
