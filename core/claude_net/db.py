@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
@@ -270,7 +271,14 @@ class Database(_Executor):
         import databases
 
         if self.is_sqlite:
-            # A URL like sqlite+aiosqlite:////abs/path: make sure the directory exists.
+            # sqlite+aiosqlite:////abs/path or :///relative/path. A missing directory is named here
+            # (SQLite would only say "unable to open database file", from its thread).
+            path = databases.DatabaseURL(self.url).database
+            if path and path != ":memory:" and not path.startswith("file:"):
+                directory = os.path.dirname(os.path.abspath(path))
+                if not os.path.isdir(directory):
+                    raise Unavailable(f"cannot open the SQLite database {path}: the directory {directory} "
+                                      "does not exist", code="database_unavailable")
             self._db = databases.Database(self.url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
         else:
             self._db = databases.Database(self.url, min_size=1, max_size=10, command_timeout=30,

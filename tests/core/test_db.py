@@ -82,7 +82,7 @@ async def test_unreachable_database_is_unavailable():
     with pytest.raises(Unavailable):
         await db.connect()
     db = Database("sqlite+aiosqlite:////nonexistent-dir/x/y.db")
-    with pytest.raises(Unavailable):
+    with pytest.raises(Unavailable, match="the directory /nonexistent-dir/x does not exist"):
         await db.connect()
 
 
