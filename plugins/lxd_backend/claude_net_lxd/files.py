@@ -71,12 +71,20 @@ def read_sync(backend: LxdBackend, name: str, path: str, max_size: int) -> bytes
             if length is not None and int(length) > max_size:
                 raise PayloadTooLarge(f"{path} is {int(length)} bytes; the limit is {max_size}",
                                       limit=max_size, size=int(length))
-            data = bytearray()
-            while block := response.raw.read(min(READ_CHUNK, max_size + 1 - len(data))):
-                data += block
-                if len(data) > max_size:
+            if length is not None:
+                # exactly the announced size, in one allocation (reading in pieces and joining them
+                # would hold the file twice at the end)
+                data = response.raw.read(int(length)) or b""
+                if len(data) != int(length):
+                    raise LxdError(f"LXD sent {len(data)} of the {int(length)} bytes of {path} on {name}")
+                return data
+            pieces, size = [], 0  # no announced size: at most max_size + 1 bytes, 1 MiB at a time
+            while block := response.raw.read(min(READ_CHUNK, max_size + 1 - size)):
+                pieces.append(block)
+                size += len(block)
+                if size > max_size:
                     raise PayloadTooLarge(f"{path} is larger than the limit of {max_size} bytes", limit=max_size)
-            return bytes(data)
+            return b"".join(pieces)
         finally:
             response.close()
 
