@@ -346,3 +346,19 @@ def test_commit_without_a_waiting_exec_uses_the_full_script(lxd_available, sbox)
         assert sh(sbox, "cat /tmp/s-file") == "b\n"
     finally:
         backend.close()
+
+
+async def test_without_the_socket_streams_the_buffered_path_serves_the_raw_endpoints(hub_harness, run_id, sbox,
+                                                                                       caplog):
+    """An https endpoint has no streams (backend.streams is None): the hooks answer None, read_file and
+    write_file do the work, and the raw endpoints answer the same."""
+    caplog.set_level("DEBUG", logger="claude_net_lxd")
+    data = os.urandom(2 * MiB + 5)
+    async with hub(hub_harness, run_id) as h:
+        token = await h.token("boss", admin=True)
+        h.hub.plugin_state["lxd"].streams = None
+        status, body = await put(h, token, q(sbox, "/tmp/s-buffered.bin"), data, length=False)
+        assert status == 200 and body["size"] == len(data), body
+        status, headers, got = await get(h, token, q(sbox, "/tmp/s-buffered.bin"))
+        assert status == 200 and got == data and headers["Content-Length"] == str(len(data))
+    assert "LXD upload of" not in caplog.text  # the streamed path (which logs its phases) was not taken
