@@ -118,12 +118,6 @@ def fresh_container(lxd_available, run_id):
         c.delete_all()
 
 
-@pytest.fixture
-def database_url(tmp_path):
-    """LXD tests do not exercise the database: SQLite only (overrides the both-databases fixture)."""
-    return f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}"
-
-
 def pytest_sessionfinish(session, exitstatus):
     """Belt and braces: delete any container of ours a crashed fixture left behind."""
     if "lxd" not in _STATE or not _STATE["lxd"][0]:

@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import secrets
 import socket
 import time
 from pathlib import Path
@@ -166,17 +167,18 @@ async def test_stream_follows_symlinks_inside_the_container(hub_harness, run_id,
 
 async def test_stream_upload_errors_leave_nothing_behind(hub_harness, run_id, sbox):
     async with hub(hub_harness, run_id) as h:
+        new = f"/tmp/s-new-{secrets.token_hex(3)}"  # the container is shared by both database runs
         token = await h.token("boss", admin=True)
-        status, body = await put(h, token, q(sbox, "/tmp/s-new/deep/f"), b"x")
+        status, body = await put(h, token, q(sbox, f"{new}/deep/f"), b"x")
         assert status == 404 and body["code"] == "no_such_directory" and "mkdirs" in body["error"], body
-        status, body = await put(h, token, q(sbox, "/tmp/s-new/deep/f", mkdirs="true"), b"deep")
+        status, body = await put(h, token, q(sbox, f"{new}/deep/f", mkdirs="true"), b"deep")
         assert status == 200, body
-        assert sh(sbox, "cat /tmp/s-new/deep/f") == "deep"
+        assert sh(sbox, f"cat {new}/deep/f") == "deep"
         status, body = await put(h, token, q(sbox, "/tmp/adir"), b"x" * 1000)
         assert status == 400 and body["code"] == "is_directory", body
         status, body = await put(h, token, q(sbox, "/etc/passwd/x", mkdirs="true"), b"x")
         assert status == 400, body
-        assert await settled_temps(sbox) == [] and await settled_temps(sbox, "/tmp/s-new/deep") == []
+        assert await settled_temps(sbox) == [] and await settled_temps(sbox, f"{new}/deep") == []
 
 
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])

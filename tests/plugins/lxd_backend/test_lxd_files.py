@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 
 import pytest
 
@@ -87,14 +88,15 @@ async def test_write_mode_owner_and_keep_existing(hub_harness, run_id, fbox):
 async def test_mkdirs(hub_harness, run_id, fbox):
     async with hub(hub_harness, run_id) as h:
         token = await h.token("boss", admin=True)
+        path = f"/tmp/new-{secrets.token_hex(3)}/deep/dir/f.txt"  # the container is shared by both database runs
         status, body = await h.call("POST", "/api/file/write", token, {
-            "target": fbox, "path": "/tmp/new/deep/dir/f.txt", "content": "x"})
+            "target": fbox, "path": path, "content": "x"})
         assert status == 404 and body["code"] == "no_such_directory", body
         assert "mkdirs" in body["error"]
         status, body = await h.call("POST", "/api/file/write", token, {
-            "target": fbox, "path": "/tmp/new/deep/dir/f.txt", "content": "x", "mkdirs": True})
+            "target": fbox, "path": path, "content": "x", "mkdirs": True})
         assert status == 200, body
-        assert cat(fbox, "/tmp/new/deep/dir/f.txt") == "x"
+        assert cat(fbox, path) == "x"
 
 
 async def test_read_errors(hub_harness, run_id, fbox):
