@@ -76,6 +76,17 @@ class TestBox:
 
         return run()
 
+    def _stored(self, node, path: str, options) -> bytes:
+        """The file's bytes, or what a backend raises for a directory, a missing or too large file."""
+        if path.endswith("/"):
+            raise BadRequest(f"{path} is a directory", code="is_directory")
+        data = self.files.get((node.name, path))
+        if data is None:
+            raise NotFound(f"{path} does not exist on {node.name}", code="no_such_file")
+        if len(data) > options.max_size:
+            raise PayloadTooLarge("too large")
+        return data
+
     @hookimpl
     def read_file(self, node, path, options):
         if node.backend != "testbox":
@@ -84,14 +95,7 @@ class TestBox:
         async def run():
             self._check(node)
             self.calls.append(("read", node.name, path))
-            if path.endswith("/"):
-                raise BadRequest(f"{path} is a directory", code="is_directory")
-            data = self.files.get((node.name, path))
-            if data is None:
-                raise NotFound(f"{path} does not exist on {node.name}", code="no_such_file")
-            if len(data) > options.max_size:
-                raise PayloadTooLarge("too large")
-            return data
+            return self._stored(node, path, options)
 
         return run()
 
@@ -164,13 +168,7 @@ class StreamBox(TestBox):
         async def run():
             self._check(node)
             self.calls.append(("open", node.name, path))
-            if path.endswith("/"):
-                raise BadRequest(f"{path} is a directory", code="is_directory")
-            data = self.files.get((node.name, path))
-            if data is None:
-                raise NotFound(f"{path} does not exist on {node.name}", code="no_such_file")
-            if len(data) > options.max_size:
-                raise PayloadTooLarge("too large")
+            data = self._stored(node, path, options)
 
             async def chunks():
                 for start in range(0, len(data), self.chunk):

@@ -38,6 +38,24 @@ from .transport import RestError
 log = logging.getLogger("claude_net_lxd")
 
 MAX_SYMLINK_HOPS = 40
+
+
+def _refuse_directory(kind: str, path: str, name: str) -> None:
+    if kind == "directory":
+        raise BadRequest(f"{path} is a directory on {name}; list it with exec (ls)", code="is_directory")
+
+
+def _hop(hops: int, path: str) -> int:
+    """One more symlink followed; refuses a loop past the kernel's limit."""
+    if hops + 1 > MAX_SYMLINK_HOPS:
+        raise BadRequest(f"{path}: too many levels of symbolic links", code="symlink_loop")
+    return hops + 1
+
+
+def _link_target(current: str, raw: bytes) -> str:
+    """Where the symlink at ``current`` (whose content is ``raw``) points, inside the container."""
+    return posixpath.normpath(posixpath.join(posixpath.dirname(current),
+                                             raw.decode("utf-8", errors="surrogateescape")))
 #: bytes per read of a buffered download (never one read of the whole limit)
 READ_CHUNK = 1024 * 1024
 
@@ -58,14 +76,10 @@ def read_sync(backend: LxdBackend, name: str, path: str, max_size: int) -> bytes
             raise NotFound(f"{path}: no such file on {name}", code="no_such_file") from None
         try:
             kind = response.headers.get("X-LXD-type", "file")
-            if kind == "directory":
-                raise BadRequest(f"{path} is a directory on {name}; list it with exec (ls)", code="is_directory")
+            _refuse_directory(kind, path, name)
             if kind == "symlink":
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise BadRequest(f"{path}: too many levels of symbolic links", code="symlink_loop")
-                target = response.raw.read(4097).decode("utf-8", errors="surrogateescape")
-                current = posixpath.normpath(posixpath.join(posixpath.dirname(current), target))
+                hops = _hop(hops, path)
+                current = _link_target(current, response.raw.read(4097))
                 continue
             length = response.headers.get("Content-Length")
             if length is not None and int(length) > max_size:
@@ -200,14 +214,10 @@ async def open_stream(backend: LxdBackend, node: Node, path: str, options) -> Fi
                                      if current != path else f"{path}: no such file on {name}")
                 raise backend.translate(error, name)
             kind = conn.headers.get("x-lxd-type", "file")
-            if kind == "directory":
-                raise BadRequest(f"{path} is a directory on {name}; list it with exec (ls)", code="is_directory")
+            _refuse_directory(kind, path, name)
             if kind == "symlink":
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise BadRequest(f"{path}: too many levels of symbolic links", code="symlink_loop")
-                target = (await conn.read_body(4097)).decode("utf-8", errors="surrogateescape")
-                current = posixpath.normpath(posixpath.join(posixpath.dirname(current), target))
+                hops = _hop(hops, path)
+                current = _link_target(current, await conn.read_body(4097))
                 conn.close()
                 continue
             size = conn.length
@@ -257,15 +267,12 @@ async def _write_target(backend: LxdBackend, name: str, path: str) -> tuple[str,
         if kind != "symlink":
             return current, {f"X-LXD-{key}": headers[f"x-lxd-{key}"] for key in ("mode", "uid", "gid")
                              if f"x-lxd-{key}" in headers}
-        hops += 1
-        if hops > MAX_SYMLINK_HOPS:
-            raise BadRequest(f"{path}: too many levels of symbolic links", code="symlink_loop")
+        hops = _hop(hops, path)
         link = await streams.request("GET", streams.files_url(name, current))
         try:
-            target = (await link.read_body(4097)).decode("utf-8", errors="surrogateescape")
+            current = _link_target(current, await link.read_body(4097))
         finally:
             link.close()
-        current = posixpath.normpath(posixpath.join(posixpath.dirname(current), target))
 
 
 async def _require_directory(backend: LxdBackend, name: str, path: str, directory: str, mkdirs: bool) -> None:

@@ -44,6 +44,17 @@ DEFAULT_MODE = 0o644
 T = TypeVar("T")
 
 
+def _readable_size(attrs: Any, node: str, path: str, limit: int) -> int:
+    """The size of the file ``attrs`` describes (0: unknown, like /proc files); refuses a
+    directory and a file over ``limit`` before any byte is read."""
+    if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat.S_ISDIR(attrs.permissions or 0):
+        raise BadRequest(f"{path} on {node} is a directory", code="is_directory")
+    size = attrs.size or 0
+    if size > limit:
+        raise PayloadTooLarge(f"{path} on {node} is {size} bytes; the limit is {limit}", limit=limit, size=size)
+    return size
+
+
 def _sftp_error(exc: asyncssh.SFTPError, node: str, path: str) -> HubError:
     if isinstance(exc, asyncssh.SFTPNoSuchFile):
         return NotFound(f"{path} does not exist on {node}", code="no_such_file")
@@ -63,12 +74,7 @@ async def read_file(node: NodeConnection, path: str, options: ReadOptions) -> by
     async with node.sftp() as sftp:
         try:
             attrs = await sftp.stat(path)  # follows symlinks on the node, never on the hub
-            if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat.S_ISDIR(attrs.permissions or 0):
-                raise BadRequest(f"{path} on {node.name} is a directory", code="is_directory")
-            size = attrs.size or 0
-            if size > limit:
-                raise PayloadTooLarge(f"{path} on {node.name} is {size} bytes; the limit is {limit}", limit=limit,
-                                      size=size)
+            size = _readable_size(attrs, node.name, path, limit)
             data = bytearray()
             async with sftp.open(path, "rb") as f:
                 # Files like /proc/* report size 0: read until EOF, but never past the limit.
@@ -95,12 +101,7 @@ async def open_stream(node: NodeConnection, path: str, options: ReadOptions, ste
     try:
         try:
             attrs = await _step(sftp.stat(path), step_timeout, node.name, path)  # follows symlinks on the node
-            if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat.S_ISDIR(attrs.permissions or 0):
-                raise BadRequest(f"{path} on {node.name} is a directory", code="is_directory")
-            size = attrs.size or 0
-            if size > limit:
-                raise PayloadTooLarge(f"{path} on {node.name} is {size} bytes; the limit is {limit}", limit=limit,
-                                      size=size)
+            size = _readable_size(attrs, node.name, path, limit)
             handle = await _step(sftp.open(path, "rb"), step_timeout, node.name, path)
         except asyncssh.SFTPError as exc:
             raise _sftp_error(exc, node.name, path) from None
