@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +45,68 @@ class TokenInfo:
         }
 
 
+def _tokens_changing(db: Database) -> None:
+    """Tell every process's token cache that the tokens table is changing. Called before the
+    change and again after its commit: an entry cached in between is dropped by the second."""
+    signal = db.change_signal("tokens")
+    if signal is not None:
+        signal.bump()
+
+
+class TokenCache:
+    """Verified tokens, kept for a moment so the request path skips the database.
+
+    Only on SQLite, where every process that can change the tokens table is on this machine:
+    creating or revoking a token (the CLI, any process) bumps the database's ``tokens``
+    :class:`~claude_net.db.ChangeSignal`, and an entry cached under an older value is never
+    used again, so a revoked token fails on its very next call. ``TTL`` bounds an entry's life
+    whatever happens (a change made with plain SQL, a crash between commit and signal). On
+    PostgreSQL (replicas on other machines) there is no cache: every call reads the token row.
+    Keys are SHA-256 digests of the tokens; only valid tokens are kept.
+    """
+
+    TTL = 2.0
+    MAX_ENTRIES = 10000
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._entries: dict[bytes, tuple[TokenInfo, int, float]] = {}
+
+    async def verify(self, token: str) -> TokenInfo | None:
+        signal = self.db.change_signal("tokens")
+        if signal is None:
+            return await verify_token(self.db, token)
+        key = hashlib.sha256(token.encode()).digest()
+        seen = signal.value
+        entry = self._entries.get(key)
+        if entry is not None:
+            info, at, until = entry
+            if at == seen and time.monotonic() < until:
+                return info
+            del self._entries[key]
+        info = await verify_token(self.db, token)
+        if info is not None:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            # tagged with the value read *before* the lookup: a change during it voids the entry
+            self._entries[key] = (info, seen, time.monotonic() + self.TTL)
+        return info
+
+
 async def create_token(db: Database, name: str, *, admin: bool = False, replace: bool = False) -> str:
     """Create a token for ``name`` and return it (the only time it is ever shown)."""
     validate_node_name(name)
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
+    _tokens_changing(db)
+    try:
+        await _insert_token(db, name, token_id, secret, admin=admin, replace=replace)
+    finally:
+        _tokens_changing(db)
+    return f"cn_{token_id}_{secret}"
+
+
+async def _insert_token(db: Database, name: str, token_id: str, secret: str, *, admin: bool, replace: bool) -> None:
     async with db.transaction() as tx:
         active = await tx.fetch_val(
             "SELECT COUNT(*) FROM tokens WHERE name = :name AND revoked_at IS NULL", {"name": name}
@@ -64,7 +122,6 @@ async def create_token(db: Database, name: str, *, admin: bool = False, replace:
             "INSERT INTO tokens (id, name, secret_hash, admin, created_at) VALUES (:id, :name, :hash, :admin, :now)",
             {"id": token_id, "name": name, "hash": _hash(secret), "admin": bool(admin), "now": isotime()},
         )
-    return f"cn_{token_id}_{secret}"
 
 
 async def verify_token(db: Database, token: str) -> TokenInfo | None:
@@ -97,10 +154,14 @@ async def list_tokens(db: Database, *, include_revoked: bool = False) -> list[To
 
 async def revoke_tokens(db: Database, name: str) -> int:
     validate_node_name(name)
-    rows = await db.fetch_all(
-        "UPDATE tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL RETURNING id",
-        {"name": name, "now": isotime()},
-    )
+    _tokens_changing(db)
+    try:
+        rows = await db.fetch_all(
+            "UPDATE tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL RETURNING id",
+            {"name": name, "now": isotime()},
+        )
+    finally:
+        _tokens_changing(db)
     if not rows:
         raise NotFound(f"{name} has no active token")
     return len(rows)

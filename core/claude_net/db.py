@@ -247,6 +247,51 @@ class Transaction(_Executor):
         return await _mapped(fetch(self._connection, sql, values))
 
 
+class ChangeSignal:
+    """A value that changes whenever any process on this machine calls :meth:`bump`.
+
+    Kept in a small shared-memory file next to a SQLite database (``<database>-<name>``), so a
+    process can cache what it derives from a table (the hub: verified tokens) and notice with a
+    plain memory read — no query, no system call — that another process (``claude-net token
+    revoke``) changed that table. Each bump writes a fresh random value, so two bumps never look
+    like none. Without a file (an in-memory database) the value lives in this process only.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        import mmap
+
+        self.path = path
+        self._local = 0
+        self._map: Any = None
+        if path is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < 8:
+                    os.ftruncate(fd, 8)
+                self._map = mmap.mmap(fd, 8)
+            finally:
+                os.close(fd)
+
+    @property
+    def value(self) -> int:
+        return int.from_bytes(self._map[:8], "little") if self._map is not None else self._local
+
+    def bump(self) -> None:
+        import secrets
+
+        new = secrets.randbits(64)
+        if self._map is not None:
+            self._map[:8] = new.to_bytes(8, "little")
+        else:
+            self._local = new
+
+    def close(self) -> None:
+        if self._map is not None:
+            with contextlib.suppress(Exception):
+                self._map.close()
+            self._map = None
+
+
 class Database(_Executor):
     def __init__(self, url: str) -> None:
         self.url = url
@@ -257,6 +302,8 @@ class Database(_Executor):
         self._pool: Any = None  # PostgreSQL: the asyncpg pool under ``databases``
         self._reader: Any = None  # SQLite: a read-only sqlite3 connection used on the event loop
         self._batcher: _SqliteBatcher | None = None  # SQLite: autocommit statements, batched
+        self._path: str | None = None  # SQLite: the database file (None: in memory)
+        self._signals: dict[str, ChangeSignal] = {}
         self._lock = asyncio.Lock()
         self.connected = False
 
@@ -318,6 +365,7 @@ class Database(_Executor):
         path = next((r["file"] for r in rows if r["name"] == "main"), "")
         if not path:
             return None
+        self._path = path
         # check_same_thread=False only because it is opened here and closed by whichever thread
         # stops the hub; it is used on the event loop's thread alone.
         reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
@@ -326,6 +374,22 @@ class Database(_Executor):
         reader.execute("PRAGMA busy_timeout=0")
         reader.execute("PRAGMA query_only=1")
         return reader
+
+    def change_signal(self, name: str) -> ChangeSignal | None:
+        """The :class:`ChangeSignal` ``name`` of this SQLite database (shared by every process that
+        opens the same file); None on PostgreSQL, where replicas on other machines could not see it."""
+        if not self.is_sqlite or not self.connected:
+            return None
+        signal = self._signals.get(name)
+        if signal is None:
+            path = f"{self._path}-{name}" if self._path else None
+            try:
+                signal = ChangeSignal(path)
+            except OSError as exc:
+                log.warning("cannot open the change signal %s (%s); caches that need it stay off", path, exc)
+                return None
+            self._signals[name] = signal
+        return signal
 
     async def lookup(self, sql: str, values: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """One row by an indexed point read: for the request path's hottest reads (tokens).
@@ -351,6 +415,9 @@ class Database(_Executor):
         return await self.fetch_one(sql, values)
 
     async def disconnect(self) -> None:
+        for signal in self._signals.values():
+            signal.close()
+        self._signals = {}
         if self._reader is not None:
             with contextlib.suppress(Exception):
                 self._reader.close()

@@ -159,6 +159,7 @@ class Hub:
         self.nodes = NodeRegistry(self)
         self.started = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._tokens = auth.TokenCache(self.db)
         self._last_seen: dict[str, float] = {}  # name -> time.time() of its last request
         self._exec_slots: asyncio.Semaphore | None = None
         #: per-node request rate limits ([limits] rate_per_minute / rate_burst), enforced by the HTTP layer
@@ -270,7 +271,7 @@ class Hub:
     # -- identity ------------------------------------------------------------------------------
 
     async def authenticate(self, token: str, *, via: str = "http") -> Actor | None:
-        info = await auth.verify_token(self.db, token)
+        info = await self._tokens.verify(token)
         if info is None:
             return None
         self._last_seen[info.name] = time.time()  # formatted only when read or flushed

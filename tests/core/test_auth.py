@@ -103,3 +103,50 @@ async def test_config_admins_are_admins(hub_harness):
         tok = await h.token("chasclaude")
         status, _ = await h.call("POST", "/api/container/stop", tok, {"name": "box1"})
         assert status == 200
+
+
+async def test_a_revoke_by_another_process_fails_the_very_next_call(hub_harness, database_url, tmp_path):
+    """The hub may keep verified tokens in memory (SQLite), but a revoke made elsewhere — here
+    ``claude-net token revoke`` in its own process, on the same database — must fail the next call."""
+    import subprocess
+    import sys
+
+    async with hub_harness() as h:
+        token = await h.token("alpha")
+        for _ in range(3):  # verified, and (on SQLite) cached
+            assert (await h.call("GET", "/api/inbox", token))[0] == 200
+        config = tmp_path / "cli.toml"
+        config.write_text(f'database_url = "{database_url}"\n')
+        out = subprocess.run([sys.executable, "-m", "claude_net.cli", "-c", str(config), "token", "revoke", "alpha"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        status, body = await h.call("GET", "/api/inbox", token)
+        assert status == 401 and body["code"] == "invalid_token"
+        new = await auth.create_token(h.hub.db, "alpha")
+        assert (await h.call("GET", "/api/inbox", new))[0] == 200
+
+
+async def test_cached_tokens_expire_even_when_nothing_signals(hub_harness, monkeypatch):
+    """A change no process signals (plain SQL on the table) still takes effect: on PostgreSQL at once
+    (no cache there), on SQLite once the cache entry's short TTL is over."""
+    import asyncio
+
+    monkeypatch.setattr(auth.TokenCache, "TTL", 0.3)
+    async with hub_harness() as h:
+        token = await h.token("alpha")
+        assert (await h.call("GET", "/api/inbox", token))[0] == 200
+        await h.hub.db.execute("UPDATE tokens SET revoked_at = 'now' WHERE name = 'alpha'")
+        cached = h.hub.db.is_sqlite
+        assert (await h.call("GET", "/api/inbox", token))[0] == (200 if cached else 401)
+        await asyncio.sleep(0.35)
+        assert (await h.call("GET", "/api/inbox", token))[0] == 401
+
+
+async def test_the_token_cache_keeps_only_valid_tokens_and_no_secrets(hub_harness):
+    async with hub_harness() as h:
+        token = await h.token("alpha")
+        await h.call("GET", "/api/inbox", token)
+        await h.call("GET", "/api/inbox", token[:-1] + ("A" if token[-1] != "A" else "B"))
+        entries = h.hub._tokens._entries
+        assert len(entries) == (1 if h.hub.db.is_sqlite else 0)
+        assert token not in repr(entries) and token.split("_", 2)[2] not in repr(entries)
