@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -24,11 +23,11 @@ import claude_net_permissions
 import claude_net_telegram
 from claude_net.testing import eventually, free_port, require_component
 from tests.core.testbox import TestBox
+from tests.lxd_daemon import alive, our_lxd_daemon, restart_lxd
 from tests.plugins.telegram.tg_botapi import FakeBotAPI
 
 from .conftest import lxd_overrides
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _rows(hub, **filters):
@@ -39,31 +38,11 @@ async def _rows(hub, **filters):
 # -- LXD ------------------------------------------------------------------------------------------
 
 
-def _our_lxd_daemon() -> int | None:
-    """The pid of the LXD daemon scripts/lxd-setup started (never anyone else's)."""
-    out = subprocess.run(["pgrep", "-x", "lxd"], capture_output=True, text=True).stdout.split()
-    for pid in out:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--logfile" in cmdline and any(arg.endswith(b"lxd-ci.log") for arg in cmdline):
-            return int(pid)
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.lxd
 @pytest.mark.db("sqlite")
 async def test_lxd_daemon_stopped_mid_exec(hub_harness, lxd_box):
-    pid = _our_lxd_daemon()
+    pid = our_lxd_daemon()
     if pid is None:
         require_component("an LXD daemon started by scripts/lxd-setup (the test stops and restarts it)", False)
     async with hub_harness(plugins=[claude_net_lxd, claude_net_activity], lxd=lxd_overrides(),
@@ -79,7 +58,7 @@ async def test_lxd_daemon_stopped_mid_exec(hub_harness, lxd_box):
         # so an exec in flight simply completes: nothing to test there.)
         os.kill(pid, 9)
         try:
-            await eventually(lambda: not _alive(pid), timeout=30)
+            await eventually(lambda: not alive(pid), timeout=30)
             status, body = await asyncio.wait_for(running, 30)
             answered = time.monotonic() - stopped_at
             assert status == 503, body  # not a hang until the 60 s timeout, not a 500
@@ -106,17 +85,6 @@ async def test_lxd_daemon_stopped_mid_exec(hub_harness, lxd_box):
 
 #: a sleep whose command line is unique to this test run (found and ended from the host)
 SLEEP = f"25.{os.getpid()}"
-
-
-def restart_lxd() -> None:
-    """scripts/lxd-setup, retried: other tests (and other people) need the daemon back."""
-    last = None
-    for _ in range(3):
-        last = subprocess.run([str(ROOT / "scripts" / "lxd-setup")], timeout=180, capture_output=True, text=True)
-        if last.returncode == 0:
-            return
-        time.sleep(1)
-    raise AssertionError(f"could not restart LXD: {last.stderr[-2000:]}")
 
 
 async def _exec_ok(h, token, box):

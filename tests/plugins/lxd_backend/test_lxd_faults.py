@@ -5,21 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 import claude_net_lxd
 from claude_net import ExecOptions, Node, Unavailable
-from claude_net.testing import in_ci, require_component
+from claude_net.testing import eventually, in_ci, require_component
+from tests.lxd_daemon import alive, our_lxd_daemon, restart_lxd
 
 from .conftest import lxc_query
 
 pytestmark = pytest.mark.lxd
 
-ROOT = Path(__file__).resolve().parents[3]
 REAL_SOCKET = "/var/lib/lxd/unix.socket"
 
 
@@ -90,32 +88,12 @@ async def test_backend_exec_on_dead_daemon_is_unavailable_fast(hub_harness, tmp_
         assert time.monotonic() - started < 2
 
 
-def _our_daemon() -> int | None:
-    """The pid of an LXD daemon started by scripts/lxd-setup (never someone else's)."""
-    out = subprocess.run(["pgrep", "-x", "lxd"], capture_output=True, text=True).stdout.split()
-    for pid in out:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--logfile" in cmdline and any(arg.endswith(b"lxd-ci.log") for arg in cmdline):
-            return int(pid)
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 async def test_real_daemon_restart(hub_harness, run_id, containers):
     """Kill the real daemon (one scripts/lxd-setup started), see 503s, start it, see recovery."""
     if not (in_ci() or os.environ.get("CLAUDE_NET_TEST_LXD_RESTART") == "1"):
         pytest.skip("stops the shared LXD daemon: runs under CI=true or with CLAUDE_NET_TEST_LXD_RESTART=1")
-    pid = _our_daemon()
+    pid = our_lxd_daemon()
     # never stops a daemon someone else started; under CI=true scripts/lxd-setup started it
     require_component("an LXD daemon started by scripts/lxd-setup", pid is not None,
                       "not stopping someone else's daemon")
@@ -128,8 +106,7 @@ async def test_real_daemon_restart(hub_harness, run_id, containers):
         assert status == 200, body
         os.kill(pid, 9)  # a crash: the shortest outage for anyone else on this daemon; containers live on
         try:
-            while _alive(pid):
-                await asyncio.sleep(0.05)
+            await eventually(lambda: not alive(pid), timeout=30, interval=0.05)
             started = time.monotonic()
             status, body = await h.call("POST", "/api/exec", boss, {"target": name, "command": "echo down"})
             assert status == 503, body
@@ -144,8 +121,7 @@ async def test_real_daemon_restart(hub_harness, run_id, containers):
                 await asyncio.sleep(0.05)
             assert "claude_net_lxd" in body["unavailable"], body
         finally:
-            subprocess.run([str(ROOT / "scripts" / "lxd-setup")], check=True, timeout=120,
-                           capture_output=True)
+            restart_lxd()
         assert lxc_query(f"/1.0/instances/{name}/state")["status"] == "Running"
         deadline = time.monotonic() + 5  # recovers by itself: no hub restart, no manual step
         while True:
