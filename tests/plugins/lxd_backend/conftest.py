@@ -118,6 +118,26 @@ def fresh_container(lxd_available, run_id):
         c.delete_all()
 
 
+def lxd_hub(hub_harness, run_id, **overrides):
+    """``hub_harness`` with the LXD backend, listing only this run's containers (``lxd={...}``
+    overrides are merged into that)."""
+    import claude_net_lxd
+
+    return hub_harness(plugins=[claude_net_lxd], lxd={"include": [f"{run_id}-*"], **overrides.pop("lxd", {})},
+                       **overrides)
+
+
+def launch_file_box(containers, label: str) -> str:
+    """A container set up for the file tests: a marker in /etc/shadow, symlinks into /etc (absolute
+    and relative), a dangling one, a loop, and a directory."""
+    name = containers.launch(label)
+    lxc("exec", name, "--", "sh", "-c",
+        "echo container-shadow-marker > /etc/shadow; ln -s /etc/shadow /tmp/to-shadow;"
+        " ln -s ../etc/passwd /tmp/rel-passwd; ln -s /etc /tmp/etc-link; ln -s nowhere /tmp/dangling;"
+        " ln -s loop-b /tmp/loop-a; ln -s loop-a /tmp/loop-b; mkdir -p /tmp/adir")
+    return name
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Belt and braces: delete any container of ours a crashed fixture left behind."""
     if "lxd" not in _STATE or not _STATE["lxd"][0]:

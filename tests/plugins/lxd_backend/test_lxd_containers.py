@@ -7,16 +7,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-import claude_net_lxd
-
 from .conftest import lxc, lxc_query
+from .conftest import lxd_hub as hub
 
 pytestmark = pytest.mark.lxd
 
 
-def hub(hub_harness, run_id, **overrides):
-    return hub_harness(plugins=[claude_net_lxd], lxd={"include": [f"{run_id}-*"], **overrides.pop("lxd", {})},
-                       **overrides)
 
 
 def status_of(name: str) -> str:

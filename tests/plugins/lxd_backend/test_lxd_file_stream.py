@@ -21,10 +21,10 @@ from urllib.parse import urlencode
 
 import pytest
 
-import claude_net_lxd
 from claude_net.testing import HubProcess
 
-from .conftest import lxc
+from .conftest import launch_file_box, lxc
+from .conftest import lxd_hub as hub
 
 pytestmark = pytest.mark.lxd
 
@@ -33,16 +33,7 @@ MiB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def sbox(containers):
-    name = containers.launch("stream")
-    lxc("exec", name, "--", "sh", "-c",
-        "echo container-shadow-marker > /etc/shadow; ln -s /etc/shadow /tmp/to-shadow;"
-        " ln -s /etc /tmp/etc-link; ln -s nowhere /tmp/dangling; ln -s loop-b /tmp/loop-a;"
-        " ln -s loop-a /tmp/loop-b; mkdir -p /tmp/adir")
-    return name
-
-
-def hub(hub_harness, run_id, **overrides):
-    return hub_harness(plugins=[claude_net_lxd], lxd={"include": [f"{run_id}-*"]}, **overrides)
+    return launch_file_box(containers, "stream")
 
 
 def sh(name: str, command: str) -> str:

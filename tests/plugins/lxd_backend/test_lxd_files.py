@@ -8,25 +8,15 @@ import secrets
 
 import pytest
 
-import claude_net_lxd
-
-from .conftest import lxc
+from .conftest import launch_file_box, lxc
+from .conftest import lxd_hub as hub
 
 pytestmark = pytest.mark.lxd
 
 
 @pytest.fixture(scope="module")
 def fbox(containers):
-    name = containers.launch("files")
-    lxc("exec", name, "--", "sh", "-c",
-        "echo container-shadow-marker > /etc/shadow; ln -s /etc/shadow /tmp/to-shadow;"
-        " ln -s ../etc/passwd /tmp/rel-passwd; ln -s /etc /tmp/etc-link; ln -s nowhere /tmp/dangling;"
-        " ln -s loop-b /tmp/loop-a; ln -s loop-a /tmp/loop-b; mkdir -p /tmp/adir")
-    return name
-
-
-def hub(hub_harness, run_id, **overrides):
-    return hub_harness(plugins=[claude_net_lxd], lxd={"include": [f"{run_id}-*"]}, **overrides)
+    return launch_file_box(containers, "files")
 
 
 def cat(name: str, path: str) -> str:
