@@ -105,12 +105,19 @@ def write_file(hub, node, path, data, options):
     return _owned(hub, node, call)
 
 
-@hookimpl
-def open_file_stream(hub, node, path, options):
+def _streaming(hub, node):
+    """The backend if it can stream files of ``node``; None (the core then uses the buffered
+    read_file / write_file) for another backend's node, a backend not running, or https."""
     if node.backend != BACKEND:
         return None
     backend = hub.plugin_state.get(STATE_KEY)
-    if backend is None or backend.streams is None:  # not running, or https: the buffered read_file
+    return backend if backend is not None and backend.streams is not None else None
+
+
+@hookimpl
+def open_file_stream(hub, node, path, options):
+    backend = _streaming(hub, node)
+    if backend is None:
         return None
     from . import files
 
@@ -119,10 +126,8 @@ def open_file_stream(hub, node, path, options):
 
 @hookimpl
 def write_file_stream(hub, node, path, chunks, options):
-    if node.backend != BACKEND:
-        return None
-    backend = hub.plugin_state.get(STATE_KEY)
-    if backend is None or backend.streams is None:  # not running, or https: the buffered write_file
+    backend = _streaming(hub, node)
+    if backend is None:
         return None
     from . import files
 
