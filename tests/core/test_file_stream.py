@@ -10,6 +10,7 @@ import pytest
 
 from claude_net import FileStream
 from claude_net.http import BODY_HIGH_WATER
+from claude_net.testing import eventually
 
 from .testbox import Allow, Recorder, StreamBox, TestBox
 
@@ -143,10 +144,7 @@ async def test_client_disconnect_mid_upload_removes_the_temporary_file(hub_harne
         tok = await h.token("boss", admin=True)
         box.files[("box1", "/keep")] = b"old content"
         await upload(h, tok, "target=box1&path=/keep", [b"y" * 1000] * 10, disconnect_after=5, pause=0.01)
-        for _ in range(100):
-            if file_events(rec) and file_events(rec)[-1][1] != "pending":
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: file_events(rec) and file_events(rec)[-1][1] != "pending", timeout=1, interval=0.01)
         assert box.files[("box1", "/keep")] == b"old content"
         assert box.temps == {}
         assert 0 < sum(box.chunks_seen) <= 5000
@@ -162,10 +160,8 @@ async def test_a_stalled_upload_is_408(hub_harness, box, rec):
         async with h.client.request("/api/file/raw?target=box1&path=/slow", method="PUT",
                                     headers=headers) as connection:
             await connection.send(b"first part")
-            for _ in range(100):  # the hub answers while the client still holds the connection
-                await asyncio.sleep(0.02)
-                if connection.status_code is not None:
-                    break
+            # the hub answers while the client still holds the connection
+            await eventually(lambda: connection.status_code is not None, timeout=2, interval=0.02)
             status = connection.status_code
             await connection.send_complete()
         response = await connection.as_response()
@@ -278,10 +274,7 @@ async def test_a_client_that_goes_away_mid_download_is_recorded_and_the_stream_r
             first = await asyncio.wait_for(connection.receive(), 5)
             assert first == b"g" * 1000
             await connection.disconnect()
-        for _ in range(100):
-            if box.closed:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: box.closed, timeout=1, interval=0.01)
         assert box.closed == ["/f"]
         events = file_events(rec)
         assert [(t, r) for t, r, _ in events] == [("file_read", "pending"), ("file_read", "error")]
