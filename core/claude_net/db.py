@@ -132,57 +132,95 @@ class _SqliteBatcher:
     """Sends the autocommit statements of concurrent requests to aiosqlite's thread in batches.
 
     A trip to the thread and back costs far more than a small statement: the thread must take
-    the GIL from the busy event loop and the loop must be woken with the result, a dozen context
-    switches under load. Statements that arrive while a batch is queued or running go together
-    in the next one: one trip for many requests. Each statement still runs and commits on its
-    own, in arrival order, and its error goes to its own caller only.
+    the GIL from the busy event loop, and the answer waits for the loop to come round to it.
+    Statements that arrive while batches are on their way go together in the next one: one trip
+    for many requests. Two batches may be on their way at once, so the thread has the next one
+    ready when it finishes the current one, and a statement never waits for a whole trip before
+    it even leaves (with one batch at a time the loop idled while every request waited on the
+    thread). Batches run in the order they were sent, each statement on its own (it commits on
+    its own, and its error goes to its own caller only).
+
+    The thread answers with one ``call_soon_threadsafe`` that hands each caller its result; no
+    task and no intermediate future per batch, so an answer costs the loop one turn, not three.
+    This uses aiosqlite's queue to its worker thread (``Connection._tx``) directly: its own
+    ``_execute`` wraps every call in a future the caller must await.
     """
+
+    #: batches on their way to the thread at once
+    IN_FLIGHT = 2
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
+        self._loop = asyncio.get_running_loop()
         self._queue: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
-        self._drainer: asyncio.Task[None] | None = None
+        self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def rows(self, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        return await self.submit(sql, values)
+
+    def submit(self, sql: str, values: Mapping[str, Any] | None) -> asyncio.Future[Any]:
+        """Queue a statement; the future gets its rows. It runs after every statement queued
+        before it and before every statement queued after it."""
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._queue.append((sql, dict(values or {}), future))
-        if self._drainer is None:
-            self._idle.clear()
-            self._drainer = asyncio.ensure_future(self._drain())
-        return await future
+        if self._in_flight < self.IN_FLIGHT:
+            self._send()
+        return future
 
     async def idle(self) -> None:
         """Wait until every queued statement has run (before a transaction takes the connection)."""
         await self._idle.wait()
 
-    async def _drain(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    # the thread function runs on aiosqlite's worker, like execute_fetchall
-                    results = await asyncio.shield(self._raw._execute(
-                        _run_batch, self._raw._conn, [(sql, values) for sql, values, _f in batch]))
-                except BaseException as exc:  # the connection is closed or the drain was cancelled
-                    for _s, _v, future in batch:
-                        if not future.done():
-                            future.set_exception(exc if isinstance(exc, Exception) else
-                                                 Unavailable("the database connection was closed",
-                                                             code="database_unavailable"))
-                    if not isinstance(exc, Exception):
-                        raise
+    def _send(self) -> None:
+        batch, self._queue = self._queue, []
+        raw = self._raw
+        if not raw._running or raw._connection is None:  # closed: its thread would never answer
+            self._answer(batch, Unavailable("the database connection was closed", code="database_unavailable"),
+                         sent=False)
+            return
+        self._in_flight += 1
+        self._idle.clear()
+        statements = [(sql, values) for sql, values, _f in batch]
+        loop, answer = self._loop, self._answer
+
+        def work() -> None:  # on aiosqlite's thread
+            try:
+                result: Any = _run_batch(raw._conn, statements)
+            except BaseException as exc:  # noqa: BLE001 - the connection went away: every caller hears
+                result = exc
+            try:
+                loop.call_soon_threadsafe(answer, batch, result)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+        raw._tx.put_nowait((None, work))
+
+    def _answer(self, batch: list[tuple[str, dict[str, Any], asyncio.Future[Any]]], results: Any,
+                sent: bool = True) -> None:
+        """On the loop: each caller gets its own result or error; the next batch leaves."""
+        if sent:
+            self._in_flight -= 1
+        if isinstance(results, BaseException):  # the whole batch failed: the connection is gone
+            if not isinstance(results, Unavailable):
+                log.warning("SQLite batch failed: %s: %s", type(results).__name__, results)
+            error = results if isinstance(results, Unavailable) else Unavailable(
+                "the database connection was closed", code="database_unavailable")
+            for _s, _v, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+        else:
+            for (_s, _v, future), (ok, result) in zip(batch, results):
+                if future.done():  # its caller was cancelled; the statement ran anyway
                     continue
-                for (_s, _v, future), (ok, result) in zip(batch, results):
-                    if future.done():  # its caller was cancelled; the statement ran anyway
-                        continue
-                    if ok:
-                        future.set_result(result)
-                    else:
-                        future.set_exception(result)
-        finally:
-            self._drainer = None
+                if ok:
+                    future.set_result(result)
+                else:
+                    future.set_exception(result)
+        if self._queue and self._in_flight < self.IN_FLIGHT:
+            self._send()
+        elif not self._in_flight and not self._queue:
             self._idle.set()
 
 
@@ -415,6 +453,11 @@ class Database(_Executor):
         return await self.fetch_one(sql, values)
 
     async def disconnect(self) -> None:
+        if self._batcher is not None:  # statements queued without waiting (submit) still run
+            try:
+                await asyncio.wait_for(self._batcher.idle(), 10)
+            except asyncio.TimeoutError:
+                log.error("closing the database with statements still queued after 10 s")
         for signal in self._signals.values():
             signal.close()
         self._signals = {}
@@ -446,6 +489,21 @@ class Database(_Executor):
         if self._pool is not None:
             return await _mapped(_pg_pool_rows(self._pool, sql, values))
         return await _mapped(_pg_rows(self._db, sql, values))
+
+    def submit(self, sql: str, values: Mapping[str, Any] | None = None) -> asyncio.Future[Any] | None:
+        """Queue a statement without waiting for it; a future for its rows (or its error, unmapped).
+
+        Only on SQLite, and only when no transaction is open: its one connection runs statements
+        in the order they were queued, so everything this process queues or runs afterwards (a
+        query, a transaction) sees the statement's effect, though nobody waited for it. Returns
+        None on PostgreSQL (a pool of connections keeps no such order) or while a transaction is
+        open: await :meth:`fetch_all` and friends then. Whoever holds the future must look at its
+        outcome (``add_done_callback``): a failure is nobody else's to report. :meth:`disconnect`
+        waits for queued statements.
+        """
+        if not self.connected or self._batcher is None or self._lock.locked():
+            return None
+        return self._batcher.submit(sql, values)
 
     async def execute_many(self, sql: str, values: Sequence[Mapping[str, Any]]) -> None:
         async with self.transaction() as tx:

@@ -224,3 +224,60 @@ async def main():
     await db.disconnect()
 asyncio.run(main())
 """
+
+
+async def test_submitted_statements_run_in_order_before_anything_queued_later(database_url):
+    """``submit`` queues without waiting (SQLite): a query issued right after, without awaiting
+    the submitted statements, already sees them; each future gets its own rows. On PostgreSQL
+    it declines (a pool keeps no order), and so it does while a transaction is open."""
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE s (id INTEGER PRIMARY KEY, v TEXT UNIQUE)")
+        futures = [db.submit("INSERT INTO s (id, v) VALUES (:id, :v) RETURNING id", {"id": i, "v": f"v{i}"})
+                   for i in range(1, 31)]
+        if not db.is_sqlite:
+            assert futures == [None] * 30
+            return
+        duplicate = db.submit("INSERT INTO s (id, v) VALUES (99, 'v1')")
+        assert all(not f.done() for f in futures)  # queued, not run: nobody has awaited anything yet
+        assert await db.fetch_val("SELECT COUNT(*) FROM s") == 30
+        assert [f.result() for f in futures] == [[{"id": i}] for i in range(1, 31)]
+        assert "UNIQUE" in str(duplicate.exception())  # its own error, nobody else's
+        async with db.transaction() as tx:
+            assert db.submit("INSERT INTO s (id, v) VALUES (50, 'x')") is None
+            await tx.execute("INSERT INTO s (id, v) VALUES (51, 'y')")
+    finally:
+        await db.disconnect()
+
+
+@pytest.mark.db("sqlite")  # submit queues on SQLite only
+async def test_disconnect_waits_for_submitted_statements(database_url):
+    """Statements queued without waiting are not lost when the database closes right after."""
+    db = Database(database_url)
+    await db.connect()
+    await db.execute("CREATE TABLE d (id INTEGER PRIMARY KEY)")
+    futures = [db.submit("INSERT INTO d (id) VALUES (:id)", {"id": i}) for i in range(200)]
+    await db.disconnect()
+    assert all(f.done() and f.exception() is None for f in futures)
+    db = Database(database_url)
+    await db.connect()
+    try:
+        assert await db.fetch_val("SELECT COUNT(*) FROM d") == 200
+    finally:
+        await db.disconnect()
+
+
+@pytest.mark.db("sqlite")  # SQLite's connection thread
+async def test_statements_after_the_connection_closed_fail_cleanly(database_url):
+    """A statement that reaches a closed SQLite connection gets a 503-mapped error, not a hang."""
+    from claude_net import Unavailable
+
+    db = Database(database_url)
+    await db.connect()
+    batcher = db._batcher
+    await db.disconnect()
+    with pytest.raises(Unavailable):
+        await asyncio.wait_for(batcher.rows("SELECT 1", None), 5)
+    with pytest.raises(Unavailable):
+        await db.fetch_val("SELECT 1")
