@@ -57,6 +57,8 @@ def migrations():
 
 @hookimpl
 def on_event(hub, event):
+    if store.record_queued(hub, event):
+        return None
     return store.record(hub, event)
 
 

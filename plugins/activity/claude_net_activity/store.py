@@ -89,7 +89,8 @@ def settings_of(hub):
 # -- recording ----------------------------------------------------------------------------------
 
 
-def event_params(event, max_detail: int) -> dict[str, Any]:
+def event_params(event, max_detail: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The row's column values, and the ``data`` the live stream shows (what the column holds)."""
     data = dict(event.data or {})
     duration = data.pop("duration_ms", None)
     exit_code = data.pop("exit_code", None)
@@ -103,7 +104,10 @@ def event_params(event, max_detail: int) -> dict[str, Any]:
     if data:
         data_text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
         if len(data_text) > MAX_DATA:
-            data_text = json.dumps({"truncated": True, "keys": sorted(map(str, data))[:50]})
+            data = {"truncated": True, "keys": sorted(map(str, data))[:50]}
+            data_text = json.dumps(data)
+        elif not _plain_json(data):  # the stream shows what the row holds (default=str turned it into text)
+            data = json.loads(data_text)
     return {
         "timestamp": event.time,
         "from_machine": event.actor,
@@ -118,7 +122,19 @@ def event_params(event, max_detail: int) -> dict[str, Any]:
         "exit_code": exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
         "data": data_text,
         "completed_at": None if event.result == "pending" else event.time,
-    }
+    }, data
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether ``value`` survives a JSON round trip unchanged (the common case: str, int, bool, None,
+    lists and dicts of them), so the live stream need not parse back what was just written."""
+    if value is None or type(value) in (str, int, bool):
+        return True
+    if type(value) is list:
+        return all(_plain_json(v) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _plain_json(v) for k, v in value.items())
+    return False
 
 
 async def record(hub, event) -> dict[str, Any]:
@@ -129,7 +145,7 @@ async def record(hub, event) -> dict[str, Any]:
     no pending phase, is one row, and ids have no gaps from upserts.
     """
     state = state_of(hub)
-    params = event_params(event, settings_of(hub).max_detail)
+    params, data = event_params(event, settings_of(hub).max_detail)
     try:
         row = None
         if event.result != "pending" and event.id in state.pending:
@@ -146,12 +162,47 @@ async def record(hub, event) -> dict[str, Any]:
         raise AuditError(f"the activity log cannot be written: {reason}", code="audit_unavailable") from exc
     if row is None:  # pragma: no cover - RETURNING always yields the row
         raise AuditError("the activity log did not confirm the write", code="audit_unavailable")
-    payload = _payload(params, row["id"], row["timestamp"])
+    payload = _payload(params, data, row["id"], row["timestamp"])
     await hub.bus.publish(CHANNEL, payload)
     return payload
 
 
-def _payload(params: Mapping[str, Any], row_id: int, timestamp: str) -> dict[str, Any]:
+def record_queued(hub, event) -> bool:
+    """Queue the single row of a final event without waiting for it, where the database allows.
+
+    For events with no pending row of their own (messages, denials, refusals): on SQLite the
+    INSERT is queued on the hub's one database connection (``Database.submit``), which runs
+    statements in order, so the row is in place before anything this hub queries or writes
+    afterwards: a client that reads the feed after its answer sees the row. The request does
+    not wait one more trip to the database thread for it. The live stream hears of the row
+    once it is written; a failure is logged, exactly as when the hub awaits a final event
+    (only a pending event's failure refuses the action). Returns False when the event must be
+    recorded with :func:`record` instead (a pending event, a completion, PostgreSQL, an open
+    transaction).
+    """
+    if event.result == "pending" or event.id in state_of(hub).pending or not hub.db.is_sqlite:
+        return False
+    params, data = event_params(event, settings_of(hub).max_detail)
+    future = hub.db.submit(_INSERT, params)
+    if future is None:
+        return False
+    future.add_done_callback(lambda done: _queued_written(hub, event, params, data, done))
+    return True
+
+
+def _queued_written(hub, event, params: Mapping[str, Any], data: dict[str, Any], done) -> None:
+    exc = None if not done.cancelled() else asyncio.CancelledError()
+    exc = exc or done.exception()
+    if exc is not None:
+        log.error("activity: cannot record %s %s event %s: %s: %s", event.type, event.result, event.id,
+                  type(exc).__name__, exc)
+        return
+    rows = done.result()
+    if rows:  # SQLite: the bus delivers in this process only, synchronously
+        hub.bus.publish_local(CHANNEL, _payload(params, data, rows[0]["id"], rows[0]["timestamp"]))
+
+
+def _payload(params: Mapping[str, Any], data: dict[str, Any], row_id: int, timestamp: str) -> dict[str, Any]:
     detail = params["detail"]
     out = {
         "id": row_id, "time": timestamp, "from": params["from_machine"], "type": params["type"],
@@ -159,7 +210,7 @@ def _payload(params: Mapping[str, Any], row_id: int, timestamp: str) -> dict[str
         "result": params["result"], "via": params["via"], "unauthenticated": params["unauthenticated"],
         "duration_ms": params["duration_ms"], "exit_code": params["exit_code"],
         "completed_at": params["completed_at"], "event_id": params["event_id"],
-        "data": json.loads(params["data"]) if params["data"] else {},
+        "data": data,
     }
     if len(detail) > STREAM_DETAIL:
         out["detail_truncated"] = True

@@ -181,3 +181,33 @@ async def test_record_events_from_other_plugins(hub_harness, box):
         await claude_net_permissions.set_permission(h.hub, Actor("ops", admin=True, via="cli"), "alpha", "box1")
         [row] = await rows(h, type="permit")
         assert row["via"] == "cli" and row["from_machine"] == "ops" and row["result"] == "ok"
+
+
+async def test_final_events_are_queued_in_order_streamed_and_failures_logged(hub_harness, box, caplog):
+    """A final event with no pending row (a message, a denial) does not hold its request for the
+    write on SQLite: its row is queued on the database's one connection, so anything this hub
+    reads afterwards already sees it, and the live stream hears of it once written. On PostgreSQL
+    it is awaited as before. A failed queued write is logged, like any final event's."""
+    from claude_net_activity import store
+
+    async with hub_harness(plugins=plugins(box)) as h:
+        hub = h.hub
+        async with hub.bus.subscribe(store.CHANNEL) as sub:
+            event = Event("message", "alpha", "beta", "queued hello", "ok", data={"ids": [7], "n": 1.5})
+            assert store.record_queued(hub, event) is hub.db.is_sqlite
+            if not hub.db.is_sqlite:
+                await store.record(hub, event)
+            [row] = await rows(h, event_id=event.id)  # no wait in between: the queue keeps the order
+            assert row["detail"] == "queued hello" and row["data"] == '{"ids":[7],"n":1.5}'
+            streamed = await sub.get(timeout=5)
+            assert streamed["id"] == row["id"] and streamed["data"] == {"ids": [7], "n": 1.5}
+        assert not store.record_queued(hub, Event("exec", "alpha", "box1", "ls", "pending"))
+        if hub.db.is_sqlite:
+            await hub.db.execute("ALTER TABLE activity_log RENAME TO activity_log_away")
+            try:
+                await hub.emit(Event("message", "alpha", "beta", "lost", "ok"))
+                await hub.db.fetch_val("SELECT 1")  # runs after the queued INSERT
+                await asyncio.sleep(0)  # its answer reaches the loop
+                assert "activity: cannot record message ok event" in caplog.text
+            finally:
+                await hub.db.execute("ALTER TABLE activity_log_away RENAME TO activity_log")
