@@ -13,6 +13,8 @@ log = logging.getLogger("claude_net.serve")
 #: bytes Hypercorn asks for per socket read (its default is 64 KiB); asyncio hands over at most
 #: 256 KiB per socket read, and Hypercorn queues up to 10 reads per request (2.5 MiB at most)
 READ_SIZE = 256 * 1024
+#: allocations between two young-generation garbage collections (CPython's default is 700)
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def _tune_hypercorn() -> None:
@@ -30,6 +32,26 @@ def _tune_hypercorn() -> None:
         tcp_server.MAX_RECV = READ_SIZE
 
 
+def _tune_gc(app) -> None:
+    """Once the hub has started: freeze the startup heap and collect the young generation less often.
+
+    Every plugin's libraries (pylxd, asyncssh, telegram, mcp, pydantic...) leave some 150,000
+    objects that live as long as the process. CPython's collector walked all of them on every
+    full collection: a pause of about 100 ms every few seconds under load. ``gc.freeze()`` moves
+    them out of its sight. With 50 requests in flight, a young collection every 700 allocations
+    re-examined the same few thousand live request objects each time; every 20,000 it costs a
+    fraction of that, and garbage cycles still go within milliseconds.
+    """
+    import gc
+
+    @app.before_serving
+    async def settle_heap() -> None:  # registered after the hub's own startup, so it runs after it
+        gc.collect()
+        gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def worker_app():
     """App factory for ``--workers N``: each Hypercorn worker process builds its own hub."""
     from .config import load_settings
@@ -39,7 +61,9 @@ def worker_app():
     logging.basicConfig(level=settings.core.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     _tune_hypercorn()
-    return create_app(settings)
+    app = create_app(settings)
+    _tune_gc(app)
+    return app
 
 
 def serve(settings, *, host: str | None = None, port: int | None = None, workers: int = 1) -> int:
@@ -85,6 +109,7 @@ def serve(settings, *, host: str | None = None, port: int | None = None, workers
         return run(config)
     app = create_app(hub=hub)
     _tune_hypercorn()
+    _tune_gc(app)
     log.info("claude-net serving on http://%s with %s", config.bind[0], redact_url(settings.core.database_url))
 
     # Database calls hop to a worker thread (aiosqlite) and back. Under load the event loop

@@ -101,3 +101,25 @@ def test_sigterm_ends_long_polls_and_streams_promptly():
         assert "event: end" in results["stream"][0] and results["stream"][1] < 8
     finally:
         hub.stop()
+
+
+async def test_serving_freezes_the_startup_heap_after_the_hub_started(make_settings):
+    """`claude-net serve` hides the startup heap from the garbage collector (no ~100 ms full
+    collections under load) and collects the young generation less often, once the hub is up."""
+    import gc
+
+    from claude_net.http import create_app
+    from claude_net.serve import GC_YOUNG_THRESHOLD, _tune_gc
+
+    before = gc.get_threshold()
+    app = create_app(make_settings(), load_entrypoints=False)
+    _tune_gc(app)
+    try:
+        assert gc.get_freeze_count() == 0
+        async with app.test_app():
+            assert app.hub.started
+            assert gc.get_freeze_count() > 1000
+            assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
