@@ -308,7 +308,8 @@ class RouteView:
         if not raw:
             raise BadRequest("a JSON object body is required", code="invalid_json")
         try:
-            body = json.loads(raw, parse_float=_parse_float, parse_constant=_reject_constant)
+            # what json.loads does with bytes, with one decoder made once instead of per call
+            body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
         if not isinstance(body, dict):
@@ -328,6 +329,9 @@ def _parse_float(text: str) -> float | int:
 def _reject_constant(name: str) -> Any:
     """``NaN``, ``Infinity``, ``-Infinity`` are not JSON (Python's parser accepts them by default)."""
     raise ValueError(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_float=_parse_float, parse_constant=_reject_constant)
 
 
 def _view(route_view: RouteView):

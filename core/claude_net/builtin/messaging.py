@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 
-from claude_net import Event, Migration, Node, NotFound, PayloadTooLarge, Route, hookimpl
+from claude_net import Event, Migration, Node, PayloadTooLarge, Route, hookimpl
 from claude_net.types import NODE_NAME_RE, WILDCARD, isotime
 
 NAME_PATTERN = NODE_NAME_RE.pattern
@@ -84,7 +84,8 @@ async def send(ctx):
     size = len(message.encode())
     if size > limit:
         raise PayloadTooLarge(f"the message is {size} bytes; the limit is {limit}", limit=limit)
-    key = ctx.headers.get("Idempotency-Key")
+    keys = ctx.headers.getlist("Idempotency-Key")  # (get() raises and catches a KeyError when absent)
+    key = keys[0] if keys else None
     if key is not None and not (1 <= len(key) <= 200):
         from claude_net import BadRequest
 
