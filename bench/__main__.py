@@ -56,10 +56,10 @@ def messaging(db: str, replicas: int) -> Callable[[bool], list[Row]]:
     def run(quick: bool) -> list[Row]:
         import bench_messaging
 
-        r = bench_messaging.run(seconds=3 if quick else 10, postgresql=db == "postgresql", replicas=replicas,
-                                rounds=1 if quick else 3)
+        r = bench_messaging.run(seconds=2 if quick else 3, postgresql=db == "postgresql", replicas=replicas,
+                                rounds=2 if quick else 10)
         label = f"{'SQLite' if db == 'sqlite' else 'PostgreSQL'}, {replicas} replica{'s' if replicas > 1 else ''}"
-        note = "ratio per round " + ", ".join(f"{x:.2f}" for x in r["ratio_runs"])
+        note = "ratio per pair " + ", ".join(f"{x:.2f}" for x in r["ratio_runs"])
         if r["errors"]:
             note += f"; errors {r['errors']}"
         if replicas > 1:
