@@ -133,12 +133,13 @@ class _SqliteBatcher:
 
     A trip to the thread and back costs far more than a small statement: the thread must take
     the GIL from the busy event loop, and the answer waits for the loop to come round to it.
-    Statements that arrive while batches are on their way go together in the next one: one trip
-    for many requests. Two batches may be on their way at once, so the thread has the next one
-    ready when it finishes the current one, and a statement never waits for a whole trip before
-    it even leaves (with one batch at a time the loop idled while every request waited on the
-    thread). Batches run in the order they were sent, each statement on its own (it commits on
-    its own, and its error goes to its own caller only).
+    A batch leaves at the end of the loop's current turn, with every statement the turn's
+    requests issued, or, while two batches are on their way, as soon as one comes back: one trip
+    for many requests. Two may be on their way at once, so the thread has the next batch ready
+    when it finishes the current one and a statement never waits for a whole trip before it even
+    leaves (with one batch at a time the loop idled while every request waited on the thread).
+    Batches run in the order they were sent, each statement on its own (it commits on its own,
+    and its error goes to its own caller only).
 
     The thread answers with one ``call_soon_threadsafe`` that hands each caller its result; no
     task and no intermediate future per batch, so an answer costs the loop one turn, not three.
@@ -154,6 +155,7 @@ class _SqliteBatcher:
         self._loop = asyncio.get_running_loop()
         self._queue: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
         self._in_flight = 0
+        self._flush_soon = False  # a _flush is scheduled for the end of the loop's turn
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -165,9 +167,18 @@ class _SqliteBatcher:
         before it and before every statement queued after it."""
         future: asyncio.Future[Any] = self._loop.create_future()
         self._queue.append((sql, dict(values or {}), future))
-        if self._in_flight < self.IN_FLIGHT:
-            self._send()
+        self._idle.clear()
+        if not self._flush_soon and self._in_flight < self.IN_FLIGHT:
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)  # after the handles of this turn: they may add more
         return future
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if self._queue and self._in_flight < self.IN_FLIGHT:
+            self._send()
+        elif not self._in_flight and not self._queue:
+            self._idle.set()
 
     async def idle(self) -> None:
         """Wait until every queued statement has run (before a transaction takes the connection)."""
@@ -181,7 +192,6 @@ class _SqliteBatcher:
                          sent=False)
             return
         self._in_flight += 1
-        self._idle.clear()
         statements = [(sql, values) for sql, values, _f in batch]
         loop, answer = self._loop, self._answer
 
