@@ -149,6 +149,8 @@ class _SqliteBatcher:
 
     #: batches on their way to the thread at once
     IN_FLIGHT = 2
+    #: longest a ``lazy`` statement waits for a batch to leave before it leaves on its own (s)
+    LAZY_DELAY = 0.005
 
     def __init__(self, raw: Any) -> None:
         self._raw = raw
@@ -156,25 +158,37 @@ class _SqliteBatcher:
         self._queue: list[tuple[str, dict[str, Any], asyncio.Future[Any]]] = []
         self._in_flight = 0
         self._flush_soon = False  # a _flush is scheduled for the end of the loop's turn
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def rows(self, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         return await self.submit(sql, values)
 
-    def submit(self, sql: str, values: Mapping[str, Any] | None) -> asyncio.Future[Any]:
+    def submit(self, sql: str, values: Mapping[str, Any] | None, *, lazy: bool = False) -> asyncio.Future[Any]:
         """Queue a statement; the future gets its rows. It runs after every statement queued
-        before it and before every statement queued after it."""
+        before it and before every statement queued after it. A ``lazy`` one does not make a
+        batch leave: it goes with the next batch that leaves anyway, or after ``LAZY_DELAY``."""
         future: asyncio.Future[Any] = self._loop.create_future()
         self._queue.append((sql, dict(values or {}), future))
         self._idle.clear()
+        if lazy:
+            if not self._flush_soon and self._lazy_timer is None:
+                self._lazy_timer = self._loop.call_later(self.LAZY_DELAY, self._flush)
+        else:
+            self._flush_now()
+        return future
+
+    def _flush_now(self) -> None:
         if not self._flush_soon and self._in_flight < self.IN_FLIGHT:
             self._flush_soon = True
             self._loop.call_soon(self._flush)  # after the handles of this turn: they may add more
-        return future
 
     def _flush(self) -> None:
         self._flush_soon = False
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         if self._queue and self._in_flight < self.IN_FLIGHT:
             self._send()
         elif not self._in_flight and not self._queue:
@@ -182,9 +196,14 @@ class _SqliteBatcher:
 
     async def idle(self) -> None:
         """Wait until every queued statement has run (before a transaction takes the connection)."""
+        if self._queue:
+            self._flush_now()  # lazy statements need not wait for their timer now
         await self._idle.wait()
 
     def _send(self) -> None:
+        if self._lazy_timer is not None:  # lazy statements leave with this batch
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         batch, self._queue = self._queue, []
         raw = self._raw
         if not raw._running or raw._connection is None:  # closed: its thread would never answer
@@ -500,7 +519,8 @@ class Database(_Executor):
             return await _mapped(_pg_pool_rows(self._pool, sql, values))
         return await _mapped(_pg_rows(self._db, sql, values))
 
-    def submit(self, sql: str, values: Mapping[str, Any] | None = None) -> asyncio.Future[Any] | None:
+    def submit(self, sql: str, values: Mapping[str, Any] | None = None, *,
+               lazy: bool = False) -> asyncio.Future[Any] | None:
         """Queue a statement without waiting for it; a future for its rows (or its error, unmapped).
 
         Only on SQLite, and only when no transaction is open: its one connection runs statements
@@ -510,10 +530,15 @@ class Database(_Executor):
         open: await :meth:`fetch_all` and friends then. Whoever holds the future must look at its
         outcome (``add_done_callback``): a failure is nobody else's to report. :meth:`disconnect`
         waits for queued statements.
+
+        ``lazy=True`` (for writes nobody waits for, such as audit rows): the statement does not
+        make a trip to the database thread of its own; it goes with the next batch that leaves
+        anyway (any later statement of this process, so the order above holds), at the latest
+        after 5 ms.
         """
         if not self.connected or self._batcher is None or self._lock.locked():
             return None
-        return self._batcher.submit(sql, values)
+        return self._batcher.submit(sql, values, lazy=lazy)
 
     async def execute_many(self, sql: str, values: Sequence[Mapping[str, Any]]) -> None:
         async with self.transaction() as tx:

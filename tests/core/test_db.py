@@ -247,6 +247,17 @@ async def test_submitted_statements_run_in_order_before_anything_queued_later(da
         async with db.transaction() as tx:
             assert db.submit("INSERT INTO s (id, v) VALUES (50, 'x')") is None
             await tx.execute("INSERT INTO s (id, v) VALUES (51, 'y')")
+        # lazy: no trip of its own, yet it leaves by itself soon, and goes first with a later one
+        alone = db.submit("INSERT INTO s (id, v) VALUES (60, 'lazy') RETURNING id", lazy=True)
+        await asyncio.wait_for(asyncio.shield(alone), 2)
+        assert alone.result() == [{"id": 60}]
+        rider = db.submit("INSERT INTO s (id, v) VALUES (61, 'rider')", lazy=True)
+        assert await db.fetch_val("SELECT v FROM s WHERE id = 61") == "rider"
+        assert rider.done()
+        held = db.submit("INSERT INTO s (id, v) VALUES (62, 'held')", lazy=True)
+        async with db.transaction() as tx:  # a transaction starts after it, without waiting for its timer
+            assert held.done()
+            assert await tx.fetch_val("SELECT v FROM s WHERE id = 62") == "held"
     finally:
         await db.disconnect()
 

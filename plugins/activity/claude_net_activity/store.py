@@ -174,7 +174,8 @@ def record_queued(hub, event) -> bool:
     INSERT is queued on the hub's one database connection (``Database.submit``), which runs
     statements in order, so the row is in place before anything this hub queries or writes
     afterwards: a client that reads the feed after its answer sees the row. The request does
-    not wait one more trip to the database thread for it. The live stream hears of the row
+    not wait one more trip to the database thread for it, and the row makes no trip of its own
+    (it goes with the next batch, at the latest 5 ms later). The live stream hears of the row
     once it is written; a failure is logged, exactly as when the hub awaits a final event
     (only a pending event's failure refuses the action). Returns False when the event must be
     recorded with :func:`record` instead (a pending event, a completion, PostgreSQL, an open
@@ -183,7 +184,7 @@ def record_queued(hub, event) -> bool:
     if event.result == "pending" or event.id in state_of(hub).pending or not hub.db.is_sqlite:
         return False
     params, data = event_params(event, settings_of(hub).max_detail)
-    future = hub.db.submit(_INSERT, params)
+    future = hub.db.submit(_INSERT, params, lazy=True)  # no trip of its own: rides with the next batch
     if future is None:
         return False
     future.add_done_callback(lambda done: _queued_written(hub, event, params, data, done))
