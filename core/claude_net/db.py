@@ -5,9 +5,11 @@ SQL is written once with ``:name`` parameters and portable types. The difference
 * **SQLite**: ``databases``' SQLite backend opens a new connection (and thread) per acquire,
   and its query path costs six thread hops per statement, which together cost most of a
   request. The hub instead holds one persistent ``databases`` connection for its whole life and
-  sends statements to its aiosqlite thread in batches: whatever concurrent requests issue while
-  one batch is on its way goes in the next, one trip for many statements (each still runs and
-  commits on its own; sqlite3 binds ``:name`` parameters natively). A transaction holds an
+  sends statements to its aiosqlite thread in batches: what the requests of one turn of the
+  event loop issue leaves together at the end of that turn (two batches may be on their way),
+  one trip for many statements (each still runs and commits on its own, in the order queued;
+  sqlite3 binds ``:name`` parameters natively). :meth:`Database.submit` queues a statement
+  without waiting for it (``lazy``: without a trip of its own). A transaction holds an
   asyncio lock that keeps other tasks' statements out of it, and starts only once the batches
   queued before it have run (SQLite runs one writer at a time anyway). WAL journal, a busy
   timeout, and ``BEGIN IMMEDIATE`` for write transactions, so concurrent processes queue for the
