@@ -179,6 +179,10 @@ async def test_sqlite_locked_by_another_writer(hub_harness, database_url):
             status, body = await h.call("POST", "/api/send", alpha, {"to": "boss", "message": "patience"})
             assert status == 200, body
             assert 1.0 < time.monotonic() - started < 5
+        # the message's audit row is queued, not awaited: let it reach the database first, so the
+        # exec below is the first statement to meet the next lock
+        await h.hub.db.fetch_val("SELECT 1")
+        assert [r["detail"] for r in await _rows(h.hub, type="message")] == ["patience"]
         # longer than the busy timeout: the exec is refused before it runs (its audit row cannot be
         # written: fail closed), messaging answers 503 or waits, /api/health is not held up at all
         with ExclusiveWriter(path, 8.0):
@@ -208,6 +212,25 @@ async def test_sqlite_locked_by_another_writer(hub_harness, database_url):
         execs = await _rows(h.hub, type="exec")
         assert len(ran) == len([r for r in execs if r["result"] == "ok"])  # every exec that ran is recorded
         assert (await h.hub.db.fetch_val("PRAGMA integrity_check")) == "ok"
+
+
+@pytest.mark.slow
+@pytest.mark.db("sqlite")
+async def test_a_queued_audit_row_outlasts_a_lock_longer_than_the_busy_timeout(hub_harness, database_url, caplog):
+    """A message's audit row is queued, not awaited (SQLite). If another process holds the write
+    lock past the 5 s busy timeout when the row is written, it is written again afterwards, not lost."""
+    from claude_net import Event
+    from claude_net_activity import store
+
+    path = database_url.split("///", 1)[1]
+    async with hub_harness(plugins=[claude_net_permissions, claude_net_activity]) as h:
+        with ExclusiveWriter(path, 8.0):
+            assert store.record_queued(h.hub, Event("message", "alpha", "boss", "held up", "ok"))
+            # the first write gives up after the 5 s busy timeout, while the lock is still held
+            await eventually(lambda: "writing the message ok event" in caplog.text, timeout=7.5)
+        rows = await eventually(lambda: _rows(h.hub, type="message"), timeout=15)
+        assert [r["detail"] for r in rows] == ["held up"]
+        assert "cannot record" not in caplog.text
 
 
 # -- PostgreSQL read-only -------------------------------------------------------------------------

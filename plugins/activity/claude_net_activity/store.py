@@ -30,6 +30,9 @@ PRUNE_LOCK_KEY = 0x61637476
 STREAM_DETAIL = 1000
 #: longest JSON kept in the data column
 MAX_DATA = 8192
+#: writes of a queued row (record_queued) while another process holds SQLite's write lock past
+#: the busy timeout (5 s each), before the row is given up and the failure logged
+QUEUED_ATTEMPTS = 5
 
 COLUMNS = ("id, timestamp, from_machine, type, target, detail, result, event_id, via, unauthenticated,"
            " duration_ms, exit_code, data, completed_at")
@@ -176,8 +179,9 @@ def record_queued(hub, event) -> bool:
     afterwards: a client that reads the feed after its answer sees the row. The request does
     not wait one more trip to the database thread for it, and the row makes no trip of its own
     (it goes with the next batch, at the latest 5 ms later). The live stream hears of the row
-    once it is written; a failure is logged, exactly as when the hub awaits a final event
-    (only a pending event's failure refuses the action). Returns False when the event must be
+    once it is written. A busy database (another process holding the write lock past the busy
+    timeout) is tried again, up to ``QUEUED_ATTEMPTS`` times; any other failure is logged, exactly
+    as when the hub awaits a final event (only a pending event's failure refuses the action). Returns False when the event must be
     recorded with :func:`record` instead (a pending event, a completion, PostgreSQL, an open
     transaction).
     """
@@ -191,10 +195,17 @@ def record_queued(hub, event) -> bool:
     return True
 
 
-def _queued_written(hub, event, params: Mapping[str, Any], data: dict[str, Any], done) -> None:
+def _queued_written(hub, event, params: Mapping[str, Any], data: dict[str, Any], done, attempt: int = 1) -> None:
     exc = None if not done.cancelled() else asyncio.CancelledError()
     exc = exc or done.exception()
     if exc is not None:
+        busy = "locked" in str(exc) or "busy" in str(exc)
+        retry = hub.db.submit(_INSERT, params) if busy and attempt < QUEUED_ATTEMPTS else None
+        if retry is not None:  # another process held the write lock past the busy timeout: once more
+            log.warning("activity: the database was busy; writing the %s %s event %s again (attempt %d)",
+                        event.type, event.result, event.id, attempt + 1)
+            retry.add_done_callback(lambda again: _queued_written(hub, event, params, data, again, attempt + 1))
+            return
         log.error("activity: cannot record %s %s event %s: %s: %s", event.type, event.result, event.id,
                   type(exc).__name__, exc)
         return
