@@ -374,6 +374,8 @@ class Database(_Executor):
         self._path: str | None = None  # SQLite: the database file (None: in memory)
         self._signals: dict[str, ChangeSignal] = {}
         self._lock = asyncio.Lock()
+        self._no_transaction = asyncio.Event()  # SQLite: set while no transaction holds the lock
+        self._no_transaction.set()
         self.connected = False
 
     def __repr__(self) -> str:
@@ -510,9 +512,12 @@ class Database(_Executor):
         if not self.connected:
             raise Unavailable("the database is not connected", code="database_unavailable")
         if self.is_sqlite:
-            if self._lock.locked():  # a transaction is open: wait so we don't run inside it
-                async with self._lock:
-                    return await _mapped(self._batcher.rows(sql, values))
+            # A transaction is open: wait for it to end, then queue like any other statement, all
+            # the waiters in the same turn, so they leave in one batch. (They used to take the lock
+            # each in turn while their statement ran: a trip to the thread each, and under steady
+            # load that line never ended: batching stopped for good after the first transaction.)
+            while self._lock.locked():
+                await self._no_transaction.wait()
             # No transaction open: queue the statement right away, in the next batch. (The check
             # and the enqueue happen without yielding to the loop, and a transaction waits for
             # the batcher to be idle before it begins, so a statement never lands inside one.)
@@ -560,16 +565,20 @@ class Database(_Executor):
             raise Unavailable("the database is not connected", code="database_unavailable")
         if self.is_sqlite:
             async with self._lock:
-                await self._batcher.idle()
-                tx = Transaction(self._raw, sqlite=True)
-                await tx.execute("BEGIN IMMEDIATE")
+                self._no_transaction.clear()  # (no await since the lock was taken: nobody saw it unset)
                 try:
-                    yield tx
-                    await tx.execute("COMMIT")
-                except BaseException:
-                    # shielded: a cancelled request must still leave the connection clean
-                    await asyncio.shield(self._sqlite_rollback())
-                    raise
+                    await self._batcher.idle()
+                    tx = Transaction(self._raw, sqlite=True)
+                    await tx.execute("BEGIN IMMEDIATE")
+                    try:
+                        yield tx
+                        await tx.execute("COMMIT")
+                    except BaseException:
+                        # shielded: a cancelled request must still leave the connection clean
+                        await asyncio.shield(self._sqlite_rollback())
+                        raise
+                finally:
+                    self._no_transaction.set()
         else:
             conn = self._db.connection()
             try:

@@ -292,3 +292,41 @@ async def test_statements_after_the_connection_closed_fail_cleanly(database_url)
         await asyncio.wait_for(batcher.rows("SELECT 1", None), 5)
     with pytest.raises(Unavailable):
         await db.fetch_val("SELECT 1")
+
+
+@pytest.mark.db("sqlite")  # SQLite's batches
+async def test_statements_that_waited_for_a_transaction_still_go_in_batches(database_url):
+    """Statements issued while a transaction is open wait for it to end, then go to the thread in
+    batches like any others. (They used to hold the transaction lock each in turn while running:
+    one trip per statement, and under steady load the line never ended, so batching stopped for
+    good after the first transaction — the messaging throughput fell by a third.)"""
+    db = Database(database_url)
+    await db.connect()
+    try:
+        await db.execute("CREATE TABLE w (id INTEGER PRIMARY KEY)")
+        batcher, sent = db._batcher, []
+        real_send = batcher._send
+        batcher._send = lambda: (sent.append(len(batcher._queue)), real_send())
+        release = asyncio.Event()
+
+        async def transaction():
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO w (id) VALUES (0)")
+                await release.wait()
+
+        holder = asyncio.ensure_future(transaction())
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(db.fetch_val("INSERT INTO w (id) VALUES (:id) RETURNING id", {"id": i}))
+                   for i in range(1, 51)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in waiting)  # held back by the open transaction
+        sent.clear()
+        release.set()
+        await holder
+        assert await asyncio.gather(*waiting) == list(range(1, 51))
+        assert len(sent) <= 3, sent  # a few batches, not 50 trips
+        sent.clear()
+        assert await asyncio.gather(*(db.fetch_val("SELECT :i", {"i": i}) for i in range(50))) == list(range(50))
+        assert len(sent) <= 2, sent
+    finally:
+        await db.disconnect()
