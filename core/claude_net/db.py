@@ -39,7 +39,7 @@ import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .errors import Conflict, Unavailable
 from .types import Migration, isotime
@@ -63,6 +63,13 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether a driver error says another connection holds the lock ("database is locked",
+    "busy"): the statement did not run, and may succeed later."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
 def _map_error(exc: BaseException) -> BaseException:
     name = type(exc).__name__
     text = str(exc)
@@ -83,7 +90,7 @@ def _map_error(exc: BaseException) -> BaseException:
         # mid-teardown ("cannot switch to state ...; another operation is in progress")
         "InternalClientError",
     ):
-        reason = "the database is busy" if "locked" in text or "busy" in text else "the database is unavailable"
+        reason = "the database is busy" if is_busy(exc) else "the database is unavailable"
         if "readonly" in text or "read-only" in text:
             reason = "the database is read-only"
         return Unavailable(f"{reason}; try again shortly", code="database_unavailable")
@@ -164,9 +171,6 @@ class _SqliteBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def rows(self, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-        return await self.submit(sql, values)
-
     def submit(self, sql: str, values: Mapping[str, Any] | None, *, lazy: bool = False) -> asyncio.Future[Any]:
         """Queue a statement; the future gets its rows. It runs after every statement queued
         before it and before every statement queued after it. A ``lazy`` one does not make a
@@ -188,11 +192,12 @@ class _SqliteBatcher:
 
     def _flush(self) -> None:
         self._flush_soon = False
-        if self._lazy_timer is not None:
-            self._lazy_timer.cancel()
-            self._lazy_timer = None
+        self._next()
+
+    def _next(self) -> None:
+        """Send what is queued if a batch may leave; mark the batcher idle when nothing is left."""
         if self._queue and self._in_flight < self.IN_FLIGHT:
-            self._send()
+            self._send()  # (it also stops the lazy timer: its statements leave now)
         elif not self._in_flight and not self._queue:
             self._idle.set()
 
@@ -249,10 +254,7 @@ class _SqliteBatcher:
                     future.set_result(result)
                 else:
                     future.set_exception(result)
-        if self._queue and self._in_flight < self.IN_FLIGHT:
-            self._send()
-        elif not self._in_flight and not self._queue:
-            self._idle.set()
+        self._next()
 
 
 async def _pg_rows(conn: Any, sql: str, values: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -296,14 +298,19 @@ async def _keep_session(connection: Any) -> None:
     """asyncpg pool release hook: nothing to reset (see the module docstring)."""
 
 
+def _raise_mapped(exc: Exception) -> NoReturn:
+    """Raise the hub's error for a driver error (``exc`` itself when it has none)."""
+    mapped = _map_error(exc)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
+
+
 async def _mapped(awaitable: Any) -> Any:
     try:
         return await awaitable
     except Exception as exc:
-        mapped = _map_error(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
+        _raise_mapped(exc)
 
 
 class Transaction(_Executor):
@@ -524,10 +531,7 @@ class Database(_Executor):
             try:  # (what _mapped does, without one more coroutine on the hottest path)
                 return await self._batcher.submit(sql, values)
             except Exception as exc:
-                mapped = _map_error(exc)
-                if mapped is exc:
-                    raise
-                raise mapped from exc
+                _raise_mapped(exc)
         if self._pool is not None:
             return await _mapped(_pg_pool_rows(self._pool, sql, values))
         return await _mapped(_pg_rows(self._db, sql, values))

@@ -289,7 +289,7 @@ async def test_statements_after_the_connection_closed_fail_cleanly(database_url)
     batcher = db._batcher
     await db.disconnect()
     with pytest.raises(Unavailable):
-        await asyncio.wait_for(batcher.rows("SELECT 1", None), 5)
+        await asyncio.wait_for(batcher.submit("SELECT 1", None), 5)
     with pytest.raises(Unavailable):
         await db.fetch_val("SELECT 1")
 
