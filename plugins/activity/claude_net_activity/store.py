@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from claude_net import AuditError, BadRequest, HubError, isotime
+from claude_net.db import is_busy
 
 log = logging.getLogger("claude_net.activity")
 
@@ -181,9 +182,9 @@ def record_queued(hub, event) -> bool:
     (it goes with the next batch, at the latest 5 ms later). The live stream hears of the row
     once it is written. A busy database (another process holding the write lock past the busy
     timeout) is tried again, up to ``QUEUED_ATTEMPTS`` times; any other failure is logged, exactly
-    as when the hub awaits a final event (only a pending event's failure refuses the action). Returns False when the event must be
-    recorded with :func:`record` instead (a pending event, a completion, PostgreSQL, an open
-    transaction).
+    as when the hub awaits a final event (only a pending event's failure refuses the action).
+    Returns False when the event must be recorded with :func:`record` instead (a pending event,
+    a completion, PostgreSQL, an open transaction).
     """
     if event.result == "pending" or event.id in state_of(hub).pending or not hub.db.is_sqlite:
         return False
@@ -196,11 +197,9 @@ def record_queued(hub, event) -> bool:
 
 
 def _queued_written(hub, event, params: Mapping[str, Any], data: dict[str, Any], done, attempt: int = 1) -> None:
-    exc = None if not done.cancelled() else asyncio.CancelledError()
-    exc = exc or done.exception()
+    exc = asyncio.CancelledError() if done.cancelled() else done.exception()
     if exc is not None:
-        busy = "locked" in str(exc) or "busy" in str(exc)
-        retry = hub.db.submit(_INSERT, params) if busy and attempt < QUEUED_ATTEMPTS else None
+        retry = hub.db.submit(_INSERT, params) if is_busy(exc) and attempt < QUEUED_ATTEMPTS else None
         if retry is not None:  # another process held the write lock past the busy timeout: once more
             log.warning("activity: the database was busy; writing the %s %s event %s again (attempt %d)",
                         event.type, event.result, event.id, attempt + 1)
