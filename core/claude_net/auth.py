@@ -6,12 +6,14 @@ Format: ``cn_<id>_<secret>``. ``id`` (public, 12 hex chars) finds the row; only 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
 import time
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 from .db import Database
@@ -45,12 +47,18 @@ class TokenInfo:
         }
 
 
-def _tokens_changing(db: Database) -> None:
-    """Tell every process's token cache that the tokens table is changing. Called before the
-    change and again after its commit: an entry cached in between is dropped by the second."""
+@contextlib.contextmanager
+def _tokens_changing(db: Database) -> Iterator[None]:
+    """Around a change of the tokens table: tell every process's token cache, before the change
+    and again after its commit (an entry cached in between is dropped by the second signal)."""
     signal = db.change_signal("tokens")
     if signal is not None:
         signal.bump()
+    try:
+        yield
+    finally:
+        if signal is not None:
+            signal.bump()
 
 
 class TokenCache:
@@ -98,30 +106,23 @@ async def create_token(db: Database, name: str, *, admin: bool = False, replace:
     validate_node_name(name)
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    _tokens_changing(db)
-    try:
-        await _insert_token(db, name, token_id, secret, admin=admin, replace=replace)
-    finally:
-        _tokens_changing(db)
-    return f"cn_{token_id}_{secret}"
-
-
-async def _insert_token(db: Database, name: str, token_id: str, secret: str, *, admin: bool, replace: bool) -> None:
-    async with db.transaction() as tx:
-        active = await tx.fetch_val(
-            "SELECT COUNT(*) FROM tokens WHERE name = :name AND revoked_at IS NULL", {"name": name}
-        )
-        if active and not replace:
-            raise Conflict(f"{name} already has a token; use --replace to issue a new one and revoke the old")
-        if active:
-            await tx.execute(
-                "UPDATE tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL",
-                {"name": name, "now": isotime()},
+    with _tokens_changing(db):
+        async with db.transaction() as tx:
+            active = await tx.fetch_val(
+                "SELECT COUNT(*) FROM tokens WHERE name = :name AND revoked_at IS NULL", {"name": name}
             )
-        await tx.execute(
-            "INSERT INTO tokens (id, name, secret_hash, admin, created_at) VALUES (:id, :name, :hash, :admin, :now)",
-            {"id": token_id, "name": name, "hash": _hash(secret), "admin": bool(admin), "now": isotime()},
-        )
+            if active and not replace:
+                raise Conflict(f"{name} already has a token; use --replace to issue a new one and revoke the old")
+            if active:
+                await tx.execute(
+                    "UPDATE tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL",
+                    {"name": name, "now": isotime()},
+                )
+            await tx.execute(
+                "INSERT INTO tokens (id, name, secret_hash, admin, created_at) VALUES (:id, :name, :hash, :admin, :now)",
+                {"id": token_id, "name": name, "hash": _hash(secret), "admin": bool(admin), "now": isotime()},
+            )
+    return f"cn_{token_id}_{secret}"
 
 
 async def verify_token(db: Database, token: str) -> TokenInfo | None:
@@ -154,14 +155,11 @@ async def list_tokens(db: Database, *, include_revoked: bool = False) -> list[To
 
 async def revoke_tokens(db: Database, name: str) -> int:
     validate_node_name(name)
-    _tokens_changing(db)
-    try:
+    with _tokens_changing(db):
         rows = await db.fetch_all(
             "UPDATE tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL RETURNING id",
             {"name": name, "now": isotime()},
         )
-    finally:
-        _tokens_changing(db)
     if not rows:
         raise NotFound(f"{name} has no active token")
     return len(rows)
