@@ -138,6 +138,9 @@ class NodeRegistry:
 
 
 class Hub:
+    #: seconds between writes of the in-memory last-seen times to ``node_seen``
+    LAST_SEEN_FLUSH_SECONDS = 5.0
+
     def __init__(self, settings: Settings, pm: PluginManager | None = None, *, plugins: Iterable[Any] = (),
                  load_entrypoints: bool = True) -> None:
         self.settings = settings
@@ -308,7 +311,7 @@ class Hub:
 
     async def _flush_last_seen_forever(self) -> None:
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(self.LAST_SEEN_FLUSH_SECONDS)
             await self._flush_last_seen()
 
     # -- policy -------------------------------------------------------------------------------

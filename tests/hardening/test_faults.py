@@ -21,6 +21,7 @@ import claude_net_activity
 import claude_net_lxd
 import claude_net_permissions
 import claude_net_telegram
+from claude_net.hub import Hub
 from claude_net.testing import eventually, free_port, require_component
 from tests.core.testbox import TestBox
 from tests.lxd_daemon import alive, our_lxd_daemon, restart_lxd
@@ -167,10 +168,14 @@ class ExclusiveWriter:
 
 @pytest.mark.slow
 @pytest.mark.db("sqlite")
-async def test_sqlite_locked_by_another_writer(hub_harness, database_url):
+async def test_sqlite_locked_by_another_writer(hub_harness, database_url, monkeypatch):
     box = TestBox()
     path = database_url.split("///", 1)[1]
-    async with hub_harness(plugins=[box, claude_net_permissions, claude_net_activity]) as h:
+    # the hub's own periodic writes (last-seen flush, retention) must not meet the lock first:
+    # one of them waiting out the busy timeout would shift every timing below
+    monkeypatch.setattr(Hub, "LAST_SEEN_FLUSH_SECONDS", 3600.0)
+    async with hub_harness(plugins=[box, claude_net_permissions, claude_net_activity],
+                           activity={"retention_days": 0}) as h:
         boss, alpha = await h.token("boss", admin=True), await h.token("alpha")
         assert (await h.call("GET", "/api/whoami", alpha))[0] == 200
         # shorter than the 5 s busy timeout: the hub waits, then succeeds
@@ -223,7 +228,8 @@ async def test_a_queued_audit_row_outlasts_a_lock_longer_than_the_busy_timeout(h
     from claude_net_activity import store
 
     path = database_url.split("///", 1)[1]
-    async with hub_harness(plugins=[claude_net_permissions, claude_net_activity]) as h:
+    # no startup prune: waiting out the busy timeout ahead of the row, it would let the row through
+    async with hub_harness(plugins=[claude_net_permissions, claude_net_activity], activity={"retention_days": 0}) as h:
         with ExclusiveWriter(path, 8.0):
             assert store.record_queued(h.hub, Event("message", "alpha", "boss", "held up", "ok"))
             # the first write gives up after the 5 s busy timeout, while the lock is still held
