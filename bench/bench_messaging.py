@@ -131,13 +131,10 @@ def run(*, seconds: int = 3, connections: int = 50, database_url: str | None = N
         measure(health, 2)  # warm-up
         measure(mix, 2)
         trivials, mixes = [], []
+        pair = [(trivials, health), (mixes, mix)]
         for i in range(rounds):  # pairs side by side, in alternating order: drift hits both sides alike
-            if i % 2 == 0:
-                trivials.append(measure(health, seconds))
-                mixes.append(measure(mix, seconds))
-            else:
-                mixes.append(measure(mix, seconds))
-                trivials.append(measure(health, seconds))
+            for results, jobs in (pair if i % 2 == 0 else pair[::-1]):
+                results.append(measure(jobs, seconds))
         rss = [round(hub.rss_kib() / 1024) for hub in hubs]
     baseline = statistics.median(t["rps"] for t in trivials)
     mixed_rps = statistics.median(m["rps"] for m in mixes)
