@@ -102,6 +102,9 @@ def cmd_serve(args, ctx: CliContext) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
+    # Migrations first, on their own: a database the hub cannot use (a failed migration, a v1
+    # table it will not adopt) is then one error line here, not a traceback from the ASGI startup.
+    cmd_migrate(args, ctx, quiet=True)
     return serve(ctx.settings, host=args.host, port=args.port, workers=args.workers)
 
 
@@ -181,13 +184,16 @@ def cmd_check(args, ctx: CliContext) -> int:
     return 1 if problems else 0
 
 
-def cmd_migrate(args, ctx: CliContext) -> int:
+def cmd_migrate(args, ctx: CliContext, quiet: bool = False) -> int:
+    """Apply pending migrations. A failure raises MigrationError (a HubError): main prints its one
+    sentence (plugin, version, statement, cause) and exits 1; nothing was changed."""
     async def go():
         async with ctx.hub():
             pass
 
     run_async(go())
-    print("database is up to date")
+    if not quiet:
+        print("database is up to date")
     return 0
 
 

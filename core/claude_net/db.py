@@ -27,7 +27,11 @@ SQL is written once with ``:name`` parameters and portable types. The difference
   singletons do.
 
 Driver errors are mapped to the hub's errors: a unique violation becomes :class:`Conflict`; a
-locked, read-only or unreachable database becomes :class:`Unavailable` (503), never a 500.
+locked, read-only or unreachable database becomes :class:`Unavailable` (503), never a 500. A
+driver that is not installed (asyncpg: the ``postgresql`` extra) is a :class:`ConfigError` that
+says how to install it, raised as soon as a :class:`Database` is made for the URL. A migration
+statement that fails is a :class:`MigrationError` naming the plugin, the version and the
+statement; its transaction is rolled back, so the schema is as it was before.
 """
 
 from __future__ import annotations
@@ -35,13 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from .errors import Conflict, Unavailable
+from .errors import ConfigError, Conflict, HubError, Unavailable
 from .types import Migration, isotime
 
 log = logging.getLogger("claude_net.db")
@@ -57,6 +62,32 @@ def dialect_of(url: str) -> str:
     if scheme in ("postgresql", "postgres"):
         return "postgresql"
     raise ValueError(f"unsupported database URL scheme {scheme!r} (use sqlite+aiosqlite:// or postgresql+asyncpg://)")
+
+
+#: the driver module each dialect needs, and how to install it when it is missing
+DRIVERS = {
+    "sqlite": ("aiosqlite", "reinstall claude-net (aiosqlite is one of its dependencies)"),
+    "postgresql": ("asyncpg", "install it with `scripts/bootstrap-venv` in a claude-net checkout, "
+                              "or `pip install 'claude-net[postgresql]'`"),
+}
+
+
+def require_driver(url: str) -> None:
+    """Raise a one-sentence :class:`ConfigError` when the driver for ``url`` is not installed
+    (found without importing it: ``claude-net check`` stays fast)."""
+    dialect = dialect_of(url)
+    module, how = DRIVERS[dialect]
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"database_url is a {'PostgreSQL' if dialect == 'postgresql' else 'SQLite'} URL, "
+                          f"but its driver {module} is not installed: {how}")
+
+
+class MigrationError(HubError):
+    """A migration could not be applied (its transaction was rolled back), or the database holds
+    something the migrations refuse to touch. The message says which and what to do."""
+
+    status = 503
+    code = "migration_failed"
 
 
 def redact_url(url: str) -> str:
@@ -372,6 +403,7 @@ class Database(_Executor):
     def __init__(self, url: str) -> None:
         self.url = url
         self.dialect = dialect_of(url)
+        require_driver(url)
         self._db: Any = None
         self._conn: Any = None  # SQLite: the persistent ``databases`` connection
         self._raw: Any = None  # SQLite: its aiosqlite connection
@@ -404,10 +436,15 @@ class Database(_Executor):
                 if not os.path.isdir(directory):
                     raise Unavailable(f"cannot open the SQLite database {path}: the directory {directory} "
                                       "does not exist", code="database_unavailable")
-            self._db = databases.Database(self.url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-        else:
-            self._db = databases.Database(self.url, min_size=1, max_size=10, command_timeout=30,
-                                          reset=_keep_session)
+        try:  # ``databases`` imports the driver here
+            if self.is_sqlite:
+                self._db = databases.Database(self.url, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+            else:
+                self._db = databases.Database(self.url, min_size=1, max_size=10, command_timeout=30,
+                                              reset=_keep_session)
+        except ImportError as exc:  # installed but broken (a wheel for another Python, say)
+            module, how = DRIVERS[self.dialect]
+            raise ConfigError(f"the database driver {module} cannot be loaded ({exc}): {how}") from None
         try:
             await self._db.connect()
             if self.is_sqlite:
@@ -655,8 +692,16 @@ class Database(_Executor):
                 if (m.plugin, m.version) in done:
                     continue
                 statements = m.postgresql if (m.postgresql is not None and not self.is_sqlite) else m.statements
-                for statement in statements:
-                    await tx.execute(self.render(statement))
+                for number, statement in enumerate(statements, 1):
+                    try:
+                        if callable(statement):  # a step SQL alone cannot say (see Migration)
+                            await statement(tx, self)
+                        else:
+                            await tx.execute(self.render(statement))
+                    except MigrationError:
+                        raise
+                    except Exception as exc:
+                        raise self._migration_failed(m, number, len(statements), statement, exc) from exc
                 await tx.execute(
                     "INSERT INTO schema_migrations (plugin, version, description, applied_at)"
                     " VALUES (:plugin, :version, :description, :at)",
@@ -666,3 +711,20 @@ class Database(_Executor):
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         return applied
+
+    def _migration_failed(self, m: Migration, number: int, total: int, statement: Any,
+                          exc: Exception) -> BaseException:
+        """The error for a failed migration statement; the transaction around it rolls back."""
+        cause = exc.__cause__ if isinstance(exc, HubError) and exc.__cause__ is not None else exc
+        if isinstance(exc, Unavailable) and (is_busy(cause) or isinstance(cause, (OSError, ConnectionError))):
+            return exc  # the database, not the statement: "busy" or "unavailable" says it best
+        if callable(statement):
+            shown = getattr(statement, "__qualname__", repr(statement))
+        else:
+            shown = " ".join(self.render(statement).split())
+            shown = shown if len(shown) <= 160 else shown[:159] + "…"
+        reason = getattr(cause, "message", None) or str(cause) or type(cause).__name__
+        return MigrationError(
+            f"migration {m.plugin} v{m.version}{f' ({m.description})' if m.description else ''} failed at "
+            f"statement {number} of {total}: {shown}: {reason}; it was rolled back, the database is as it was",
+            plugin=m.plugin, version=m.version, statement=number)

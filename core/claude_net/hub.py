@@ -11,7 +11,10 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import random
+import re
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -21,6 +24,7 @@ from .bus import Bus
 from .config import Settings
 from .db import Database
 from .errors import AuditError, Forbidden, HubError, NotFound, Unavailable
+from .fairness import FairShares
 from .plugins import PluginManager, make_plugin_manager
 from .ratelimit import RateLimiter, RecordThrottle
 from .types import Actor, Event, Node, isotime
@@ -47,6 +51,38 @@ async def await_me_maybe(value: Any) -> Any:
 
 def _stamp(seconds: float) -> str:
     return isotime(datetime.fromtimestamp(seconds, timezone.utc))
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def safe_sentence(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of an exception, fit for logs, the audit table and chat: one line, no
+    control characters, no lone surrogates (which no database, log or Telegram can encode)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+@dataclass
+class TaskStatus:
+    """What :meth:`Hub.task_status` shows of one background task."""
+
+    name: str
+    state: str = "starting"  # running | restarting | failed
+    failures: int = 0  # every failure since the hub started
+    streak: int = 0  # failures since the task last ran healthily
+    restarts: int = 0
+    last_error: str | None = None
+    last_failure: float | None = None  # time.time()
+    next_restart: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state, "failures": self.failures, "streak": self.streak, "restarts": self.restarts,
+                "last_error": self.last_error,
+                "last_failure": _stamp(self.last_failure) if self.last_failure is not None else None,
+                "next_restart": _stamp(self.next_restart) if self.next_restart is not None else None}
 
 
 class NodeRegistry:
@@ -162,9 +198,10 @@ class Hub:
         self.nodes = NodeRegistry(self)
         self.started = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._task_status: dict[str, TaskStatus] = {}
         self._tokens = auth.TokenCache(self.db)
         self._last_seen: dict[str, float] = {}  # name -> time.time() of its last request
-        self._exec_slots: asyncio.Semaphore | None = None
+        self._exec_slots: FairShares | None = None
         #: per-node request rate limits ([limits] rate_per_minute / rate_burst), enforced by the HTTP layer
         self.rate_limiter = RateLimiter(settings.limits.rate_per_minute, settings.limits.rate_burst)
         #: refused anonymous requests (no or bad token) are recorded at most once per address and window
@@ -199,7 +236,13 @@ class Hub:
         if not self.db.connected:
             await self.db.connect()
             migrations = [m for batch in self.pm.hook.migrations() for m in (batch or ())]
-            await self.db.migrate(migrations)
+            try:
+                await self.db.migrate(migrations)
+            except BaseException:
+                # close it: aiosqlite's thread is not a daemon, so an open connection left behind
+                # kept the process from ever exiting after the error was printed
+                await self.db.disconnect()
+                raise
 
     async def close(self) -> None:
         await self.db.disconnect()
@@ -209,7 +252,10 @@ class Hub:
             return
         await self.open()
         await self.bus.start()
-        self._exec_slots = asyncio.Semaphore(self.settings.limits.exec_concurrency)
+        limits = self.settings.limits
+        self._exec_slots = FairShares(limits.exec_concurrency, per_source=limits.exec_concurrency_per_source,
+                                      per_target=limits.exec_concurrency_per_target,
+                                      queue_per_source=limits.exec_queue_per_source, what="execs")
         for impl in reversed(self.pm.hook.startup.get_hookimpls()):
             try:
                 await await_me_maybe(impl.function(**{a: self for a in impl.argnames}))
@@ -218,7 +264,7 @@ class Hub:
                 self.started = True
                 await self.stop()
                 raise RuntimeError(f"plugin {impl.plugin_name} failed to start: {type(exc).__name__}: {exc}") from exc
-        self.spawn(self._flush_last_seen_forever(), name="last-seen")
+        self.spawn(self._flush_last_seen_forever, name="last-seen")
         self.started = True
 
     async def stop(self) -> None:
@@ -245,11 +291,12 @@ class Hub:
         """Run ``work()`` on exactly one replica (a PostgreSQL advisory lock); on SQLite, here.
 
         Another replica takes over within about ``retry`` seconds when the holder dies. Use it for
-        pollers, outboxes and periodic maintenance that must not run twice.
+        pollers, outboxes and periodic maintenance that must not run twice. Supervised: when
+        ``work()`` raises, the lock is let go and the work restarts with back-off (see :meth:`spawn`).
         """
         from .cluster import singleton
 
-        return self.spawn(singleton(self, name, work, retry=retry), name=f"singleton:{name}")
+        return self.spawn(lambda: singleton(self, name, work, retry=retry), name=name)
 
     def runs_singleton(self, name: str) -> bool:
         """Whether this replica currently holds the singleton ``name`` (always True on SQLite)."""
@@ -257,19 +304,109 @@ class Hub:
             return True
         return bool(self.plugin_state.get("claude_net.singletons", {}).get(name))
 
-    def spawn(self, coro: Awaitable[Any], *, name: str) -> asyncio.Task[Any]:
-        """Run a background task for the hub's lifetime; cancelled at stop, failures logged."""
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"claude-net:{name}")
+    def spawn(self, work: Awaitable[Any] | Callable[[], Awaitable[Any]], *, name: str,
+              restart: bool | None = None) -> asyncio.Task[Any]:
+        """Run a background task for the hub's lifetime; cancelled at stop.
+
+        ``work`` is a coroutine (one-shot: a failure is logged, shown and announced, never rerun)
+        or a function returning one (long-lived: when it raises it is called again after a back-off
+        of :attr:`RESTART_INITIAL` seconds doubling to :attr:`RESTART_MAX`, with jitter, reset once
+        a run lasted :attr:`RESTART_HEALTHY` seconds). Returning normally ends the task either way.
+        Every failure is logged, counted in :meth:`task_status` (shown by ``/api/health`` to admins)
+        and announced as an event of type ``hub`` with result ``error``.
+        """
+        if restart is None:
+            restart = callable(work) and not inspect.isawaitable(work)
+        status = TaskStatus(self._task_name(name))
+        self._task_status[status.name] = status
+        task = asyncio.ensure_future(self._supervise(work, status, restart))
+        task.set_name(f"claude-net:{status.name}")
         self._tasks.add(task)
 
         def done(t: asyncio.Task[Any]) -> None:
             self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("background task %s failed", name, exc_info=t.exception())
+            if status.state != "failed" and self._task_status.get(status.name) is status:
+                del self._task_status[status.name]  # finished or cancelled: nothing left to show
 
         task.add_done_callback(done)
         return task
+
+    # -- supervision of background tasks --------------------------------------------------------
+
+    #: first wait before a failed long-lived task runs again, in seconds (doubles each time)
+    RESTART_INITIAL = 0.5
+    #: longest wait between two restarts, in seconds
+    RESTART_MAX = 60.0
+    #: a run that lasted this long resets the back-off and the failure streak
+    RESTART_HEALTHY = 60.0
+
+    def _task_name(self, name: str) -> str:
+        unique, n = name, 2  # a failed one-shot's record gives way to a new task of its name
+        while unique in self._task_status and self._task_status[unique].state != "failed":
+            unique, n = f"{name}#{n}", n + 1
+        return unique
+
+    def task_status(self) -> dict[str, dict[str, Any]]:
+        """``{name: {...}}`` of every background task still running, restarting or failed."""
+        return {name: status.to_json() for name, status in sorted(self._task_status.items())}
+
+    def degraded_tasks(self) -> list[str]:
+        """Names of background tasks that are not running: waiting to restart, or failed for good."""
+        return [name for name, status in sorted(self._task_status.items())
+                if status.state in ("restarting", "failed")]
+
+    async def _supervise(self, work: Any, status: TaskStatus, restart: bool) -> Any:
+        try:
+            return await self._run_supervised(work, status, restart)
+        finally:
+            if not restart and inspect.iscoroutine(work) and inspect.getcoroutinestate(work) == "CORO_CREATED":
+                work.close()  # cancelled before it ever ran: no "never awaited" warning
+
+    async def _run_supervised(self, work: Any, status: TaskStatus, restart: bool) -> Any:
+        delay = self.RESTART_INITIAL
+        while True:
+            started = time.monotonic()
+            status.state = "running"
+            status.next_restart = None
+            try:
+                return await (work() if restart else work)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                ran = time.monotonic() - started
+                if ran >= self.RESTART_HEALTHY:  # it had been healthy: a fresh streak
+                    delay, status.streak = self.RESTART_INITIAL, 0
+                status.failures += 1
+                status.streak += 1
+                status.last_error = safe_sentence(exc)
+                status.last_failure = time.time()
+                if not restart:
+                    status.state = "failed"
+                    log.error("background task %s failed and does not restart: %s", status.name,
+                              status.last_error, exc_info=exc)
+                    await self._announce_failure(status, None)
+                    return None
+                wait = delay * random.uniform(0.8, 1.2)
+                status.state = "restarting"
+                status.next_restart = time.time() + wait
+                log.error("background task %s failed (%d in a row): %s; restarting in %.1f s", status.name,
+                          status.streak, status.last_error, wait, exc_info=exc)
+                await self._announce_failure(status, wait)
+                await asyncio.sleep(max(0.0, status.next_restart - time.time()))
+                delay = min(delay * 2, self.RESTART_MAX)
+                status.restarts += 1
+
+    async def _announce_failure(self, status: TaskStatus, wait: float | None) -> None:
+        """Tell the admin (the activity feed, Telegram's echo): one ``hub`` event per failure."""
+        then = f"restarting in {wait:.1f} s" if wait is not None else "it does not restart (one-shot)"
+        event = Event("hub", None, None, f"background task {status.name} failed: {status.last_error}; {then}"[:600],
+                      "error", via="hub", data={"task": status.name, "failures": status.failures,
+                                                "streak": status.streak,
+                                                "restart_in": None if wait is None else round(wait, 1)})
+        try:  # the announcement must never hold up the restart: bounded, and failures only logged
+            await asyncio.wait_for(self.emit(event), 10)
+        except Exception:
+            log.warning("could not announce the failure of background task %s", status.name)
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -364,21 +501,25 @@ class Hub:
         request: Mapping[str, Any] | None = None,
         result_data: Callable[[T], dict[str, Any]] | None = None,
         result_transient: Callable[[T], dict[str, Any]] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> T:
         """Authorize, record, run and record an action — the one path every capability takes.
 
         Denied: one ``denied`` event, then :class:`Forbidden`. Allowed: a ``pending`` event
         (an audit failure refuses the action with 503: fail closed), then ``run()``,
-        then the final event (``ok`` or ``error``) with the same id. ``result_data`` adds
-        recorded fields to the final event's ``data``; ``result_transient`` adds fields to its
-        ``transient`` (seen by live subscribers, never stored).
+        then the final event (``ok`` or ``error``) with the same id. ``data`` is recorded with
+        every event of the action (a denial included); ``result_data`` adds recorded fields to
+        the final event's ``data``; ``result_transient`` adds fields to its ``transient`` (seen
+        by live subscribers, never stored). ``run()`` raising :class:`Forbidden` with code
+        ``revoked`` (:meth:`reauthorize`: the grant went away after admission) makes the final
+        event ``denied``.
         """
         if not await self.authorize(actor, action, target, request or {}):
             await self.emit(Event(event_type, actor.name, target, detail, "denied", via=actor.via,
-                                  unauthenticated=actor.unauthenticated, data={"action": action}))
+                                  unauthenticated=actor.unauthenticated, data={"action": action, **(data or {})}))
             raise Forbidden(deny_sentence(actor, action, target), code="denied", action=action)
         event = Event(event_type, actor.name, target, detail, "pending", via=actor.via,
-                      unauthenticated=actor.unauthenticated, data={"action": action})
+                      unauthenticated=actor.unauthenticated, data={"action": action, **(data or {})})
         try:
             await self.emit(event)
         except AuditError as exc:
@@ -388,7 +529,8 @@ class Hub:
         try:
             result = await run()
         except BaseException as exc:
-            event.result = "error"
+            revoked = isinstance(exc, Forbidden) and exc.code == "revoked"
+            event.result = "denied" if revoked else "error"
             if isinstance(exc, HubError):
                 event.data.update(error=exc.message, code=exc.code)
             elif isinstance(exc, asyncio.CancelledError):
@@ -421,10 +563,31 @@ class Hub:
         return await container_action(self, actor, op, name, args)
 
     @contextlib.asynccontextmanager
-    async def exec_slot(self):
+    async def exec_slot(self, actor: Actor | None = None, target: str | None = None):
+        """Hold one of the hub's exec slots while a command runs; yields whether it had to wait.
+
+        Slots are shared per source first (``[limits] exec_concurrency_per_source`` /
+        ``_per_target`` / ``exec_queue_per_source``, within ``exec_concurrency``, see
+        :class:`~claude_net.fairness.FairShares`); an admin's execs count only against the total.
+        A caller that waited must authorize again before it runs (:meth:`reauthorize`): a revoke
+        may have come while it queued.
+        """
         assert self._exec_slots is not None, "hub not started"
-        async with self._exec_slots:
-            yield
+        source = actor.name if actor is not None else "(hub)"
+        exempt = actor is None or actor.admin
+        async with self._exec_slots.slot(source, target, exempt=exempt) as waited:
+            yield waited
+
+    async def reauthorize(self, actor: Actor, action: str, target: str | None,
+                          detail: Mapping[str, Any] | None = None, *, why: str = "while it waited") -> None:
+        """Authorize an admitted action again (after a wait, or during a long transfer).
+
+        Raises :class:`Forbidden` with code ``revoked``: :meth:`guarded` records the action as
+        ``denied``.
+        """
+        if not await self.authorize(actor, action, target, detail or {}):
+            raise Forbidden(f"{deny_sentence(actor, action, target)} (the grant was revoked {why})",
+                            code="revoked", action=action)
 
 
 _VERBS = {
