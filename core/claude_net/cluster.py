@@ -178,11 +178,17 @@ def lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"claude-net:{name}".encode()).digest()[:8], "big", signed=True)
 
 
+class WorkFailed(Exception):
+    """The singleton's own work raised (as opposed to losing the lock's connection)."""
+
+
 async def singleton(hub: Any, name: str, work: Callable[[], Awaitable[None]], *, retry: float = 2.0) -> None:
     """Run ``work()`` on exactly one replica at a time; take over when the holder dies.
 
-    Runs forever (spawn it with ``hub.spawn``). ``work`` is cancelled if the lock's connection is
-    lost, and restarted here or on whichever replica gets the lock next.
+    Run it under ``hub.spawn`` (``hub.spawn_singleton`` does). ``work`` is cancelled if the lock's
+    connection is lost, and restarted here or on whichever replica gets the lock next. When
+    ``work`` itself raises, the lock is let go and the exception propagates, so the hub's
+    supervisor records it and restarts this function with back-off (any replica may then win).
     """
     if hub.db.is_sqlite:
         await work()
@@ -207,6 +213,8 @@ async def singleton(hub: Any, name: str, work: Callable[[], Awaitable[None]], *,
                     await asyncio.wait({task}, timeout=retry)
                     if not task.done():
                         await asyncio.wait_for(conn.execute("SELECT 1"), 10)  # still holding?
+                if not task.cancelled() and task.exception() is not None:
+                    raise WorkFailed() from task.exception()
                 task.result()
                 return
             finally:
@@ -217,6 +225,8 @@ async def singleton(hub: Any, name: str, work: Callable[[], Awaitable[None]], *,
                 state[name] = False
         except asyncio.CancelledError:
             raise
+        except WorkFailed as failed:
+            raise failed.__cause__ from None  # the connection (and the lock) close in finally
         except Exception as exc:  # noqa: BLE001
             log.warning("singleton %s lost its lock connection (%s); retrying", name, exc)
             await asyncio.sleep(retry)

@@ -48,6 +48,9 @@ class Parsed:
     address: str = ""
     #: True when the verb is not one we know (answered with a hint only when explicitly addressed)
     unknown: bool = False
+    #: ``@NAME verb ...`` where NAME is neither the admin node nor the bot: never run, see
+    #: ``TelegramRuntime._foreign_refusal`` for when it is answered
+    foreign: bool = False
 
     @property
     def text(self) -> str:
@@ -80,6 +83,11 @@ def parse(text: str | None, *, admin_node: str, bot_username: str) -> Parsed | N
         if len(words) == 1:
             return Parsed("help", [], first)
         verb, args, address = words[1], words[2:], first.rstrip(":,")
+    elif first.startswith("@") and len(words) > 1 and ALIASES.get(words[1].lower(), words[1].lower()) in USAGE:
+        # shaped like a command for another node ("@chasclaude permit ..." on a hub whose bot has
+        # no admin node, or names another one): not run, perhaps answered
+        verb = words[1].lower()
+        return Parsed(ALIASES.get(verb, verb), words[2:], first.rstrip(":,"), foreign=True)
     else:
         return None
     verb = verb.lower()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from .redact import redact
-from .render import BUDGET, join_batch, utf16_len
+from .render import BUDGET, join_batch, safe, utf16_len
 
 log = logging.getLogger("claude_net.telegram")
 
@@ -52,6 +52,14 @@ def plain(text: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", text))
 
 
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying: a Bot API or network error (``telegram.error.TelegramError`` and its kind,
+    httpx's errors, OS-level network errors) — not a bug or an unencodable message of ours."""
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return True
+    return any(cls.__name__ in ("TelegramError", "HTTPError", "TransportError") for cls in type(exc).__mro__)
+
+
 class Outbox:
     def __init__(self, send: Callable[[str, bool, bool], Awaitable[None]], *, maxsize: int, interval: float,
                  retry_initial: float, retry_max: float, secrets: tuple[str, ...] = ()) -> None:
@@ -76,12 +84,15 @@ class Outbox:
         self.sent_items = 0
         self.failures = 0
         self.last_error = ""
+        #: batches Telegram (or our own encoder) refused for good and that were skipped
+        self.dropped_bad = 0
+        self._bad_unreported = 0
 
     # -- the request path: never blocks, never raises ------------------------------------------
 
     def put(self, text: str, loud: bool = False) -> bool:
         try:
-            self.queue.put_nowait(Item(text, loud))
+            self.queue.put_nowait(Item(safe(text), loud))
             return True
         except asyncio.QueueFull:
             if self.failing_since is not None:
@@ -102,7 +113,7 @@ class Outbox:
                 "dropped_total": self.dropped_total, "dropped_unreported": self.dropped_down + self.dropped_full,
                 "failing_for_seconds": (round(time.monotonic() - self.failing_since, 1)
                                         if self.failing_since is not None else None),
-                "failures": self.failures, "last_error": self.last_error}
+                "failures": self.failures, "last_error": self.last_error, "dropped_bad": self.dropped_bad}
 
     def note_failure(self, exc: BaseException) -> None:
         """Something else (the bot's start-up) found Telegram unreachable."""
@@ -146,11 +157,17 @@ class Outbox:
             if not self._carry:
                 self._carry.append(await self.queue.get())
             self._busy = True
+            batch: list[Item] = []
             try:
                 await self._wait_turn()  # meanwhile, more echoes arrive and join this batch
                 batch = self._take()
                 if batch:
                     await self._deliver(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug met by one batch: skip it, never stop the echo for good
+                log.exception("telegram: could not send a batch of %d echo(es); skipping it", len(batch))
+                self._skip(len(batch) or 1)
             finally:
                 self._busy = False
 
@@ -178,6 +195,13 @@ class Outbox:
                               redact(str(exc), self._secrets))
                     as_html = False
                     continue
+                if name == "BadRequest" or not _transient(exc):
+                    # this message can never go out (too long, not encodable, a bug): retrying it
+                    # for ever would hold back every echo after it
+                    log.error("telegram: an echo batch of %d item(s) was refused for good (%s); skipping it",
+                              len(batch), redact(f"{name}: {exc}", self._secrets))
+                    self._skip(len(batch))
+                    return
                 self.failures += 1
                 self.last_error = redact(f"{name}: {exc}", self._secrets)
                 if self.failing_since is None:
@@ -200,8 +224,17 @@ class Outbox:
             self._report_drops()
             return
 
+    def _skip(self, count: int) -> None:
+        self.dropped_bad += count
+        self.dropped_total += count
+        self._bad_unreported += count
+
     def _report_drops(self) -> None:
         notes = []
+        if self._bad_unreported:
+            count, self._bad_unreported = self._bad_unreported, 0
+            notes.append(f"⚠️ {count} echo message{'s' if count != 1 else ''} could not be sent and "
+                         f"{'were' if count != 1 else 'was'} skipped (see the hub's log)")
         if self.dropped_down:
             notes.append(f"⚠️ {self.dropped_down} echo message{'s were' if self.dropped_down != 1 else ' was'} "
                          "dropped while Telegram was unreachable")

@@ -5,6 +5,10 @@ goes through :func:`esc`: HTML-escaped (so ``<b>`` or ``</pre>`` in a command is
 interpreted) and stripped of control and bidirectional-override characters (so it cannot
 re-order a line to look like something the bot said). Agent text is always inside ``<code>`` or
 ``<pre>``, visually apart from the bot's own words.
+
+Every function here accepts any ``str``, lone UTF-16 surrogates included (``"\\ud800"`` is a valid
+Python string that no encoder takes): :func:`clean` replaces them, :func:`utf16_len` counts them,
+and :func:`safe` makes a whole message encodable. One odd character must never stop the bot.
 """
 
 from __future__ import annotations
@@ -24,11 +28,20 @@ COMMAND_CHARS = 200
 ERROR_CHARS = 300
 
 #: C0/C1 controls except tab and newline, bidi embeddings/overrides/isolates, zero-width joiners
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+#: ... and lone surrogates (no encoder accepts them; the Bot API could not receive them)
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff"
+                     "\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean(text: Any) -> str:
     return _UNSAFE.sub("\N{REPLACEMENT CHARACTER}", str(text))
+
+
+def safe(text: Any) -> str:
+    """A whole message made encodable: lone surrogates become U+FFFD (markup untouched)."""
+    text = str(text)
+    return _SURROGATE.sub("\N{REPLACEMENT CHARACTER}", text) if _SURROGATE.search(text) else text
 
 
 def esc(text: Any) -> str:
@@ -38,13 +51,15 @@ def esc(text: Any) -> str:
 
 def clip(text: str, limit: int) -> str:
     """At most ``limit`` characters; a cut is marked with an ellipsis and the number dropped."""
+    text = text if isinstance(text, str) else str(text)
     if len(text) <= limit:
         return text
     return f"{text[:limit]}… (+{len(text) - limit} chars)"
 
 
 def utf16_len(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
+    # surrogatepass: a lone surrogate is one code unit, as it would be in UTF-16
+    return len(str(text).encode("utf-16-le", "surrogatepass")) // 2
 
 
 ICONS = {"ok": "✅", "error": "❗", "denied": "⛔", "pending": "⏳"}
@@ -121,6 +136,8 @@ def format_event(event, *, output_chars: int = 300) -> tuple[str, bool]:
         verb = {"ok": "", "denied": " denied", "error": " failed"}.get(result, "")
         return (f"🔑 <b>{esc(action)}{verb}</b> by {_who(event)}: "
                 f"{esc(clip(rest.replace(' -> ', ' → '), COMMAND_CHARS))}{error}"), loud
+    if kind == "hub":  # the hub's own trouble; the text may quote an agent's (an error message)
+        return f"{icon} <b>hub</b>: <code>{esc(clip(event.detail or '', 600))}</code>", result != "ok"
     if kind == "telegram" and result == "denied":
         reason = esc(data.get("reason_text") or data.get("reason") or "refused")
         return (f"⛔ <b>Telegram command refused</b>: {reason} "

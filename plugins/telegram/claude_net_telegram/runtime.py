@@ -26,12 +26,13 @@ from telegram import Bot, LinkPreviewOptions, ReplyParameters, Update
 from telegram.constants import ParseMode
 from telegram.request import HTTPXRequest
 
-from claude_net import Actor, BadRequest, Event, Forbidden, PayloadTooLarge, Unauthorized, Unavailable
+from claude_net import (Actor, BadRequest, Event, Forbidden, PayloadTooLarge, Unauthorized, Unavailable,
+                        validate_node_name)
 
 from . import commands
 from .outbox import Outbox, plain, retry_after_seconds
 from .redact import Redactor, redact
-from .render import clip, esc, format_event
+from .render import clip, esc, format_event, safe
 from .settings import TelegramSettings, admin_node
 
 log = logging.getLogger("claude_net.telegram")
@@ -50,6 +51,14 @@ TELEGRAM_SERVICE = 777000
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 WEBHOOK_MAX_BODY = 1024 * 1024
 DEFAULT_BASE_URL = "https://api.telegram.org/bot"
+
+
+#: the name of the bot's supervised singleton task (``hub.task_status()``)
+TASK_NAME = "telegram"
+
+
+class BotFailure(RuntimeError):
+    """The bot's work stopped on an unexpected error; the hub restarts it (message redacted)."""
 
 
 def _digest(value: str) -> bytes:
@@ -106,27 +115,37 @@ class TelegramRuntime:
         if self.s.mode == "webhook" and not self.s.webhook_secret:
             log.info("telegram: no webhook_secret configured; using a random one for this run")
         if self._replicated:
-            self._spawn(self._forward_echoes(), "telegram-echo-forward")
+            self._spawn(self._forward_echoes, "telegram-echo-forward")
         # Polling, command dispatch and the outbox run on exactly one replica (a PostgreSQL
-        # advisory lock; on SQLite, here) and move to another replica if that one dies.
-        self.tasks.append(self.hub.spawn_singleton("telegram", self._lead))
+        # advisory lock; on SQLite, here) and move to another replica if that one dies. The hub
+        # supervises it: an unexpected failure restarts it with back-off and is announced.
+        self.tasks.append(self.hub.spawn_singleton(TASK_NAME, self._lead))
 
     @property
     def _replicated(self) -> bool:
         return not self.hub.db.is_sqlite
 
     async def _lead(self) -> None:
-        self.bot = self._make_bot()
+        self.ready.clear()
+        bot = self.bot = self._make_bot()
         work = [self._connect_and_listen(), self._dispatch_forever(), self.outbox.run()]
         if self._replicated:
             work.append(self._collect_echoes())
         tasks = [asyncio.ensure_future(w) for w in work]
         try:
             await asyncio.gather(*tasks)
+        except Exception as exc:
+            # for the hub's record and the admin's chat: the type and message, never a secret
+            raise BotFailure(redact(f"{type(exc).__name__}: {exc}", self._secrets)) from exc
         finally:
+            self.ready.clear()  # not connected while this run is over (restarting, or stopped)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            try:  # a restart makes a new client: close this one's connections
+                await asyncio.wait_for(bot.shutdown(), 5)
+            except Exception as exc:
+                log.debug("telegram: closing the bot: %s", redact(str(exc), self._secrets))
 
     async def _forward_echoes(self) -> None:
         """With replicas, every replica forwards its echoes over the bus to the one that sends."""
@@ -141,8 +160,8 @@ class TelegramRuntime:
                 if item is not None and isinstance(item.get("text"), str):
                     self.outbox.put(item["text"], bool(item.get("loud")))
 
-    def _spawn(self, coro, name: str) -> None:
-        self.tasks.append(self.hub.spawn(coro, name=name))
+    def _spawn(self, work, name: str) -> None:
+        self.tasks.append(self.hub.spawn(work, name=name))
 
     def _make_bot(self) -> Bot:
         timeout = self.s.request_timeout
@@ -170,8 +189,14 @@ class TelegramRuntime:
             self.redactor.uninstall()
 
     def status(self) -> dict[str, Any]:
+        task = self.hub.task_status().get(TASK_NAME)
+        running = task is not None and task["state"] == "running"
         return {
-            "active": True, "mode": self.s.mode, "connected": self.ready.is_set(),
+            "active": True, "mode": self.s.mode,
+            # connected only while the bot's task runs and has reached the Bot API: a failed or
+            # restarting task (or a replica that does not hold the bot) is never "connected"
+            "connected": running and self.ready.is_set(),
+            "task": task or {"state": "stopped"}, "runs_here": running and self.hub.runs_singleton(TASK_NAME),
             "bot": f"@{self.username}" if self.username else None, "chat_id": self.s.chat_id,
             "admin_node": self.admin_node or None, "admin_ids": sorted(self.admin_ids),
             "self_hosted_api": bool(self.s.base_url), "outbox": self.outbox.stats(), **self.counters,
@@ -274,7 +299,7 @@ class TelegramRuntime:
         await self.ready.wait()
         assert self.bot is not None
         await self.bot.send_message(
-            chat_id=chat_id, text=text, parse_mode=ParseMode.HTML if as_html else None,
+            chat_id=chat_id, text=safe(text), parse_mode=ParseMode.HTML if as_html else None,
             disable_notification=quiet, link_preview_options=LinkPreviewOptions(is_disabled=True),
             reply_parameters=(ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
                               if reply_to is not None else None))
@@ -347,7 +372,8 @@ class TelegramRuntime:
         if user.id not in self.admin_ids:
             return "not_admin", f"Telegram user {user.id} is not allowed to command this hub (admin_ids)"
         if not self.admin_node:
-            return "no_admin_node", "no admin node is configured ([telegram] admin_node or the top-level admins)"
+            return "no_admin_node", ("no admin node is configured, so commands have no node to act as "
+                                     "([telegram] admin_node or the top-level admins)")
         return None
 
     async def handle_update(self, update: Update) -> None:
@@ -363,6 +389,10 @@ class TelegramRuntime:
         if parsed is None:
             return  # ordinary chat, or another bot's command
         refused = self.refusal(kind, message)
+        if parsed.foreign:
+            refused = await self._foreign_refusal(parsed, refused)
+            if refused is None:
+                return  # ordinary chat that starts with a mention
         if refused is None and self.s.max_command_age > 0 and message.date is not None:
             age = (datetime.now(timezone.utc) - message.date).total_seconds()
             if age > self.s.max_command_age:
@@ -372,7 +402,8 @@ class TelegramRuntime:
         data = {"user_id": user.id if user else None, "chat_id": message.chat.id,
                 "message_id": message.message_id, "command": parsed.verb, "update": kind}
         if refused is not None:
-            await self._refuse(message, kind, text, data, *refused)
+            extra = self._admin_node_help(parsed) if refused[0] == "no_admin_node" else ""
+            await self._refuse(message, kind, text, data, *refused, extra=extra)
             return
         self.counters["commands"] += 1
         await self.hub.emit(Event("telegram", self.actor.name, None, clip(text, 500), "ok", via="telegram",
@@ -382,7 +413,52 @@ class TelegramRuntime:
         for html in replies:
             await self.reply(message, html)
 
-    async def _refuse(self, message, kind: str, text: str, data: dict[str, Any], code: str, reason: str) -> None:
+    async def _foreign_refusal(self, parsed: commands.Parsed, refused: tuple[str, str] | None) -> tuple[str, str] | None:
+        """``@NAME verb ...`` with NAME neither the admin node nor the bot: why it is not run, or
+        ``None`` to stay silent (anyone may mention someone in a group).
+
+        Answered only when it plainly was meant for this hub: sent by an admin in the admin chat,
+        and either no admin node is configured (the admin is told which setting to add) or NAME
+        is an admin's node (the admin is told that commands act as the admin node only).
+        """
+        if refused is not None and refused[0] != "no_admin_node":
+            return None
+        name = parsed.address[1:].lower()
+        if not self.admin_node:
+            return refused or ("no_admin_node", "")
+        if await self._holds_admin(name):
+            return ("other_node", f"commands from Telegram always act as {self.admin_node}; @{name} cannot choose "
+                                  f"another node. Write @{self.admin_node} {parsed.text}")
+        return None
+
+    async def _holds_admin(self, name: str) -> bool:
+        if self.hub.is_admin(name):
+            return True
+        try:
+            return bool(await self.hub.db.fetch_val(
+                "SELECT 1 FROM tokens WHERE name = :n AND admin = :yes AND revoked_at IS NULL",
+                {"n": name, "yes": True}))
+        except Exception as exc:  # the database is down: stay silent rather than guess
+            log.warning("telegram: cannot check whether %s holds an admin token: %s", name, type(exc).__name__)
+            return False
+
+    def _admin_node_help(self, parsed: commands.Parsed) -> str:
+        """The exact settings to add, in the chat (HTML), naming the node the admin addressed."""
+        name = parsed.address[1:].lower() if parsed.address.startswith("@") else ""
+        if name == self.username.lower():
+            name = ""
+        try:
+            validate_node_name(name)
+        except Exception:
+            name = "chasclaude"  # /permit ... names no node: the original deployment's admin, as an example
+        return (f"\nAdd the node commands act as to the hub's configuration file and restart the hub:\n"
+                f"<pre>[telegram]\nadmin_node = \"{esc(name)}\"</pre>\n"
+                f"or name it among the admins (a top-level key, above every [section]): "
+                f"<code>admins = [\"{esc(name)}\"]</code>\n"
+                f"or set <code>CLAUDE_NET_TELEGRAM__ADMIN_NODE={esc(name)}</code> in the hub's environment.")
+
+    async def _refuse(self, message, kind: str, text: str, data: dict[str, Any], code: str, reason: str,
+                      *, extra: str = "") -> None:
         self.counters["refused"] += 1
         answer = message.chat.id == self.s.chat_id and kind in ("message", "edited_message")
         who = (f"telegram:{data['user_id']}" if data["user_id"] is not None
@@ -396,7 +472,7 @@ class TelegramRuntime:
         log.warning("telegram: refused %r from user %s in chat %s: %s", data["command"], data["user_id"],
                     data["chat_id"], code)
         if answer:
-            await self.reply(message, f"⛔ not run: {esc(reason)}")
+            await self.reply(message, f"⛔ not run: {esc(reason)}{extra}")
 
     # -- webhook --------------------------------------------------------------------------------
 
@@ -453,6 +529,8 @@ class TelegramRuntime:
             return False
         if event.via == "telegram" and not event.transient.get("echo"):
             return False  # the admin's own commands are answered in the chat already
+        if event.type == "hub" and event.result == "error":
+            return True  # the hub's own trouble (a background task failed): the admin must know
         if event.type in self._echo_types and event.result in self._echo_results:
             return True
         return event.result == "denied" and self.s.echo_denials
@@ -467,6 +545,7 @@ class TelegramRuntime:
             log.exception("telegram: cannot format the %s event %s", event.type, event.id)
             return
         loud = loud or not self.s.echo_quiet_ok
+        text = safe(text)
         if not self._replicated:
             self.outbox.put(text, loud)
         elif self._forward.full():

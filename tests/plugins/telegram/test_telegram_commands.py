@@ -184,7 +184,9 @@ def test_parse_addresses():
     assert p("/frobnicate") is None  # a bare unknown slash command may belong to someone else
     assert p("/frobnicate@CN_bot") == ("frobnicate", [], True)
     assert p("@chasclaude frobnicate") == ("frobnicate", [], True)
-    assert p("@seanclaude status") is None
+    # addressed to another node: never run (foreign); answered only in the cases runtime decides
+    assert parse("@seanclaude status", admin_node="chasclaude", bot_username="CN_bot").foreign is True
+    assert p("@seanclaude how are you") is None
     assert p("hey @chasclaude status") is None
     assert p("/machines") == ("status", [], False)
     assert p("") is None and p("   ") is None and p("/") is None
