@@ -107,6 +107,8 @@ class ExecOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     #: cap for stdout and for stderr, each, in bytes
     max_output: int = 1024 * 1024
+    #: the node that asked (the actor), so a backend can share what it bounds fairly between sources
+    source: str | None = None
 
 
 @dataclass
@@ -124,6 +126,8 @@ class ExecResult:
 @dataclass(frozen=True)
 class ReadOptions:
     max_size: int
+    #: the node that asked (see :attr:`ExecOptions.source`)
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class WriteOptions:
     uid: int | None = None
     gid: int | None = None
     mkdirs: bool = False
+    #: the node that asked (see :attr:`ExecOptions.source`)
+    source: str | None = None
 
 
 class FileStream:

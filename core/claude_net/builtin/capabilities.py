@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import inspect
 import re
 
 from claude_net import (
@@ -26,7 +27,7 @@ from claude_net import (
     WriteOptions,
     hookimpl,
 )
-from claude_net.errors import RequestTimeout
+from claude_net.errors import Forbidden, RequestTimeout
 from claude_net.types import NODE_NAME_RE, validate_node_name, validate_remote_path
 
 #: extra seconds a backend gets past the requested timeout before the core gives up on it
@@ -42,10 +43,53 @@ PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "allOf": [
 #: NUL cannot be passed to a process (argument vectors and environments are C strings)
 NO_NUL = r"^[^\u0000]*$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+#: characters of one env value, and of all of them, an exec's audit row keeps (the row's data is bounded)
+ENV_RECORD_VALUE = 1024
+ENV_RECORD_TOTAL = 6144
+#: seconds between the checks a streamed upload makes that its grant still holds
+UPLOAD_RECHECK_SECONDS = 1.0
+
+# The rule the activity log applies to every row's detail (a command): the hub's own tokens,
+# bearer credentials and key=value style passwords are replaced by [redacted]. Env values are
+# recorded in the row's data, which the activity log stores as given, so they are redacted here.
+_SECRETS = re.compile(
+    r"cn_[0-9a-f]{12}_[A-Za-z0-9_-]{20,}"
+    r"|(?P<key>(?i:\bbearer\s+|(?:password|passwd|secret|token|api[_-]?key)\s*[=:]\s*))(?P<value>[^\s'\"&;]+)"
+)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with tokens, bearer credentials and ``password=...`` style values masked."""
+    return _SECRETS.sub(lambda m: (m.group("key") or "") + "[redacted]", text) if text else text
+
+
+def recorded_env(env) -> tuple[dict[str, str], bool]:
+    """What an exec's audit row keeps of its ``env``: every name, each value redacted like a
+    command (``NAME=value`` as a whole, so ``DB_PASSWORD=...`` is masked) and cut to a bounded
+    length. Returns ``(env, cut)``; ``cut``: some value was shortened."""
+    shown: dict[str, str] = {}
+    budget, cut = ENV_RECORD_TOTAL, False
+    for name, value in env.items():
+        pair = redact_secrets(f"{name}={value}")
+        value = pair[len(name) + 1:] if pair.startswith(f"{name}=") else redact_secrets(value)
+        room = max(0, min(ENV_RECORD_VALUE, budget))
+        if len(value) > room:
+            value, cut = value[:room] + "…", True
+        budget -= len(value) + len(name)
+        shown[redact_secrets(name)] = value
+    return shown, cut
 
 
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
+
+
+def _discard(awaitable) -> None:
+    """Drop a backend's awaitable that will never be awaited (no 'never awaited' warning)."""
+    if inspect.iscoroutine(awaitable):
+        awaitable.close()
+    elif isinstance(awaitable, asyncio.Future):
+        awaitable.cancel()
 
 
 def _dispatch(hub, hook_name: str, node, **kwargs):
@@ -82,12 +126,28 @@ async def exec_(ctx):
     for value in env.values():
         if "\x00" in value:
             raise BadRequest("env values must not contain NUL bytes", code="invalid_field", field="env")
-    options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=limits.exec_max_output)
+    options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=limits.exec_max_output, source=actor.name)
+    request = {"command": command, "cwd": cwd}
+    # the audit row shows what ran: the command (detail), and where and with which environment
+    recorded: dict = {}
+    if cwd is not None:
+        recorded["cwd"] = cwd
+    if env:
+        recorded["env"], cut = recorded_env(env)
+        if cut:
+            recorded["env_truncated"] = True
 
     async def run():
         node = await hub.nodes.get(target)
         awaitable = _dispatch(hub, "execute", node, command=command, options=options)
-        async with hub.exec_slot():
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                waited = await stack.enter_async_context(hub.exec_slot(actor, target))
+                if waited:  # a revoke may have come while it queued: it never runs after one
+                    await hub.reauthorize(actor, "exec", target, request, why="while the exec waited for a slot")
+            except BaseException:
+                _discard(awaitable)
+                raise
             try:
                 result = await asyncio.wait_for(awaitable, timeout + TIMEOUT_GRACE)
             except asyncio.TimeoutError:
@@ -103,7 +163,7 @@ async def exec_(ctx):
 
     result = await hub.guarded(
         actor, action="exec", event_type="exec", target=target, detail=command, run=run,
-        request={"command": command, "cwd": cwd},
+        request=request, data=recorded,
         result_data=lambda r: {"exit_code": r.exit_code, "truncated": r.truncated},
         result_transient=lambda r: {"stdout": _decode(r.stdout[:EVENT_OUTPUT]),
                                     "stderr": _decode(r.stderr[:EVENT_OUTPUT]),
@@ -125,7 +185,7 @@ async def exec_(ctx):
 
 async def _read_file(hub, actor, target: str, path: str) -> bytes:
     """The buffered read path of ``POST /api/file/read``: authorize, record, dispatch to the owner."""
-    options = ReadOptions(max_size=hub.settings.limits.file_max_bytes)
+    options = ReadOptions(max_size=hub.settings.limits.file_max_bytes, source=actor.name)
 
     async def run():
         node = await hub.nodes.get(target)
@@ -184,7 +244,7 @@ async def file_write(ctx):
 
 async def _write_file(hub, actor, target: str, path: str, data: bytes, fields) -> dict:
     """The buffered write path of ``POST /api/file/write``: authorize, record, dispatch to the owner."""
-    options = _write_options(hub, fields)
+    options = _write_options(hub, fields, actor)
 
     async def run():
         node = await hub.nodes.get(target)
@@ -209,9 +269,10 @@ STREAM_START_TIMEOUT = 60.0
 DOWNLOADS_KEY = "claude_net.downloads"
 
 
-def _write_options(hub, fields) -> WriteOptions:
+def _write_options(hub, fields, actor) -> WriteOptions:
     return WriteOptions(max_size=hub.settings.limits.file_max_bytes, mode=_mode(fields.get("mode")),
-                        uid=fields.get("uid"), gid=fields.get("gid"), mkdirs=bool(fields.get("mkdirs", False)))
+                        uid=fields.get("uid"), gid=fields.get("gid"), mkdirs=bool(fields.get("mkdirs", False)),
+                        source=actor.name)
 
 
 class UploadChunks:
@@ -222,13 +283,19 @@ class UploadChunks:
     The failure is kept, so the caller gets it whatever a backend turns it into.
     """
 
-    def __init__(self, body, limit: int, idle_timeout: float) -> None:
+    def __init__(self, body, limit: int, idle_timeout: float, recheck=None) -> None:
         self._body = body.__aiter__()
         self.limit = limit
         self.idle_timeout = idle_timeout
         self.received = 0
         self.done = False
         self.error: HubError | None = None
+
+    ``recheck`` (an awaitable function raising :class:`Forbidden` when the grant is gone) runs
+    every :data:`UPLOAD_RECHECK_SECONDS` while the bytes flow (in the background: the transfer
+    does not wait for it) and once more at the end of an upload that lasted longer than that,
+    before the backend commits the file: an upload that a revoke overtook fails (the backend
+    removes its temporary file; the target is left as it was) and is recorded ``denied``.
 
     def __aiter__(self) -> UploadChunks:
         return self
@@ -238,22 +305,79 @@ class UploadChunks:
 
         while True:
             if self.error is not None:
+        self._recheck = recheck
+        self._checking: asyncio.Future | None = None
+        self._next_check: float | None = None
+        self.rechecks = 0
                 raise self.error
             if self.done:
                 raise StopAsyncIteration
             try:
+    def _check_result(self, check: asyncio.Future) -> None:
+        """Keep the failure of a finished grant check (a revoke, or the check could not be made)."""
+        if check.cancelled():
+            return
+        exc = check.exception()
+        if exc is not None and self.error is None:
+            self.error = exc if isinstance(exc, HubError) else HubError(
+                f"the upload was stopped: its grant could not be checked again ({type(exc).__name__})",
+                code="recheck_failed")
+
+    def _maybe_recheck(self) -> None:
+        if self._recheck is None:
+            return
+        if self._checking is not None and self._checking.done():
+            self._check_result(self._checking)
+            self._checking = None
+        now = asyncio.get_running_loop().time()
+        if self._next_check is None:
+            self._next_check = now + UPLOAD_RECHECK_SECONDS
+        elif self._checking is None and now >= self._next_check:
+            self._next_check = now + UPLOAD_RECHECK_SECONDS
+            self.rechecks += 1
+            self._checking = asyncio.ensure_future(self._recheck())
+
+    async def _final_check(self) -> None:
+        """At the end of a long upload: the grant must still hold before the file is committed."""
+        if self._recheck is None or not self.rechecks:
+            return
+        if self._checking is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._checking)
+            self._check_result(self._checking)
+            self._checking = None
+        if self.error is None:
+            self.rechecks += 1
+            try:
+                await self._recheck()
+            except HubError as exc:
+                self.error = exc
+
+    def cancel_checks(self) -> None:
+        if self._checking is not None and not self._checking.done():
+            self._checking.cancel()
+
                 async with asyncio.timeout(self.idle_timeout):
                     chunk = await self._body.__anext__()
             except StopAsyncIteration:
                 self.done = True
                 raise
+                self.cancel_checks()
             except TimeoutError:
                 self.error = RequestTimeout(f"the upload stalled: nothing arrived for {self.idle_timeout:g} s "
                                            f"after {self.received} bytes", code="request_timeout")
+            self._maybe_recheck()
+            if self.error is not None:
+                continue
                 continue
             except RequestEntityTooLarge:
                 self.error = PayloadTooLarge(f"the file exceeds the limit of {self.limit} bytes", limit=self.limit)
                 continue
+                if self._next_check is not None and asyncio.get_running_loop().time() >= self._next_check:
+                    self.rechecks += 1  # a long upload that ended before its next check: check now
+                await self._final_check()
+                if self.error is not None:
+                    continue
             if not chunk:
                 continue
             self.received += len(chunk)
@@ -275,12 +399,17 @@ async def file_raw_write(ctx):
 
     hub, query = ctx.hub, ctx.query
     target, path = query["target"], validate_remote_path(query["path"])
-    options = _write_options(hub, query)  # a bad mode is a 400 before the upload is read
+    options = _write_options(hub, query, ctx.actor)  # a bad mode is a 400 before the upload is read
     limit = options.max_size
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the file is {length} bytes; the limit is {limit}", limit=limit)
-    chunks = UploadChunks(request.body, limit, hub.settings.limits.body_timeout)
+    recheck_request = {"path": path, "size": length}
+
+    async def recheck():
+        await hub.reauthorize(ctx.actor, "file_write", target, recheck_request, why="during the upload")
+
+    chunks = UploadChunks(request.body, limit, hub.settings.limits.body_timeout, recheck)
 
     async def run():
         node = await hub.nodes.get(target)
@@ -302,8 +431,10 @@ async def file_raw_write(ctx):
 
     # the whole transfer runs inside the guarded action: the final event has the real result
     extra = await hub.guarded(ctx.actor, action="file_write", event_type="file_write", target=target, detail=path,
-                              run=run, request={"path": path, "size": length},
+                              run=run, request=recheck_request,
                               result_data=lambda _: {"bytes": chunks.received})
+        finally:
+            chunks.cancel_checks()
     return {"path": path, "size": chunks.received, **(extra or {})}
 
 
@@ -327,7 +458,7 @@ class Download:
         self.task: asyncio.Task | None = None
 
     async def _run(self) -> int:
-        hub, path, options = self.hub, self.path, ReadOptions(max_size=self.limit)
+        hub, path, options = self.hub, self.path, ReadOptions(max_size=self.limit, source=self.actor.name)
         node = await hub.nodes.get(self.target)
         awaitable = hub.pm.hook.open_file_stream(hub=hub, node=node, path=path, options=options)
         if awaitable is None:  # a backend without streaming: its buffered read
