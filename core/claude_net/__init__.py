@@ -21,6 +21,7 @@ from .errors import (
     Unavailable,
 )
 from .hookspecs import hookimpl, hookspec
+from .text import printable, quoted, safe_json
 from .types import (
     Actor,
     Command,
@@ -71,6 +72,9 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "isotime",
+    "printable",
+    "quoted",
+    "safe_json",
     "validate_node_name",
     "validate_remote_path",
 ]

@@ -215,8 +215,10 @@ def cmd_inbox(args, ctx: CliContext) -> int:
     if args.json:
         print(json.dumps(result["messages"], indent=2))
         return 0
+    from .text import printable  # a message may hold anything: it stays on its line and cannot drive the terminal
+
     for m in result["messages"]:
-        print(f"[{m['id']}] {m['time']} {m['from']}: {m['message']}")
+        print(f"[{m['id']}] {printable(m['time'])} {printable(m['from'])}: {printable(m['message'])}")
     if not result["messages"]:
         print("no unread messages", file=sys.stderr)
     return 0
@@ -227,11 +229,14 @@ def cmd_machines(args, ctx: CliContext) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    from .text import printable
+
     print(f"{'NAME':<24} {'BACKEND':<8} {'STATE':<12} {'UNREAD':>6}  LAST SEEN")
     for m in result["machines"]:
-        print(f"{m['name']:<24} {m['backend']:<8} {m['state']:<12} {m['unread']:>6}  {m['lastSeen'] or '-'}")
+        print(f"{printable(m['name']):<24} {printable(m['backend']):<8} {printable(m['state']):<12} "
+              f"{printable(m['unread']):>6}  {printable(m['lastSeen'] or '-')}")
     for backend, error in result.get("unavailable", {}).items():
-        print(f"(backend {backend} unavailable: {error})")
+        print(f"(backend {printable(backend)} unavailable: {printable(error)})")
     return 0
 
 

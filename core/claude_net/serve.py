@@ -52,14 +52,22 @@ def _tune_gc(app) -> None:
         gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+def _configure_logging(settings, fmt: str) -> None:
+    """Log lines to stderr in which no logged value (a path, a command, a header an agent sent)
+    can start a line of its own or drive the terminal: see :class:`claude_net.text.EscapingFormatter`."""
+    from .text import escape_log_output
+
+    logging.basicConfig(level=settings.core.log_level.upper(), format=fmt)
+    escape_log_output()
+
+
 def worker_app():
     """App factory for ``--workers N``: each Hypercorn worker process builds its own hub."""
     from .config import load_settings
     from .http import create_app
 
     settings = load_settings()
-    logging.basicConfig(level=settings.core.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    _configure_logging(settings, "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     _tune_hypercorn()
     app = create_app(settings)
     _tune_gc(app)
@@ -74,8 +82,7 @@ def serve(settings, *, host: str | None = None, port: int | None = None, workers
     from .hub import Hub
     from .http import create_app
 
-    logging.basicConfig(level=settings.core.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     hub = Hub(settings)
     problems = settings.bind_sections(hub.config_sections(), strict=False)
     if problems:
@@ -87,6 +94,8 @@ def serve(settings, *, host: str | None = None, port: int | None = None, workers
     config = Config()
     config.bind = [f"{host or settings.core.host}:{port or settings.core.port}"]
     config.accesslog = None
+    # through the root logger's escaping handler, not a plain handler of Hypercorn's own
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 10
     config.keep_alive_timeout = 75
     if workers > 1:
