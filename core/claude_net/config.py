@@ -82,7 +82,6 @@ class LimitsSettings:
     exec_timeout_max: float = help_field(3600.0, "Largest exec timeout a caller may ask for.")
     exec_max_output: int = help_field(MiB, "Cap on stdout and on stderr of one exec, in bytes.")
     exec_concurrency: int = help_field(64, "Execs running at once across the hub; more wait their turn.")
-    rate_per_minute: float = help_field(
     exec_concurrency_per_source: int = help_field(
         8, "Execs one agent may have running at once (within exec_concurrency); its further ones wait in its own "
            "queue, and free slots go first to the agent holding the fewest. Admins count only against the total. "
@@ -92,6 +91,7 @@ class LimitsSettings:
     exec_queue_per_source: int = help_field(
         64, "Execs one agent may have waiting for a slot; past that its execs are refused with 429 queue_full "
             "(admins are not bounded). 0: unbounded.")
+    rate_per_minute: float = help_field(
         60000.0,
         "Requests per minute each authenticated node may make (a token bucket; the public endpoints "
         "are exempt). Beyond it: 429 rate_limited with Retry-After. 0 turns limiting off.",

@@ -281,6 +281,12 @@ class UploadChunks:
     Counts the bytes and fails past the limit (413: a chunked upload has no Content-Length to
     check first) or when the client sends nothing for ``[limits] body_timeout`` seconds (408).
     The failure is kept, so the caller gets it whatever a backend turns it into.
+
+    ``recheck`` (an awaitable function raising :class:`Forbidden` when the grant is gone) runs
+    every :data:`UPLOAD_RECHECK_SECONDS` while the bytes flow (in the background: the transfer
+    does not wait for it) and once more at the end of an upload that lasted longer than that,
+    before the backend commits the file: an upload that a revoke overtook fails (the backend
+    removes its temporary file; the target is left as it was) and is recorded ``denied``.
     """
 
     def __init__(self, body, limit: int, idle_timeout: float, recheck=None) -> None:
@@ -290,29 +296,14 @@ class UploadChunks:
         self.received = 0
         self.done = False
         self.error: HubError | None = None
-
-    ``recheck`` (an awaitable function raising :class:`Forbidden` when the grant is gone) runs
-    every :data:`UPLOAD_RECHECK_SECONDS` while the bytes flow (in the background: the transfer
-    does not wait for it) and once more at the end of an upload that lasted longer than that,
-    before the backend commits the file: an upload that a revoke overtook fails (the backend
-    removes its temporary file; the target is left as it was) and is recorded ``denied``.
-
-    def __aiter__(self) -> UploadChunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        from werkzeug.exceptions import RequestEntityTooLarge
-
-        while True:
-            if self.error is not None:
         self._recheck = recheck
         self._checking: asyncio.Future | None = None
         self._next_check: float | None = None
         self.rechecks = 0
-                raise self.error
-            if self.done:
-                raise StopAsyncIteration
-            try:
+
+    def __aiter__(self) -> UploadChunks:
+        return self
+
     def _check_result(self, check: asyncio.Future) -> None:
         """Keep the failure of a finished grant check (a revoke, or the check could not be made)."""
         if check.cancelled():
@@ -357,27 +348,36 @@ class UploadChunks:
         if self._checking is not None and not self._checking.done():
             self._checking.cancel()
 
-                async with asyncio.timeout(self.idle_timeout):
-                    chunk = await self._body.__anext__()
-            except StopAsyncIteration:
-                self.done = True
-                raise
+    async def __anext__(self) -> bytes:
+        from werkzeug.exceptions import RequestEntityTooLarge
+
+        while True:
+            if self.error is not None:
                 self.cancel_checks()
-            except TimeoutError:
-                self.error = RequestTimeout(f"the upload stalled: nothing arrived for {self.idle_timeout:g} s "
-                                           f"after {self.received} bytes", code="request_timeout")
+                raise self.error
+            if self.done:
+                raise StopAsyncIteration
             self._maybe_recheck()
             if self.error is not None:
                 continue
-                continue
-            except RequestEntityTooLarge:
-                self.error = PayloadTooLarge(f"the file exceeds the limit of {self.limit} bytes", limit=self.limit)
-                continue
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await self._body.__anext__()
+            except StopAsyncIteration:
                 if self._next_check is not None and asyncio.get_running_loop().time() >= self._next_check:
                     self.rechecks += 1  # a long upload that ended before its next check: check now
                 await self._final_check()
                 if self.error is not None:
                     continue
+                self.done = True
+                raise
+            except TimeoutError:
+                self.error = RequestTimeout(f"the upload stalled: nothing arrived for {self.idle_timeout:g} s "
+                                           f"after {self.received} bytes", code="request_timeout")
+                continue
+            except RequestEntityTooLarge:
+                self.error = PayloadTooLarge(f"the file exceeds the limit of {self.limit} bytes", limit=self.limit)
+                continue
             if not chunk:
                 continue
             self.received += len(chunk)
@@ -424,6 +424,8 @@ async def file_raw_write(ctx):
             if chunks.error is not None:  # the upload failed, whatever the backend made of it
                 raise chunks.error from None
             raise
+        finally:
+            chunks.cancel_checks()
         if not chunks.done:
             raise HubError(f"the {node.backend} backend finished before reading the whole upload",
                            code="backend_error")
@@ -433,8 +435,6 @@ async def file_raw_write(ctx):
     extra = await hub.guarded(ctx.actor, action="file_write", event_type="file_write", target=target, detail=path,
                               run=run, request=recheck_request,
                               result_data=lambda _: {"bytes": chunks.received})
-        finally:
-            chunks.cancel_checks()
     return {"path": path, "size": chunks.received, **(extra or {})}
 
 
