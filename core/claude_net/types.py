@@ -296,7 +296,11 @@ class Migration:
     """A versioned schema change owned by one plugin. Applied once, in (plugin, version) order.
 
     ``statements`` are portable SQL; ``{autoid}`` expands to the dialect's auto-increment
-    primary key. ``postgresql`` optionally overrides the statements on PostgreSQL.
+    primary key. ``postgresql`` optionally overrides the statements on PostgreSQL. A statement
+    may also be an ``async`` callable ``step(tx, db)``, for a change SQL alone cannot say (the
+    core's adoption of a v1 ``messages`` table inspects it first). A statement that fails stops
+    the whole migration run: it is rolled back and a ``MigrationError`` names the plugin, the
+    version and the statement.
     Migrations only add: existing tables of other plugins are never altered.
     """
 

@@ -11,6 +11,7 @@ import time
 
 from claude_net import Event, Migration, Node, PayloadTooLarge, Route, hookimpl
 from claude_net.types import NODE_NAME_RE, WILDCARD, isotime
+from claude_net.upgrade import adopt_v1_messages
 
 NAME_PATTERN = NODE_NAME_RE.pattern
 NAME_HELP = "be a node name: lowercase letters, digits and '-', at most 63 characters"
@@ -24,6 +25,9 @@ def migrations():
             "claude_net",
             1,
             [
+                # a v1 database's own messages table: adopted in place, or a refusal that names
+                # `claude-net import-v1` (the CREATE TABLE below then finds it and does nothing)
+                adopt_v1_messages,
                 "CREATE TABLE IF NOT EXISTS tokens ("
                 " id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_hash TEXT NOT NULL,"
                 " admin BOOLEAN NOT NULL DEFAULT FALSE, created_at TEXT NOT NULL,"
