@@ -197,6 +197,21 @@ def cmd_migrate(args, ctx: CliContext, quiet: bool = False) -> int:
     return 0
 
 
+def cmd_import_v1(args, ctx: CliContext) -> int:
+    from .upgrade import import_v1, parse_map
+
+    try:
+        given = parse_map(args.mapping)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report = run_async(import_v1(ctx.settings, ctx.plugin_manager(), table=args.table, rename_to=args.rename_to,
+                                 given=given, from_sqlite=args.from_sqlite))
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def cmd_send(args, ctx: CliContext) -> int:
     result = ctx.api("POST", "/api/send", {"to": args.to, "message": args.message})
     print(f"sent (id {result.get('id')})")
@@ -279,6 +294,17 @@ def build_parser(ctx_holder: list) -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="apply database migrations and exit")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("import-v1", help="copy the messages of a v1 table the hub cannot adopt (renamed aside first)",
+                       description="Moves a v1 `messages` table the hub did not create aside (to messages_v1), "
+                                   "lets the migrations create the hub's tables, and copies every row with a "
+                                   "column mapping. Safe to run again: rows copied before are skipped.")
+    p.add_argument("--map", dest="mapping", metavar="FIELD=COLUMN,...",
+                   help="v1 column of each field: id, from, to, message, time, read (default: known v1 names)")
+    p.add_argument("--table", help="the v1 table to read (default: messages, or messages_v1 once moved aside)")
+    p.add_argument("--rename-to", default="messages_v1", help="where a v1 messages table is moved (default: %(default)s)")
+    p.add_argument("--from-sqlite", metavar="FILE", help="read the v1 table from this SQLite file instead (read-only)")
+    p.set_defaults(func=cmd_import_v1)
 
     p = sub.add_parser("send", help="send a message (uses CLAUDE_NET_URL and CLAUDE_NET_TOKEN)")
     p.add_argument("to", help="node name, or '*' for everyone")
