@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = (
     "claude_net.builtin.messaging",
     "claude_net.builtin.capabilities",
     "claude_net.builtin.meta",
+    "claude_net.builtin.enroll",
 )
 
 

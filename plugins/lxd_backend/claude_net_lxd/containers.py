@@ -1,4 +1,4 @@
-"""Container operations: start, stop, snapshot, restore, list_snapshots."""
+"""Container operations: start, stop, snapshot, restore, list_snapshots, expose_hub."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from claude_net import BadRequest, Conflict, Node, NotFound, NotSupported
 
 from .backend import LxdBackend, LxdError, lxd_message
 
-OPS = ("start", "stop", "snapshot", "restore", "list_snapshots")
+OPS = ("start", "stop", "snapshot", "restore", "list_snapshots", "expose_hub")
+#: the proxy device ``expose_hub`` adds (found again by this name, so a second run changes nothing)
+HUB_DEVICE = "claude-net-hub"
+IFF_UP = 0x1
 NEVER = "0001-01-01T00:00:00Z"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -150,6 +153,70 @@ def list_sync(backend: LxdBackend, name: str) -> dict[str, Any]:
     return {"snapshots": snaps}
 
 
+def _bridge_address(api, backend: LxdBackend, instance: dict[str, Any]) -> tuple[str, str] | None:
+    """(network, host address) of the first NIC on a managed LXD network with an IPv4 address."""
+    for device in (instance.get("expanded_devices") or {}).values():
+        network = device.get("network") if device.get("type") == "nic" else None
+        if not network:
+            continue
+        try:
+            config = api.networks[network].get(timeout=backend.timeouts).json()["metadata"].get("config") or {}
+        except lxd_exc.NotFound:
+            continue
+        address = (config.get("ipv4.address") or "").split("/")[0]
+        if address and address != "none":
+            return network, address
+    return None
+
+
+def _loopback_up(backend: LxdBackend, name: str) -> bool:
+    """Bring the container's loopback up if it is down (minimal images have no init that does).
+
+    The proxy device listens on the container's 127.0.0.1, which answers nothing while ``lo`` is
+    down. True when it had to be brought up.
+    """
+    code, out, _err, _t = backend.exec_raw(name, ["cat", "/sys/class/net/lo/flags"], timeout=10)
+    try:
+        if code == 0 and int(out.decode().strip(), 16) & IFF_UP:
+            return False
+    except ValueError:
+        pass
+    code, _out, err, _t = backend.exec_raw(name, ["ip", "link", "set", "lo", "up"], timeout=10)
+    if code != 0:
+        raise Conflict(f"the loopback interface of {name} is down and `ip link set lo up` failed there "
+                       f"({err.decode(errors='replace').strip() or f'exit {code}'}); bring it up, or give the hub's "
+                       "address with --url", code="loopback_down")
+    return True
+
+
+def expose_hub_sync(backend: LxdBackend, name: str, hub_host: str, hub_port: int, port: int,
+                    proxy: bool) -> dict[str, Any]:
+    """Make the hub reachable from inside ``name`` and say at which URL.
+
+    A container on a managed LXD network reaches the host at that network's address, when the
+    hub listens there (or on every address) and ``proxy`` is not forced. Otherwise (no network,
+    or a hub bound to loopback) an LXD ``proxy`` device listens on the container's
+    127.0.0.1:``port`` and forwards, from the host side, to the hub's own address.
+    """
+    api = backend.api()
+    instance = api.instances[name].get(timeout=backend.timeouts).json()["metadata"]
+    bridge = _bridge_address(api, backend, instance)
+    if bridge is not None and not proxy and hub_host in ("0.0.0.0", "::", bridge[1]):
+        return {"url": f"http://{bridge[1]}:{hub_port}", "via": "bridge", "network": bridge[0], "changed": False}
+    target = "127.0.0.1" if hub_host in ("0.0.0.0", "", "localhost") else hub_host
+    connect = f"tcp:[{target}]:{hub_port}" if ":" in target else f"tcp:{target}:{hub_port}"
+    wanted = {"type": "proxy", "listen": f"tcp:127.0.0.1:{port}", "connect": connect, "bind": "container"}
+    current = (instance.get("devices") or {}).get(HUB_DEVICE)
+    changed = current != wanted
+    if changed:
+        # PATCH merges: the container's other devices stay as they are
+        response = api.instances[name].patch(json={"devices": {HUB_DEVICE: wanted}}, timeout=backend.timeouts)
+        backend.operation(response, _deadline(backend), f"add the {HUB_DEVICE} proxy device to {name}")
+    lo_changed = backend.instance_status(name) == "Running" and _loopback_up(backend, name)
+    return {"url": f"http://127.0.0.1:{port}", "via": "proxy", "device": HUB_DEVICE, "connect": connect,
+            "changed": changed or lo_changed, "loopbackUp": lo_changed}
+
+
 async def container_op(backend: LxdBackend, node: Node, op: str, args: dict[str, Any]) -> dict[str, Any]:
     name = node.name
     if op == "start":
@@ -172,4 +239,8 @@ async def container_op(backend: LxdBackend, node: Node, op: str, args: dict[str,
             backend.forget(name)
     if op == "list_snapshots":
         return await backend.run(list_sync, backend, name, name=name)
+    if op == "expose_hub":
+        return await backend.run(expose_hub_sync, backend, name, str(args.get("hub_host") or "127.0.0.1"),
+                                 int(args["hub_port"]), int(args.get("port") or 8765), bool(args.get("proxy")),
+                                 name=name)
     raise NotSupported(f"the LXD backend cannot {op!r} (it can: {', '.join(OPS)})", code="unknown_op")
