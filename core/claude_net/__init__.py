@@ -39,7 +39,7 @@ from .types import (
     validate_remote_path,
 )
 
-__version__ = "0.1.0"
+__version__: str  # from the installed package's metadata, read on first use (see __getattr__)
 
 __all__ = [
     "Actor",
@@ -81,6 +81,15 @@ __all__ = [
 
 
 def __getattr__(name: str):  # lazy: keep `import claude_net` cheap for the CLI and plugins
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("claude-net")
+        except PackageNotFoundError:  # a source tree on sys.path that was never installed
+            found = "0+unknown"
+        globals()["__version__"] = found
+        return found
     if name == "await_me_maybe":
         from .hub import await_me_maybe
 

@@ -255,9 +255,17 @@ def cmd_machines(args, ctx: CliContext) -> int:
     return 0
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser(ctx_holder: list) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="claude-net", description="A hub for AI coding agents on one LXD host.")
     parser.add_argument("--config", "-c", help="config file (default: $CLAUDE_NET_CONFIG or ./claude-net.toml)")
+    parser.add_argument("--version", action="version", version=f"claude-net {_version()}",
+                        help="print the installed claude-net version (package metadata) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the hub (Hypercorn)")

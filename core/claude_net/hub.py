@@ -312,14 +312,21 @@ class Hub:
         or a function returning one (long-lived: when it raises it is called again after a back-off
         of :attr:`RESTART_INITIAL` seconds doubling to :attr:`RESTART_MAX`, with jitter, reset once
         a run lasted :attr:`RESTART_HEALTHY` seconds). Returning normally ends the task either way.
-        Every failure is logged, counted in :meth:`task_status` (shown by ``/api/health`` to admins)
-        and announced as an event of type ``hub`` with result ``error``.
+        ``restart=False`` runs a function once. A cancellation that comes from inside (something
+        the work awaited was cancelled, not this task) counts as a failure; cancelling the returned
+        task (the hub's stop does) ends it at once, whatever it was doing. Every failure is logged,
+        counted in :meth:`task_status` (shown by ``/api/health`` to admins) and announced as an
+        event of type ``hub`` with result ``error``.
         """
-        if restart is None:
-            restart = callable(work) and not inspect.isawaitable(work)
+        factory = callable(work) and not inspect.isawaitable(work)
+        if not factory:  # a coroutine can be awaited once: it cannot be restarted
+            restart = False
+        elif restart is None:
+            restart = True
+        run = work if factory else (lambda: work)
         status = TaskStatus(self._task_name(name))
         self._task_status[status.name] = status
-        task = asyncio.ensure_future(self._supervise(work, status, restart))
+        task = asyncio.ensure_future(self._supervise(run, work, status, restart))
         task.set_name(f"claude-net:{status.name}")
         self._tasks.add(task)
 
@@ -355,46 +362,51 @@ class Hub:
         return [name for name, status in sorted(self._task_status.items())
                 if status.state in ("restarting", "failed")]
 
-    async def _supervise(self, work: Any, status: TaskStatus, restart: bool) -> Any:
+    async def _supervise(self, run: Callable[[], Awaitable[Any]], work: Any, status: TaskStatus,
+                         restart: bool) -> Any:
         try:
-            return await self._run_supervised(work, status, restart)
+            return await self._run_supervised(run, status, restart)
         finally:
-            if not restart and inspect.iscoroutine(work) and inspect.getcoroutinestate(work) == "CORO_CREATED":
+            if inspect.iscoroutine(work) and inspect.getcoroutinestate(work) == "CORO_CREATED":
                 work.close()  # cancelled before it ever ran: no "never awaited" warning
 
-    async def _run_supervised(self, work: Any, status: TaskStatus, restart: bool) -> Any:
+    async def _run_supervised(self, run: Callable[[], Awaitable[Any]], status: TaskStatus, restart: bool) -> Any:
         delay = self.RESTART_INITIAL
         while True:
             started = time.monotonic()
             status.state = "running"
             status.next_restart = None
             try:
-                return await (work() if restart else work)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                ran = time.monotonic() - started
-                if ran >= self.RESTART_HEALTHY:  # it had been healthy: a fresh streak
-                    delay, status.streak = self.RESTART_INITIAL, 0
-                status.failures += 1
-                status.streak += 1
-                status.last_error = safe_sentence(exc)
-                status.last_failure = time.time()
-                if not restart:
-                    status.state = "failed"
-                    log.error("background task %s failed and does not restart: %s", status.name,
-                              status.last_error, exc_info=exc)
-                    await self._announce_failure(status, None)
-                    return None
-                wait = delay * random.uniform(0.8, 1.2)
-                status.state = "restarting"
-                status.next_restart = time.time() + wait
-                log.error("background task %s failed (%d in a row): %s; restarting in %.1f s", status.name,
-                          status.streak, status.last_error, wait, exc_info=exc)
-                await self._announce_failure(status, wait)
-                await asyncio.sleep(max(0.0, status.next_restart - time.time()))
-                delay = min(delay * 2, self.RESTART_MAX)
-                status.restarts += 1
+                return await run()
+            except asyncio.CancelledError as cancelled:
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    raise  # the hub stops (or the owner cancelled it): end now, never restart
+                exc: BaseException = cancelled  # something inside was cancelled, not this task: a failure
+            except Exception as caught:
+                exc = caught
+            ran = time.monotonic() - started
+            if ran >= self.RESTART_HEALTHY:  # it had been healthy: a fresh streak
+                delay, status.streak = self.RESTART_INITIAL, 0
+            status.failures += 1
+            status.streak += 1
+            status.last_error = safe_sentence(exc)
+            status.last_failure = time.time()
+            if not restart:
+                status.state = "failed"
+                log.error("background task %s failed and does not restart: %s", status.name,
+                          status.last_error, exc_info=exc)
+                await self._announce_failure(status, None)
+                return None
+            wait = delay * random.uniform(0.8, 1.2)
+            status.state = "restarting"
+            status.next_restart = time.time() + wait
+            log.error("background task %s failed (%d in a row): %s; restarting in %.1f s", status.name,
+                      status.streak, status.last_error, wait, exc_info=exc)
+            await self._announce_failure(status, wait)
+            await asyncio.sleep(max(0.0, status.next_restart - time.time()))
+            delay = min(delay * 2, self.RESTART_MAX)
+            status.restarts += 1
 
     async def _announce_failure(self, status: TaskStatus, wait: float | None) -> None:
         """Tell the admin (the activity feed, Telegram's echo): one ``hub`` event per failure."""

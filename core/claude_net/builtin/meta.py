@@ -6,7 +6,34 @@ from claude_net import Route, hookimpl, __version__
 
 
 async def health(ctx):
-    return {"status": "up", "version": __version__}
+    """Liveness for anyone; with an admin token, also the state of every background task.
+
+    The public answer stays small: the version and the *names* of background tasks that are not
+    running (restarting after a failure, or failed for good). Errors, counts and times are for
+    admins only: an error text can quote anything (a path, a command, a host name).
+    """
+    from claude_net import Event, Unauthorized
+    from claude_net.http import _bearer
+
+    hub = ctx.hub
+    answer = {"status": "up", "version": __version__, "tasks": {"degraded": hub.degraded_tasks()}}
+    token = _bearer(ctx.headers.get("Authorization"))
+    if token is None:
+        return answer
+    actor = await hub.authenticate(token)
+    if actor is None:
+        from quart import request
+
+        address = request.remote_addr or "unknown"
+        refused = hub.auth_refusals.should_record(address)
+        if refused:  # recorded like every refused token: at most once per address and window
+            await hub.emit(Event("auth", None, None, f"invalid or revoked token on GET /api/health from {address}"
+                                 + (f" ({refused} refused)" if refused > 1 else ""), "denied",
+                                 data={"refused": refused}))
+        raise Unauthorized("the token is invalid or has been revoked", code="invalid_token")
+    if actor.admin:
+        answer["tasks"]["detail"] = hub.task_status()
+    return answer
 
 
 async def whoami(ctx):
@@ -35,7 +62,16 @@ async def openapi(ctx):
 @hookimpl
 def register_routes():
     return [
-        Route("GET", "/api/health", health, summary="Liveness check (no token needed)", auth=False, tags=["meta"]),
+        Route("GET", "/api/health", health, summary="Liveness check (no token needed)", auth=False, tags=["meta"],
+              description="Always 200 while the hub serves. `tasks.degraded` names background tasks that are "
+                          "not running (restarting after a failure, or failed). With an admin token, "
+                          "`tasks.detail` adds each task's state, failure count, last error and next restart; "
+                          "an invalid token is 401.",
+              response_schema={"type": "object", "properties": {
+                  "ok": {"const": True}, "status": {"type": "string"}, "version": {"type": "string"},
+                  "tasks": {"type": "object", "properties": {
+                      "degraded": {"type": "array", "items": {"type": "string"}},
+                      "detail": {"type": "object", "additionalProperties": {"type": "object"}}}}}}),
         Route("GET", "/api/openapi.json", openapi, summary="This API as OpenAPI 3.1 (no token needed)",
               auth=False, tags=["meta"]),
         Route("GET", "/api/whoami", whoami, summary="The caller's node name, admin flag and the hub's limits",
