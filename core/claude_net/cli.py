@@ -171,10 +171,11 @@ def cmd_plugins(args, ctx: CliContext) -> int:
 
 def cmd_check(args, ctx: CliContext) -> int:
     from .hub import Hub
+    from .plugins import config_problems
 
     settings = ctx.settings
     hub = Hub(settings, ctx.plugin_manager())
-    problems = settings.bind_sections(hub.config_sections(), strict=False)
+    problems = config_problems(settings, hub.pm, hub.config_sections())
     for failure in hub.pm.failures:
         problems.append(f"plugin {failure.name} failed to load: {failure.error}")
     for p in problems:

@@ -11,6 +11,7 @@ strings; a comma-separated string is accepted for a list of strings.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -35,7 +36,8 @@ MiB = 1024 * 1024
 
 
 def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002
-    """``dataclasses.field`` with a help text for the starter config and docs."""
+    """``dataclasses.field`` with a help text for the starter config and docs: the way to declare a
+    setting (it is ``field(metadata={"help": ...})`` underneath; a mutable default is copied)."""
     if isinstance(default, (list, dict, set)):
         factory = type(default)
         value = default
@@ -77,6 +79,12 @@ class MessagingSettings:
 @dataclass
 class LimitsSettings:
     max_body_bytes: int = help_field(MiB, "Largest JSON request body for ordinary endpoints.")
+    json_max_depth: int = help_field(
+        32, "Deepest nesting of arrays and objects a JSON request body may have, checked before parsing: "
+            "400 too_deep.")
+    json_max_items: int = help_field(
+        10000, "Most values (array items and object members) a JSON request body may hold, counted before "
+               "parsing: 413 too_many_items.")
     file_max_bytes: int = help_field(64 * MiB, "Largest file read or written through the hub.")
     exec_timeout: float = help_field(60.0, "Default exec timeout in seconds.")
     exec_timeout_max: float = help_field(3600.0, "Largest exec timeout a caller may ask for.")
@@ -119,10 +127,13 @@ CORE_SECTIONS: dict[str, type] = {
 class Settings:
     """Validated configuration. ``settings.core`` etc. for the core, ``section(name)`` for plugins."""
 
-    def __init__(self, raw: dict[str, Any], *, path: Path | None, env_keys: Mapping[tuple[str, ...], str]):
+    def __init__(self, raw: dict[str, Any], *, path: Path | None, env_keys: Mapping[tuple[str, ...], str],
+                 file_raw: Mapping[str, Any] | None = None):
         self.raw = raw
         self.path = path
         self._env_keys = dict(env_keys)
+        #: what the file itself holds (before environment overrides), to tell which set a table
+        self._file_raw = file_raw if file_raw is not None else raw
         self._sections: dict[str, Any] = {}
         for name, cls in CORE_SECTIONS.items():
             self._sections[name] = self._parse_section(name, cls)
@@ -165,9 +176,24 @@ class Settings:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def problem(self, key: str, message: str) -> str:
+        """``message`` about the dotted setting ``key``, prefixed with where that key was set."""
+        keys = tuple(key.split(".")) if key else ()
+        return f"{self._where(keys)}: {key or 'configuration'}: {message}"
+
     def _where(self, keys: tuple[str, ...]) -> str:
-        if keys in self._env_keys:
-            return f"environment variable {self._env_keys[keys]}"
+        # the variable that set this key or a table holding it (a list item, a node's table)
+        for end in range(len(keys), 0, -1):
+            if keys[:end] in self._env_keys:
+                return f"environment variable {self._env_keys[keys[:end]]}"
+        table: Any = self._file_raw
+        for key in keys:  # a table the file does not have was made by variables setting keys inside it
+            if not isinstance(table, Mapping) or key not in table:
+                names = sorted(name for k, name in self._env_keys.items() if k[:len(keys)] == keys)
+                if names:
+                    return "environment variable" + ("s " if len(names) > 1 else " ") + ", ".join(names)
+                break
+            table = table[key]
         return str(self.path) if self.path else "configuration"
 
     def _parse_section(self, name: str, cls: type) -> Any:
@@ -298,6 +324,7 @@ def load_settings(
     else:
         file = None  # defaults only
 
+    file_raw = copy.deepcopy(raw)
     env_keys: dict[tuple[str, ...], str] = {}
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
@@ -311,7 +338,7 @@ def load_settings(
         _set_nested(raw, keys, _env_value(text))
     if overrides:
         _merge(raw, overrides)
-    return Settings(raw, path=file, env_keys=env_keys)
+    return Settings(raw, path=file, env_keys=env_keys, file_raw=file_raw)
 
 
 def _set_nested(raw: dict[str, Any], keys: tuple[str, ...], value: Any) -> None:

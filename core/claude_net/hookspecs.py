@@ -13,7 +13,7 @@ return a coroutine, which is never ``None``, and so would always win. A test enf
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -33,6 +33,7 @@ from .types import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
     from .hub import Hub
 
 hookspec = pluggy.HookspecMarker("claude_net")
@@ -51,9 +52,24 @@ def config_sections() -> Mapping[str, type]:
     Return ``{"section": SettingsDataclass}``. The section's TOML table (``[section]``; dotted
     names such as ``"ssh"`` may hold nested tables typed as ``dict[str, OtherDataclass]``) is
     validated against the dataclass: unknown keys and wrong types are reported with the file
-    and key; missing keys take the dataclass defaults. ``field(metadata={"help": "..."})``
-    texts appear in ``claude-net init``'s starter config. The parsed instance is available as
-    ``hub.settings.section("name")``. Section names are unique across plugins.
+    and key; missing keys take the dataclass defaults. Declare fields with
+    ``claude_net.help_field(default, "help text")``: the texts appear in ``claude-net init``'s
+    starter config. The parsed instance is available as ``hub.settings.section("name")``.
+    Section names are unique across plugins.
+    """
+
+
+@hookspec
+def validate_config(settings: Settings) -> Iterable[tuple[str, str]] | None:
+    """Check the parsed settings beyond their types; return ``(key, sentence)`` problems.
+
+    Called by ``claude-net check`` and by ``claude-net serve`` before it starts (which refuses to
+    start on any problem), after every section was parsed. ``key`` is the dotted setting the
+    problem is about (``"local.nodes.web.root"``; a section name for the section as a whole);
+    the core prefixes each sentence with where that key was set: the environment variable that
+    set it, else the configuration file. Read sections with ``settings.section("name")``. Do no
+    I/O beyond cheap local checks (a path exists); an exception is reported as a problem of the
+    plugin.
     """
 
 
@@ -128,6 +144,10 @@ def register_asgi_apps(hub: Hub) -> Sequence[tuple[str, Any]]:
 def list_nodes(hub: Hub) -> Awaitable[Sequence[Node]] | Sequence[Node] | None:
     """Return the nodes this backend owns, with cheap current status (may be an awaitable).
 
+    Each :class:`Node` lists its ``capabilities`` (a subset of ``exec``, ``file_read``,
+    ``file_write``, ``container``): the core refuses an operation a node does not list with a
+    400 before any backend is called. ``state`` is one of the words of docs/plugin-hooks.md
+    (``running``, ``stopped``, ``frozen``, ``reachable``, ``unreachable``, ``unknown``, ...).
     The core merges all listings (cached for ``nodes.cache_seconds``) to resolve names and to
     answer ``/api/machines``. Raise :class:`claude_net.Unavailable` when the backend cannot be
     reached: the core reports that backend as unavailable and keeps serving the others.
@@ -160,8 +180,11 @@ def execute(hub: Hub, node: Node, command: str, options: ExecOptions) -> Awaitab
     The backend that owns ``node`` (``node.backend``) returns an awaitable of
     :class:`ExecResult`; every other implementation returns ``None`` synchronously.
     The command runs as ``[shell, "-c", command]`` in the node; no host-side shell ever sees it.
-    Honour ``options.timeout`` (end the process, set ``timed_out``), cap each stream at
-    ``options.max_output`` bytes (set ``truncated``). Raise :class:`claude_net.Conflict` if the
+    Honour ``options.timeout`` (end the process group, set ``timed_out``; ``exit_code`` is then
+    what the stopped process reported, 128 + the signal that ended it, or ``None``), cap each
+    stream at ``options.max_output`` bytes (set ``truncated``). A command killed by a signal
+    reports 128 + its number. The command's environment is the node's configured one plus
+    ``options.env``, never the hub's own (it may hold secrets). Raise :class:`claude_net.Conflict` if the
     node is stopped, :class:`claude_net.Unavailable` if its daemon or server is unreachable.
     """
 
@@ -231,9 +254,11 @@ def container_op(
     """Perform a container operation on ``node``. Stops at first non-None result.
 
     ``op`` is one of ``start``, ``stop``, ``snapshot``, ``restore``, ``list_snapshots`` (more
-    may come). Same ownership rule as ``execute``. A backend whose nodes are not containers
-    raises :class:`claude_net.NotSupported` with a sentence saying so. The awaitable returns
-    extra JSON fields for the response, e.g. ``{"snapshot": "2026-11-26"}``.
+    may come). Same ownership rule as ``execute``. The core answers 400 ``not_a_container``
+    without calling any backend for a node that does not list the ``container`` capability. A
+    backend that cannot do ``op`` raises :class:`claude_net.NotSupported` with a sentence saying
+    so, either directly from this function or from the awaitable (both reach the caller alike).
+    The awaitable returns extra JSON fields for the response, e.g. ``{"snapshot": "2026-11-26"}``.
     """
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -128,3 +128,23 @@ def check_firstresult_impls(pm: pluggy.PluginManager) -> None:
                 pm.unregister(impl.plugin)
                 if isinstance(pm, PluginManager):
                     pm.failures.append(PluginFailure(impl.plugin_name, message))
+
+
+def config_problems(settings: Any, pm: pluggy.PluginManager, sections: Mapping[str, type]) -> list[str]:
+    """Every configuration problem, each naming the file or environment variable and the key.
+
+    Parses the plugin sections (unknown keys, wrong types) and then asks every ``validate_config``
+    implementation; what ``claude-net check`` prints and what stops ``claude-net serve``.
+    """
+    problems = settings.bind_sections(sections, strict=False)
+    for impl in pm.hook.validate_config.get_hookimpls():
+        try:
+            answers = list(impl.function(**{a: settings for a in impl.argnames}) or ())
+        except Exception as exc:  # a broken check is the plugin's problem, reported like one
+            log.exception("validate_config of %s failed", impl.plugin_name)
+            problems.append(f"plugin {impl.plugin_name}: its configuration check failed: {type(exc).__name__}: {exc}")
+            continue
+        for answer in answers:
+            key, message = answer if isinstance(answer, tuple) else ("", str(answer))
+            problems.append(settings.problem(key, message))
+    return problems

@@ -81,10 +81,11 @@ def serve(settings, *, host: str | None = None, port: int | None = None, workers
     from .db import redact_url
     from .hub import Hub
     from .http import create_app
+    from .plugins import config_problems
 
     _configure_logging(settings, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     hub = Hub(settings)
-    problems = settings.bind_sections(hub.config_sections(), strict=False)
+    problems = config_problems(settings, hub.pm, hub.config_sections())
     if problems:
         for p in problems:
             log.error("config: %s", p)

@@ -8,6 +8,10 @@
   test client; ``await h.token("name", admin=True)`` and ``await h.call("POST", path, token, json)``.
 * ``require_component(name, ok, why)`` — skip on a laptop, **fail** under ``CI=true``: a green CI
   run means every real component was really there.
+* ``eventually(check)``, ``database_for(kind, directory)``, ``HubProcess``.
+
+This module is public API for plugins' tests (docs/writing-plugins.md, "Testing"), beside
+``claude_net`` itself.
 """
 
 from __future__ import annotations
@@ -194,13 +198,24 @@ class Harness:
 
 @pytest.fixture
 def hub_harness(make_settings):
-    """``async with hub_harness(plugins=[...], settings=..., load_entrypoints=False) as h``."""
+    """``async with hub_harness(plugins=[...], settings=None, load_entrypoints=False, **sections) as h``.
+
+    A started hub app on the test's database with the built-in plugins (roles, messaging,
+    capabilities, meta) and ``plugins`` (modules or objects); installed entry points only with
+    ``load_entrypoints=True``. ``sections`` are settings overrides (``lxd={"shell": "/bin/sh"}``),
+    ignored when ``settings`` is given. A plugin the manager refuses (a firstresult hook written
+    as ``async def``) or that fails to load fails the test, naming it, as ``claude-net check`` does.
+    """
     from .http import create_app
 
     @contextlib.asynccontextmanager
     async def harness(*, plugins=(), settings=None, load_entrypoints: bool = False,
                       **overrides: Any) -> AsyncIterator[Harness]:
         app = create_app(settings or make_settings(**overrides), plugins=plugins, load_entrypoints=load_entrypoints)
+        failures = app.hub.pm.failures
+        if failures:
+            pytest.fail("hub_harness: " + "; ".join(f"plugin {f.name} was not loaded: {f.error}" for f in failures),
+                        pytrace=False)
         async with app.test_app() as test_app:
             yield Harness(app, app.hub, test_app.test_client())
 
