@@ -2,7 +2,9 @@
 
 This module is the public API for plugins; import from here, never from submodules::
 
-    from claude_net import hookimpl, Node, ExecResult, NotFound
+    from claude_net import Backend, hookimpl, Node, ExecResult, NotFound
+
+(and, in a plugin's tests, from ``claude_net.testing``: the pytest fixtures and helpers).
 """
 
 from .errors import (
@@ -17,10 +19,12 @@ from .errors import (
     NotSupported,
     PayloadTooLarge,
     RateLimited,
+    RequestTimeout,
     Unauthorized,
     Unavailable,
 )
 from .hookspecs import hookimpl, hookspec
+from .backend import Backend
 from .text import printable, quoted, safe_json
 from .types import (
     Actor,
@@ -44,6 +48,7 @@ __version__: str  # from the installed package's metadata, read on first use (se
 __all__ = [
     "Actor",
     "AuditError",
+    "Backend",
     "BadRequest",
     "Command",
     "ConfigError",
@@ -62,6 +67,7 @@ __all__ = [
     "PayloadTooLarge",
     "RateLimited",
     "ReadOptions",
+    "RequestTimeout",
     "Route",
     "Unauthorized",
     "Unavailable",

@@ -93,13 +93,22 @@ def _discard(awaitable) -> None:
 
 
 def _dispatch(hub, hook_name: str, node, **kwargs):
+    """The owner's awaitable for ``hook_name`` on ``node``; refuses what the node cannot do first.
+
+    A backend may raise its refusal (e.g. ``NotSupported``) from the hook itself or from the
+    awaitable: both reach the caller the same way, since this call and the await share a path.
+    """
+    from claude_net.backend import CAPABILITY, refusal
+
+    what = {"execute": "run commands", "read_file": "read files", "write_file": "write files",
+            "container_op": "perform container operations"}[hook_name]
+    if node.backend == "hub":
+        raise NotSupported(f"{node.name} is a messaging-only node: no backend can {what} there",
+                           code="no_backend")
+    if CAPABILITY[hook_name] not in node.capabilities:  # declared by list_nodes: no backend call
+        raise refusal(node, CAPABILITY[hook_name])
     awaitable = getattr(hub.pm.hook, hook_name)(hub=hub, node=node, **kwargs)
     if awaitable is None:
-        what = {"execute": "run commands", "read_file": "read files", "write_file": "write files",
-                "container_op": "perform container operations"}[hook_name]
-        if node.backend == "hub":
-            raise NotSupported(f"{node.name} is a messaging-only node: no backend can {what} there",
-                               code="no_backend")
         raise NotSupported(f"no installed backend can {what} on {node.name} (backend {node.backend})",
                            code="no_backend")
     return awaitable
