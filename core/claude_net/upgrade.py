@@ -289,15 +289,19 @@ async def adopt_v1_messages(tx: Any, db: Database) -> None:
 
 
 async def _ensure_pg_id_default(tx: Any) -> None:
-    """A v1 ``id INTEGER PRIMARY KEY`` without a sequence: give it one, past the highest id."""
+    """New ids must come after the v1 ones: a v1 ``id INTEGER PRIMARY KEY`` without a sequence
+    gets one, and an existing sequence moves past the highest id (v1 rows inserted with explicit
+    ids leave a SERIAL's sequence behind, and the next message would collide)."""
     default = await tx.fetch_val(
         "SELECT column_default FROM information_schema.columns"
         " WHERE table_schema = current_schema() AND table_name = 'messages' AND column_name = 'id'")
-    if default is not None:
-        return
-    await tx.execute("CREATE SEQUENCE IF NOT EXISTS messages_id_seq OWNED BY messages.id")
-    await tx.execute("ALTER TABLE messages ALTER COLUMN id SET DEFAULT nextval('messages_id_seq')")
-    await tx.execute("SELECT setval('messages_id_seq', COALESCE((SELECT MAX(id) FROM messages), 0) + 1, false)")
+    if default is None:
+        await tx.execute("CREATE SEQUENCE IF NOT EXISTS messages_id_seq OWNED BY messages.id")
+        await tx.execute("ALTER TABLE messages ALTER COLUMN id SET DEFAULT nextval('messages_id_seq')")
+    sequence = await tx.fetch_val("SELECT pg_get_serial_sequence('messages', 'id')")
+    if sequence is not None:
+        await tx.execute("SELECT setval(CAST(:s AS regclass), COALESCE((SELECT MAX(id) FROM messages), 0) + 1,"
+                         " false)", {"s": sequence})
 
 
 # -- importing (claude-net import-v1) -------------------------------------------------------------
