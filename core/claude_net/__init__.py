@@ -24,6 +24,7 @@ from .errors import (
     Unavailable,
 )
 from .hookspecs import hookimpl, hookspec
+from .fairness import FairShares
 from .backend import Backend
 from .text import printable, quoted, safe_json
 from .types import (
@@ -56,6 +57,7 @@ __all__ = [
     "Event",
     "ExecOptions",
     "ExecResult",
+    "FairShares",
     "FileStream",
     "Forbidden",
     "GatewayTimeout",

@@ -107,7 +107,8 @@ class ExecOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     #: cap for stdout and for stderr, each, in bytes
     max_output: int = 1024 * 1024
-    #: the node that asked (the actor), so a backend can share what it bounds fairly between sources
+    #: the agent whose fair share of what a backend bounds (threads, channels) this call counts
+    #: against; None for the hub itself and for admins, whose calls count only against the totals
     source: str | None = None
 
 

@@ -80,6 +80,12 @@ def recorded_env(env) -> tuple[dict[str, str], bool]:
     return shown, cut
 
 
+def share_of(actor) -> str | None:
+    """Whose fair share of a backend's bounded resources a call counts against (``options.source``):
+    the agent's; ``None`` for an admin, whose calls count only against the totals, as for exec slots."""
+    return None if actor.admin else actor.name
+
+
 def _decode(data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
@@ -135,7 +141,8 @@ async def exec_(ctx):
     for value in env.values():
         if "\x00" in value:
             raise BadRequest("env values must not contain NUL bytes", code="invalid_field", field="env")
-    options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=limits.exec_max_output, source=actor.name)
+    options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=limits.exec_max_output,
+                          source=share_of(actor))
     request = {"command": command, "cwd": cwd}
     # the audit row shows what ran: the command (detail), and where and with which environment
     recorded: dict = {}
@@ -194,7 +201,7 @@ async def exec_(ctx):
 
 async def _read_file(hub, actor, target: str, path: str) -> bytes:
     """The buffered read path of ``POST /api/file/read``: authorize, record, dispatch to the owner."""
-    options = ReadOptions(max_size=hub.settings.limits.file_max_bytes, source=actor.name)
+    options = ReadOptions(max_size=hub.settings.limits.file_max_bytes, source=share_of(actor))
 
     async def run():
         node = await hub.nodes.get(target)
@@ -281,7 +288,7 @@ DOWNLOADS_KEY = "claude_net.downloads"
 def _write_options(hub, fields, actor) -> WriteOptions:
     return WriteOptions(max_size=hub.settings.limits.file_max_bytes, mode=_mode(fields.get("mode")),
                         uid=fields.get("uid"), gid=fields.get("gid"), mkdirs=bool(fields.get("mkdirs", False)),
-                        source=actor.name)
+                        source=share_of(actor))
 
 
 class UploadChunks:
@@ -467,7 +474,7 @@ class Download:
         self.task: asyncio.Task | None = None
 
     async def _run(self) -> int:
-        hub, path, options = self.hub, self.path, ReadOptions(max_size=self.limit, source=self.actor.name)
+        hub, path, options = self.hub, self.path, ReadOptions(max_size=self.limit, source=share_of(self.actor))
         node = await hub.nodes.get(self.target)
         awaitable = hub.pm.hook.open_file_stream(hub=hub, node=node, path=path, options=options)
         if awaitable is None:  # a backend without streaming: its buffered read

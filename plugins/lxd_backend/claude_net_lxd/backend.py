@@ -4,7 +4,9 @@ One :class:`LxdBackend` per hub, created in ``startup`` and kept in ``hub.plugin
 pylxd and requests are synchronous, so every LXD call runs in a bounded thread pool and the
 event loop never blocks. Three pools keep slow work from starving quick work:
 
-* ``pool``   – short API calls (listing, files, container ops), ``[lxd] workers`` threads;
+* ``pool``   – short API calls (listing, files, container ops), ``[lxd] workers`` threads, shared
+  fairly between the agents that ask (:attr:`LxdBackend.shares`): one agent holds at most half
+  of them, and a thread that frees goes to the waiting agent holding the fewest;
 * ``waits``  – execs, which hold a thread while the command runs (one per exec slot of the hub);
 * ``chores`` – housekeeping off the request path (deleting recorded exec output).
 
@@ -40,7 +42,17 @@ import pylxd
 import requests
 from pylxd import exceptions as lxd_exc
 
-from claude_net import Conflict, ExecResult, HubError, Node, NotFound, Unavailable, validate_node_name
+from claude_net import (
+    BadRequest,
+    Conflict,
+    ExecResult,
+    FairShares,
+    HubError,
+    Node,
+    NotFound,
+    Unavailable,
+    validate_node_name,
+)
 
 from . import scripts
 from .config import LxdSettings
@@ -66,6 +78,12 @@ CHORE_THREADS = 4
 MAX_CHORES_BACKLOG = 256
 #: seconds granted, after a timeout, for the kill and the operation to wind down
 KILL_GRACE = 3.0
+#: the exit status of :data:`scripts.IN_CWD` when the working directory cannot be entered
+NO_CWD_STATUS = 125
+#: calls of one agent that may wait for a worker thread; past that they are refused (429)
+POOL_QUEUE_PER_SOURCE = 64
+#: who the hub's own calls (listing, status checks, admin container operations) count as
+HUB_SOURCE = "(hub)"
 
 
 class LxdError(HubError):
@@ -107,6 +125,10 @@ class ExecPlan:
     timeout: float
     max_output: int
     marker: str
+    #: the working directory the command must start in (entered by :data:`scripts.IN_CWD`), and
+    #: the nonce that wrapper prints when it cannot enter it
+    workdir: str | None = None
+    cwd_nonce: str | None = None
 
 
 def lxd_message(exc: BaseException) -> str:
@@ -123,6 +145,11 @@ class LxdBackend:
     def __init__(self, settings: LxdSettings, *, exec_slots: int) -> None:
         self.cfg = settings
         self.pool = concurrent.futures.ThreadPoolExecutor(max(1, settings.workers), thread_name_prefix="lxd")
+        #: fair shares of ``pool`` between the agents whose calls need it (see :meth:`run`): a
+        #: source holds at most half the threads, so one agent whose calls hang (a FIFO that got
+        #: past the check, a slow file system) cannot take the pool from everyone else
+        self.shares = FairShares(max(1, settings.workers), per_source=max(1, settings.workers // 2),
+                                 queue_per_source=POOL_QUEUE_PER_SOURCE, what="LXD calls")
         self.waits = concurrent.futures.ThreadPoolExecutor(exec_slots + 4, thread_name_prefix="lxd-exec")
         self.chores = concurrent.futures.ThreadPoolExecutor(CHORE_THREADS, thread_name_prefix="lxd-chores")
         self._chores_pending = 0
@@ -228,13 +255,35 @@ class LxdBackend:
             return LxdError(f"unexpected answer from LXD: {type(exc).__name__}: {exc}")
         return exc
 
-    async def run(self, fn, *args: Any, pool: concurrent.futures.Executor | None = None, name: str | None = None):
-        """Run blocking ``fn(*args)`` in a worker thread; errors come back as hub errors."""
+    async def run(self, fn, *args: Any, pool: concurrent.futures.Executor | None = None, name: str | None = None,
+                  source: str | None = None):
+        """Run blocking ``fn(*args)`` in a worker thread; errors come back as hub errors.
+
+        On the shared ``pool`` the call first takes a share of ``source`` (the agent that asked;
+        None: the hub itself, bounded only by the pool's size), held until the thread is done
+        with it, even when the caller has gone away meanwhile.
+        """
         if self.closed:
             raise Unavailable("the LXD backend is shutting down", code="lxd_unavailable")
         loop = asyncio.get_running_loop()
+        executor = pool or self.pool
         try:
-            return await loop.run_in_executor(pool or self.pool, fn, *args)
+            if executor is not self.pool:
+                return await loop.run_in_executor(executor, fn, *args)
+            who = source or HUB_SOURCE
+            await self.shares.acquire(who, exempt=source is None)
+            try:
+                work = executor.submit(fn, *args)
+            except BaseException:
+                self.shares.release(who)
+                raise
+
+            def done(_: concurrent.futures.Future) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits any more
+                    loop.call_soon_threadsafe(self.shares.release, who)
+
+            work.add_done_callback(done)
+            return await asyncio.wrap_future(work)
         except RuntimeError as exc:  # executor shut down under us
             if "shutdown" in str(exc):
                 raise Unavailable("the LXD backend is shutting down", code="lxd_unavailable") from None
@@ -428,9 +477,14 @@ class LxdBackend:
         else:
             argv = [shell, "-c", command]
             env[MARKER_ENV] = marker
-        plan = ExecPlan(name=node.name, argv=argv, shell=shell, env=env, cwd=options.cwd or cwd or None,
+        workdir = options.cwd or cwd or None
+        nonce = None
+        if workdir:  # LXD's own cwd would run the command in / when the directory is missing
+            nonce = uuid.uuid4().hex
+            argv = [scripts.SH, "-c", scripts.IN_CWD, "claude-net-cwd", workdir, nonce, *argv]
+        plan = ExecPlan(name=node.name, argv=argv, shell=shell, env=env, cwd=None,
                         uid=uid, gid=gid, timeout=options.timeout, max_output=options.max_output,
-                        marker=marker)
+                        marker=marker, workdir=workdir, cwd_nonce=nonce)
         try:
             return await self.run(self.exec_sync, plan, pool=self.waits, name=node.name)
         except asyncio.CancelledError:
@@ -440,10 +494,10 @@ class LxdBackend:
             raise
 
     def start_exec(self, name: str, argv: list[str], env: dict[str, str], cwd: str | None = None,
-                   uid: int = 0, gid: int = 0) -> str:
+                   uid: int = 0, gid: int = 0, record: bool = True) -> str:
         body: dict[str, Any] = {
             "command": argv, "environment": env, "interactive": False,
-            "wait-for-websocket": False, "record-output": True, "user": uid, "group": gid,
+            "wait-for-websocket": False, "record-output": record, "user": uid, "group": gid,
         }
         if cwd:
             body["cwd"] = cwd
@@ -470,6 +524,11 @@ class LxdBackend:
             self.drop_logs(plan.name, self.log_names({}, op_id))
         meta = op.get("metadata") or {}
         code = meta.get("return")
+        if (plan.cwd_nonce and code == NO_CWD_STATUS
+                and stderr.startswith(f"claude-net-no-cwd:{plan.cwd_nonce}\n".encode())):
+            raise BadRequest(f"the working directory {plan.workdir} does not exist on {plan.name} (or is not a "
+                             f"directory uid {plan.uid} may enter); the command was not run",
+                             code="no_such_cwd", field="cwd")
         if op.get("status_code") not in (OP_SUCCESS, OP_RUNNING) and op.get("err") == "Command not found":
             self.forget(plan.name)
             stderr += (f"claude-net: {plan.shell}: no such shell in {plan.name} "
@@ -502,6 +561,15 @@ class LxdBackend:
         if op.get("status_code") == OP_RUNNING:
             return None, out, err, True
         return (op.get("metadata") or {}).get("return"), out, err, False
+
+    def exit_status_sync(self, name: str, argv: list[str], timeout: float) -> int | None:
+        """Run a helper command as root with no output recorded; its exit status (None: still running
+        after ``timeout`` seconds)."""
+        op_id = self.start_exec(name, argv, {}, record=False)
+        op = self.wait_operation(op_id, time.monotonic() + timeout)
+        if op.get("status_code") == OP_RUNNING:
+            return None
+        return (op.get("metadata") or {}).get("return")
 
     def kill_sync(self, name: str, marker: str) -> None:
         """End every process of a timed-out exec (found by its marker variable)."""

@@ -5,8 +5,11 @@ symlinks in the middle of a path, resolve inside the container, never on the hos
 as the *last* component is returned by LXD as the link itself; we follow it (again through
 LXD, so again inside the container), up to 40 hops like the kernel.
 
-The size announced by LXD is checked before any content is read, and at most ``max_size + 1``
-bytes are ever read. Writes upload to a temporary file next to the target and rename it over the
+Before a read, one exec (:data:`scripts.FILE_KIND`, ~13 ms) makes sure the path is not a FIFO,
+a device or a socket: LXD's file API opens whatever it is given, and opening a FIFO waits for a
+writer, which holds the request, a connection and LXD's ``forkfile`` helper for as long as
+nobody writes (an agent could tie LXD up that way in its own container). The size announced by
+LXD is checked before any content is read, and at most ``max_size + 1`` bytes are ever read. Writes upload to a temporary file next to the target and rename it over the
 target with one exec (readers never see a half-written file).
 
 Two ways through: :func:`open_stream` / :func:`write_stream` (the ``open_file_stream`` /
@@ -28,7 +31,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from pylxd import exceptions as lxd_exc
 
-from claude_net import BadRequest, FileStream, Node, NotFound, PayloadTooLarge
+from claude_net import BadRequest, Conflict, FileStream, Node, NotFound, PayloadTooLarge, Unavailable
 
 from . import scripts
 from .backend import LxdBackend, LxdError, lxd_message
@@ -38,6 +41,8 @@ from .transport import RestError
 log = logging.getLogger("claude_net_lxd")
 
 MAX_SYMLINK_HOPS = 40
+#: seconds the check of what a path is (:func:`refuse_special`) may take
+KIND_TIMEOUT = 10.0
 
 
 def _refuse_directory(kind: str, path: str, name: str) -> None:
@@ -53,9 +58,44 @@ def _hop(hops: int, path: str) -> int:
 
 
 def _link_target(current: str, raw: bytes) -> str:
-    """Where the symlink at ``current`` (whose content is ``raw``) points, inside the container."""
-    return posixpath.normpath(posixpath.join(posixpath.dirname(current),
-                                             raw.decode("utf-8", errors="surrogateescape")))
+    """Where the symlink at ``current`` (whose content is ``raw``) points, inside the container.
+
+    The hub names files with text: a target that is not UTF-8 cannot be asked for (nor shown)
+    and is refused with a 400.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{current} is a symbolic link whose target is not valid UTF-8 "
+                         f"({raw[:100]!r}); the hub cannot follow it", code="symlink_not_utf8") from None
+    return posixpath.normpath(posixpath.join(posixpath.dirname(current), text))
+
+
+async def refuse_special(backend: LxdBackend, name: str, path: str, source: str | None) -> None:
+    """400 ``not_a_regular_file`` when ``path`` (symlinks followed) is a FIFO, a device or a socket.
+
+    Asked with an exec before LXD's file API ever opens the path (see the module doc). On the
+    local socket the exec and its wait run on the event loop; otherwise in a worker thread.
+    """
+    argv = [scripts.SH, "-c", scripts.FILE_KIND, "claude-net-kind", path]
+    if backend.streams is not None:
+        try:
+            code = await backend.streams.exec_status(name, argv, KIND_TIMEOUT)
+        except RestError as exc:
+            raise backend.translate(exc, name) from None
+    else:
+        code = await backend.run(backend.exit_status_sync, name, argv, KIND_TIMEOUT, name=name, source=source)
+    if code == 0:
+        return
+    if code is None:
+        raise Unavailable(f"LXD did not say within {KIND_TIMEOUT:g}s what {path} on {name} is", code="lxd_timeout")
+    kind = scripts.FILE_KINDS.get(code)
+    if kind is not None:
+        raise BadRequest(f"{path} on {name} is {kind}, not a regular file: the hub reads regular files only "
+                         "(reading this one could wait forever)", code="not_a_regular_file")
+    # no /bin/sh to ask with (exit 126/127): refuse rather than let LXD open what it may be
+    raise Conflict(f"cannot check what {path} on {name} is before reading it: {scripts.SH} did not run there "
+                   f"(exit {code}); the hub reads files only in containers that have it", code="no_shell")
 #: bytes per read of a buffered download (never one read of the whole limit)
 READ_CHUNK = 1024 * 1024
 
@@ -105,7 +145,9 @@ def read_sync(backend: LxdBackend, name: str, path: str, max_size: int) -> bytes
 
 async def read(backend: LxdBackend, node: Node, path: str, options) -> bytes:
     await backend.require_running(node)
-    return await backend.run(read_sync, backend, node.name, path, options.max_size, name=node.name)
+    source = options.source
+    await refuse_special(backend, node.name, path, source)
+    return await backend.run(read_sync, backend, node.name, path, options.max_size, name=node.name, source=source)
 
 
 def temp_for(path: str) -> tuple[str, str]:
@@ -184,7 +226,8 @@ def write_sync(backend: LxdBackend, name: str, path: str, data: bytes, options) 
 
 async def write(backend: LxdBackend, node: Node, path: str, data: bytes, options) -> dict:
     await backend.require_running(node)
-    return await backend.run(write_sync, backend, node.name, path, data, options, name=node.name)
+    return await backend.run(write_sync, backend, node.name, path, data, options, name=node.name,
+                             source=options.source)
 
 
 # -- streamed: GET/PUT /api/file/raw ----------------------------------------------------------------
@@ -202,6 +245,7 @@ async def open_stream(backend: LxdBackend, node: Node, path: str, options) -> Fi
     await backend.require_running(node)
     streams, name, max_size = backend.streams, node.name, options.max_size
     assert streams is not None
+    await refuse_special(backend, name, path, options.source)
     current, hops = path, 0
     while True:
         conn = await streams.request("GET", streams.files_url(name, current))
@@ -275,7 +319,8 @@ async def _write_target(backend: LxdBackend, name: str, path: str) -> tuple[str,
             link.close()
 
 
-async def _require_directory(backend: LxdBackend, name: str, path: str, directory: str, mkdirs: bool) -> None:
+async def _require_directory(backend: LxdBackend, name: str, path: str, directory: str, mkdirs: bool,
+                             source: str | None = None) -> None:
     """A new file's directory must exist (``mkdirs``: create it)."""
     status, headers = await _head(backend, name, directory)
     if status < 400:
@@ -288,7 +333,7 @@ async def _require_directory(backend: LxdBackend, name: str, path: str, director
     if not mkdirs:
         raise NotFound(f"the directory {directory} does not exist on {name} (pass mkdirs: true to create it)",
                        code="no_such_directory")
-    await backend.run(mkdirs_sync, backend, name, directory, name=name)
+    await backend.run(mkdirs_sync, backend, name, directory, name=name, source=source)
 
 
 async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, options) -> Mapping[str, object]:
@@ -311,7 +356,7 @@ async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, optio
     target, existing = await _write_target(backend, name, path)
     directory, temp = temp_for(target)
     if existing is None:
-        await _require_directory(backend, name, path, directory, options.mkdirs)
+        await _require_directory(backend, name, path, directory, options.mkdirs, options.source)
     headers = upload_headers(options)
     if options.mode is None and existing and "X-LXD-mode" in existing:
         headers["X-LXD-mode"] = existing["X-LXD-mode"]
@@ -345,7 +390,8 @@ async def write_stream(backend: LxdBackend, node: Node, path: str, chunks, optio
             if code != 0:
                 log.info("LXD: the waiting commit of %s on %s exited %s; committing with an exec", path, name, code)
         if code != 0:
-            await backend.run(rename_sync, backend, name, target, temp, name=name)
+            await backend.run(rename_sync, backend, name, target, temp, name=name,
+                              source=options.source)
         log.debug("LXD upload of %s on %s: %d bytes; checks %.1f ms, upload %.1f ms, commit %.1f ms%s", path, name,
                   sent, (uploading - started) * 1000, (committing - uploading) * 1000,
                   (time.monotonic() - committing) * 1000, "" if code == 0 else " (exec after the upload)")

@@ -90,3 +90,30 @@ if [ "$r" = 0 ] && [ "$w" = commit ]; then mv -f -T -- "$t" "$p"; r=$?; else r=3
 ( rm -f -- "$o" ) </dev/null >/dev/null 2>&1 &
 exit "$r"
 """
+
+#: Runs the rest of its arguments (``"$3" ...``) in the directory ``$1``. LXD's own ``cwd`` falls
+#: back to ``/`` without a word when the directory is missing; here a directory that cannot be
+#: entered ends the exec before the command starts: the line ``claude-net-no-cwd:$2`` (``$2`` a
+#: nonce only the hub knows, which the command never sees) on stderr and exit 125.
+IN_CWD = r"""cd -- "$1" 2>/dev/null || { printf 'claude-net-no-cwd:%s\n' "$2" >&2; exit 125; }
+shift 2
+exec "$@"
+"""
+
+#: Says, by its exit status, what ``$1`` is (symlinks followed, inside the container) without
+#: opening it: LXD's file API would open a FIFO and wait for a writer, holding the request (and
+#: LXD's ``forkfile``) for as long as nobody writes. 0: a regular file, a directory or nothing at
+#: all (the file API answers those itself); 10: a FIFO; 11: a character device; 12: a block
+#: device; 13: a socket; 14: anything else.
+FILE_KIND = r"""p=$1
+if [ -f "$p" ] || [ -d "$p" ] || [ ! -e "$p" ]; then exit 0; fi
+[ -p "$p" ] && exit 10
+[ -c "$p" ] && exit 11
+[ -b "$p" ] && exit 12
+[ -S "$p" ] && exit 13
+exit 14
+"""
+
+#: what :data:`FILE_KIND`'s exit statuses name
+FILE_KINDS = {10: "a named pipe (FIFO)", 11: "a character device", 12: "a block device", 13: "a socket",
+              14: "not a regular file"}

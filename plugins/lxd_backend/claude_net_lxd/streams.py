@@ -281,6 +281,36 @@ class LxdStreams:
         await conn.read_body(65536)
         return sent
 
+    async def exec_status(self, name: str, argv: list[str], timeout: float) -> int | None:
+        """Run ``argv`` in ``name`` (root, no output recorded) and return its exit status.
+
+        Two requests on the event loop (the exec, then its operation's wait): no worker thread is
+        held. ``None``: it did not end within ``timeout`` seconds. Raises :class:`RestError` when
+        LXD refuses the exec.
+        """
+        body = json.dumps({"command": argv, "environment": {}, "interactive": False,
+                           "wait-for-websocket": False, "record-output": False, "user": 0, "group": 0}).encode()
+        query = f"?{urlencode({'project': self.project})}" if self.project else ""
+        conn = await self.request("POST", f"/1.0/instances/{quote(name, safe='')}/exec{query}",
+                                  {"Content-Type": "application/json"}, body)
+        try:
+            if conn.status >= 400:
+                raise await conn.error()
+            op_id = (json.loads(await conn.read_body(1 << 20)).get("metadata") or {})["id"]
+        finally:
+            conn.close()
+        conn = await self.request("GET", f"/1.0/operations/{quote(op_id, safe='')}/wait?"
+                                         f"{urlencode({'timeout': max(1, int(timeout))})}")
+        try:
+            if conn.status >= 400:
+                raise await conn.error()
+            op = json.loads(await conn.read_body(1 << 20)).get("metadata") or {}
+        finally:
+            conn.close()
+        if op.get("status_code") == 103:  # still running
+            return None
+        return (op.get("metadata") or {}).get("return")
+
     async def _early_answer(self, conn: StreamConnection) -> RestError | None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1.0):

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncssh
 
-from claude_net import ConfigError, Event, Unavailable, isotime
+from claude_net import ConfigError, Event, FairShares, Unavailable, isotime
 
 from .settings import SshNodeSettings, SshSettings, resolve_path
 
@@ -32,6 +32,9 @@ CONNECTION_ERRORS = (asyncssh.DisconnectError, asyncssh.ConnectionLost, Connecti
 #: (whose per-packet setup is done in Python); the rest of asyncssh's defaults follow as fallbacks.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
                      "aes256-ctr", "aes192-ctr", "aes128-ctr")
+
+#: calls of one agent that may wait for a channel of one node; past that they are refused (429)
+CHANNEL_QUEUE_PER_SOURCE = 64
 
 #: channel-open refusals that mean "too many sessions right now" (retried) rather than "never"
 BUSY_CODES = frozenset({asyncssh.OPEN_CONNECT_FAILED, asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
@@ -123,8 +126,11 @@ class NodeConnection:
             self._known_hosts_file = None
         self._key_file = resolve_path(node.key_file, base_dir) if node.key_file else None
         self.max_channels = node.max_channels or settings.max_channels
-        #: bounds the channels (exec sessions, SFTP sessions) open at once on this connection
-        self.channels = asyncio.Semaphore(self.max_channels)
+        #: bounds the channels (exec sessions, SFTP sessions) open at once on this connection, shared
+        #: fairly between agents: one agent holds at most half of them (admins and the hub only count
+        #: against the total), and a channel that frees goes to the waiting agent holding the fewest
+        self.channels = FairShares(self.max_channels, per_source=max(1, self.max_channels // 2),
+                                   queue_per_source=CHANNEL_QUEUE_PER_SOURCE, what="SSH channels")
         #: one extra channel at most, to stop timed-out commands while their slot is still held
         self.kill_channel = asyncio.Semaphore(1)
         self._conn: asyncssh.SSHClientConnection | None = None
@@ -408,10 +414,14 @@ class NodeConnection:
         return await self._open_channel(
             lambda conn: conn.create_session(factory, command, encoding=None), "a session")
 
+    def channel(self, source: str | None = None) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Hold one of the node's channel slots, out of ``source``'s share (None: the hub or an admin)."""
+        return self.channels.slot(source or "(hub)", exempt=source is None)
+
     @contextlib.asynccontextmanager
-    async def sftp(self) -> AsyncIterator[asyncssh.SFTPClient]:
+    async def sftp(self, source: str | None = None) -> AsyncIterator[asyncssh.SFTPClient]:
         """An SFTP session on the pooled connection, holding one channel slot while in use."""
-        async with self.channels:
+        async with self.channel(source):
             client = await self._open_channel(lambda conn: conn.start_sftp_client(),
                                               "an SFTP session (is `Subsystem sftp` configured?)")
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import shlex
 import signal as signals
 from collections.abc import Callable, Mapping
@@ -26,12 +27,19 @@ from .settings import ENV_NAME
 log = logging.getLogger("claude_net_ssh")
 
 PID_MARKER = b"claude-net-pid:"
+#: what the remote shell prints (with a nonce) and exits with when it cannot enter the working directory
+NO_CWD_MARKER = "claude-net-no-cwd:"
+NO_CWD_STATUS = 125
 #: output a login shell may print before the marker (motd-like noise from rc files) is kept up to this
 MAX_PREAMBLE = 64 * 1024
 
 
-def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[str, str]) -> str:
+def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[str, str], nonce: str = "") -> str:
     """The string the remote login shell runs: report its PID, cd, set env, run the command.
+
+    A working directory that cannot be entered ends it before the command: the line
+    ``claude-net-no-cwd:NONCE`` on stderr and exit status 125 (``nonce``: a value only the hub
+    knows, so the command's own output cannot pass for it).
 
     With no ``shell`` configured the login shell itself evaluates the command, exactly like
     ``ssh host COMMAND`` (and without starting a second shell). Otherwise it runs
@@ -44,7 +52,8 @@ def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[st
             raise BadRequest(f"env name {key!r} is not a valid variable name", code="invalid_field", field="env")
     steps = ["echo claude-net-pid:$$"]
     if cwd:
-        steps.append(f"cd -- {shlex.quote(cwd)}")
+        steps.append(f"{{ cd -- {shlex.quote(cwd)} 2>/dev/null || {{ echo {NO_CWD_MARKER}{nonce} >&2; "
+                     f"exit {NO_CWD_STATUS}; }}; }}")
     assignments = [shlex.quote(f"{key}={value}") for key, value in env.items()]
     if shell:
         steps.append(" ".join([*(["env", "--", *assignments] if env else []),
@@ -147,13 +156,14 @@ class ExecSession(asyncssh.SSHClientSession[bytes]):
 
 async def execute(node: NodeConnection, command: str, options: ExecOptions, *, shell: str, cwd: str | None,
                   env: Mapping[str, str], kill_grace: float, spawn: Callable[[Any], Any]) -> ExecResult:
-    line = remote_command(shell, command, cwd=cwd, env=env)
+    nonce = secrets.token_hex(8)
+    line = remote_command(shell, command, cwd=cwd, env=env, nonce=nonce)
     try:
         line.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest("the command or its environment is not valid Unicode", code="invalid_field") from None
     loop = asyncio.get_running_loop()
-    async with node.channels:
+    async with node.channel(options.source):
         started = loop.time()
         channel, session = await node.open_session(lambda: ExecSession(options.max_output, loop), line)
         timed_out = False
@@ -179,6 +189,10 @@ async def execute(node: NodeConnection, command: str, options: ExecOptions, *, s
         raise Unavailable(f"the connection to {node.name} was lost while the command was running "
                           f"({reason or 'no exit status'}); it may or may not have completed",
                           code="ssh_connection_lost")
+    if (cwd and session.exit_status == NO_CWD_STATUS
+            and f"{NO_CWD_MARKER}{nonce}\n".encode() in session.stderr):
+        raise BadRequest(f"the working directory {cwd} does not exist on {node.name} (or is not a directory "
+                         f"{node.user} may enter); the command was not run", code="no_such_cwd", field="cwd")
     return ExecResult(exit_code=session.exit_code, stdout=bytes(session.stdout), stderr=bytes(session.stderr),
                       truncated=session.truncated, timed_out=timed_out, duration_ms=duration_ms)
 

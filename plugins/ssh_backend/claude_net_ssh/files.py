@@ -44,11 +44,35 @@ DEFAULT_MODE = 0o644
 T = TypeVar("T")
 
 
+#: what a file that is not a regular one is, by its ``S_IFMT`` bits and by its SFTP type
+_SPECIAL_MODES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_SPECIAL_TYPES = {asyncssh.FILEXFER_TYPE_FIFO: "a named pipe (FIFO)", asyncssh.FILEXFER_TYPE_CHAR_DEVICE:
+                  "a character device", asyncssh.FILEXFER_TYPE_BLOCK_DEVICE: "a block device",
+                  asyncssh.FILEXFER_TYPE_SOCKET: "a socket", asyncssh.FILEXFER_TYPE_SPECIAL: "a special file"}
+
+
+def _special(attrs: Any) -> str | None:
+    """What the (followed) file ``attrs`` describes is when it is neither a regular file nor a
+    directory, else None."""
+    mode = attrs.permissions
+    if mode is not None and stat.S_IFMT(mode):
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+            return None
+        return next((kind for test, kind in _SPECIAL_MODES if test(mode)), "not a regular file")
+    return _SPECIAL_TYPES.get(attrs.type)
+
+
 def _readable_size(attrs: Any, node: str, path: str, limit: int) -> int:
     """The size of the file ``attrs`` describes (0: unknown, like /proc files); refuses a
-    directory and a file over ``limit`` before any byte is read."""
+    directory, a FIFO, a device or a socket (opening a FIFO waits for a writer, holding an SFTP
+    channel of the node) and a file over ``limit`` before any byte is read."""
     if attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or stat.S_ISDIR(attrs.permissions or 0):
         raise BadRequest(f"{path} on {node} is a directory", code="is_directory")
+    kind = _special(attrs)
+    if kind is not None:
+        raise BadRequest(f"{path} on {node} is {kind}, not a regular file: the hub reads regular files only "
+                         "(reading this one could wait forever)", code="not_a_regular_file")
     size = attrs.size or 0
     if size > limit:
         raise PayloadTooLarge(f"{path} on {node} is {size} bytes; the limit is {limit}", limit=limit, size=size)
@@ -71,7 +95,7 @@ def _sftp_error(exc: asyncssh.SFTPError, node: str, path: str) -> HubError:
 
 async def read_file(node: NodeConnection, path: str, options: ReadOptions) -> bytes:
     limit = options.max_size
-    async with node.sftp() as sftp:
+    async with node.sftp(options.source) as sftp:
         try:
             attrs = await sftp.stat(path)  # follows symlinks on the node, never on the hub
             size = _readable_size(attrs, node.name, path, limit)
@@ -96,7 +120,7 @@ async def read_file(node: NodeConnection, path: str, options: ReadOptions) -> by
 async def open_stream(node: NodeConnection, path: str, options: ReadOptions, step_timeout: float) -> FileStream:
     """Check the file (size, kind) and return a stream of its bytes, holding an SFTP session until closed."""
     limit = options.max_size
-    session = node.sftp()
+    session = node.sftp(options.source)
     sftp = await _step(session.__aenter__(), step_timeout, node.name, path)
     try:
         try:
@@ -170,7 +194,7 @@ async def write_stream(node: NodeConnection, path: str, chunks: AsyncIterator[by
     and owner of a file it replaces kept); on any failure, cancellation included, the temporary
     file is removed and the target left as it was.
     """
-    async with node.sftp() as sftp:
+    async with node.sftp(options.source) as sftp:
         async with _steps(step_timeout, node.name, path):
             target, existing = await _resolve_target(sftp, node.name, path)
             parent = posixpath.dirname(target) or "/"

@@ -47,7 +47,7 @@ async def test_node_cwd_env_and_shell_with_call_overrides(ssh_hub, sshd, tmp_pat
         body = await s.ok("pwd; echo $WHO $KEEP", cwd="/", env={"WHO": "call"})
         assert body["stdout"] == "/\ncall kept\n"
         status, body = await s.exec("pwd", cwd="/does/not/exist")
-        assert status == 200 and body["exitCode"] != 0 and "/does/not/exist" in body["stderr"]
+        assert status == 400 and body["code"] == "no_such_cwd" and "/does/not/exist" in body["error"], body
 
 
 async def test_output_is_bytes_safe_and_capped_per_stream(ssh_hub):
