@@ -1,105 +1,69 @@
 """claude-net-ssh: machines reached over SSH (the original deployment's ``ser-8``) as hub nodes.
 
-Only the hook implementations live here, and they stay thin: this module is imported whenever
-the ``claude-net`` CLI starts, so it imports nothing heavy. asyncssh and the backend are loaded
-by ``startup``; the running backend lives in ``hub.plugin_state["ssh"]``.
+:class:`Ssh` is a :class:`claude_net.Backend` that hands each call to the runtime in
+``hub.plugin_state["ssh"]`` (:class:`claude_net_ssh.backend.SshBackend`). SSH nodes are not
+containers: they list no ``container`` capability, so the core answers ``not_a_container``.
+This module is imported whenever the ``claude-net`` CLI starts: asyncssh loads at startup.
 """
 
 from __future__ import annotations
 
-from claude_net import Node, NotSupported, Unavailable, hookimpl
+from dataclasses import replace
 
-STATE_KEY = "ssh"
-BACKEND = "ssh"
+from claude_net import Backend, ConfigError
 
-
-def _backend(hub):
-    backend = hub.plugin_state.get(STATE_KEY)
-    if backend is None:
-        raise Unavailable("the SSH backend is not running (the hub has not started it)", code="backend_unavailable")
-    return backend
+from .settings import SshSettings, check
 
 
-@hookimpl
-def config_sections():
-    from .settings import SshSettings
+class Ssh(Backend):
+    name = "ssh"
+    config = SshSettings
 
-    return {"ssh": SshSettings}
+    @classmethod
+    def validate_settings(cls, settings):  # the section, then each node on its own: every broken one named
+        for key, part in [("", replace(settings, nodes={}))] + [
+                (f"nodes.{name}", replace(settings, nodes={name: node})) for name, node in settings.nodes.items()]:
+            try:
+                check(part)
+            except ConfigError as exc:
+                yield key, str(exc).split("]: ", 1)[-1] if key else str(exc)
+                if not key:
+                    return
 
+    @classmethod
+    def configured_nodes(cls, settings):  # a hub opened without startup (CLI commands): status unknown
+        return [cls.node(name, "unknown", host=node.host, port=node.port, user=node.user)
+                for name, node in sorted(settings.nodes.items())]
 
-@hookimpl
-def startup(hub):
-    from .backend import SshBackend
+    def __init__(self, hub, settings):
+        super().__init__(hub, settings)
+        from .backend import SshBackend  # imports asyncssh; checks the settings
 
-    backend = SshBackend(hub, hub.settings.section("ssh"))
-    hub.plugin_state[STATE_KEY] = backend
-    return backend.start()
+        self.runtime = SshBackend(hub, settings)
 
+    def start(self):
+        return self.runtime.start()
 
-@hookimpl
-def shutdown(hub):
-    backend = hub.plugin_state.pop(STATE_KEY, None)
-    return backend.close() if backend is not None else None
+    def close(self):
+        return self.runtime.close()
 
+    async def list_nodes(self):
+        return self.runtime.list_nodes()
 
-@hookimpl
-def list_nodes(hub):
-    backend = hub.plugin_state.get(STATE_KEY)
-    if backend is not None:
-        return backend.list_nodes()
-    # A hub opened without startup (CLI commands): the configured nodes, status unknown.
-    settings = hub.settings.section("ssh")
-    return [Node(name, BACKEND, state="unknown", capabilities=frozenset({"exec", "file_read", "file_write"}),
-                 info={"host": node.host, "port": node.port, "user": node.user})
-            for name, node in sorted(settings.nodes.items())]
+    def execute(self, node, command, options):
+        return self.runtime.execute(node.name, command, options)
 
+    def read_file(self, node, path, options):
+        return self.runtime.read_file(node.name, path, options)
 
-@hookimpl
-def execute(hub, node, command, options):
-    if node.backend != BACKEND:
-        return None
-    return _backend(hub).execute(node.name, command, options)
+    def write_file(self, node, path, data, options):
+        return self.runtime.write_file(node.name, path, data, options)
 
+    def open_file_stream(self, node, path, options):
+        return self.runtime.open_file_stream(node.name, path, options)
 
-@hookimpl
-def read_file(hub, node, path, options):
-    if node.backend != BACKEND:
-        return None
-    return _backend(hub).read_file(node.name, path, options)
-
-
-@hookimpl
-def write_file(hub, node, path, data, options):
-    if node.backend != BACKEND:
-        return None
-    return _backend(hub).write_file(node.name, path, data, options)
+    def write_file_stream(self, node, path, chunks, options):
+        return self.runtime.write_file_stream(node.name, path, chunks, options)
 
 
-@hookimpl
-def open_file_stream(hub, node, path, options):
-    if node.backend != BACKEND:
-        return None
-    return _backend(hub).open_file_stream(node.name, path, options)
-
-
-@hookimpl
-def write_file_stream(hub, node, path, chunks, options):
-    if node.backend != BACKEND:
-        return None
-    return _backend(hub).write_file_stream(node.name, path, chunks, options)
-
-
-@hookimpl
-def container_op(node, op):
-    if node.backend != BACKEND:
-        return None
-    return _not_a_container(node.name, op)
-
-
-async def _not_a_container(name: str, op: str):
-    what = {"snapshot": "snapshots", "restore": "snapshot restores", "list_snapshots": "snapshots",
-            "start": "starting it", "stop": "stopping it"}.get(op, f"'{op}'")
-    raise NotSupported(
-        f"{name} is an SSH node, not a container: {what} and the other container operations (start, stop, "
-        "snapshot, restore) are not available; manage that machine directly",
-        code="not_a_container")
+globals().update(Ssh.hookimpls())
