@@ -47,7 +47,7 @@ def refusal(node: Node, capability: str) -> NotSupported:
     """The error for an operation ``node`` does not list in its capabilities (400)."""
     if capability == "container":
         return NotSupported(
-            f"{node.name} is not a container (a {node.backend} node): start, stop, snapshot, restore and "
+            f"{node.name} is not a container (backend {node.backend}): start, stop, snapshot, restore and "
             "snapshot listing are not available there; manage that machine directly", code="not_a_container")
     verb = _VERB.get(capability, capability)
     return NotSupported(f"{node.name} cannot {verb}: its {node.backend} backend lists it without the "

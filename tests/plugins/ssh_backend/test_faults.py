@@ -201,7 +201,7 @@ async def test_container_operations_say_this_is_not_a_container(ssh_hub):
             status, body = await s.h.call("POST", f"/api/container/{op}", s.admin, {"name": "ser-8", **extra})
             assert status == 400, (op, body)
             assert body["code"] == "not_a_container"
-            assert body["error"].startswith("ser-8 is not a container (a ssh node)")
+            assert body["error"].startswith("ser-8 is not a container (backend ssh)")
         status, body = await s.h.call("GET", "/api/container/snapshots?name=ser-8", s.admin)
         assert status == 400 and body["code"] == "not_a_container"
 
