@@ -371,7 +371,6 @@ class Hub:
                 work.close()  # cancelled before it ever ran: no "never awaited" warning
 
     async def _run_supervised(self, run: Callable[[], Awaitable[Any]], status: TaskStatus, restart: bool) -> Any:
-        delay = self.RESTART_INITIAL
         while True:
             started = time.monotonic()
             status.state = "running"
@@ -387,7 +386,7 @@ class Hub:
                 exc = caught
             ran = time.monotonic() - started
             if ran >= self.RESTART_HEALTHY:  # it had been healthy: a fresh streak
-                delay, status.streak = self.RESTART_INITIAL, 0
+                status.streak = 0
             status.failures += 1
             status.streak += 1
             status.last_error = safe_sentence(exc)
@@ -398,6 +397,7 @@ class Hub:
                           status.last_error, exc_info=exc)
                 await self._announce_failure(status, None)
                 return None
+            delay = min(self.RESTART_INITIAL * 2 ** min(status.streak - 1, 30), self.RESTART_MAX)
             wait = delay * random.uniform(0.8, 1.2)
             status.state = "restarting"
             status.next_restart = time.time() + wait
@@ -405,7 +405,6 @@ class Hub:
                       status.streak, status.last_error, wait, exc_info=exc)
             await self._announce_failure(status, wait)
             await asyncio.sleep(max(0.0, status.next_restart - time.time()))
-            delay = min(delay * 2, self.RESTART_MAX)
             status.restarts += 1
 
     async def _announce_failure(self, status: TaskStatus, wait: float | None) -> None:

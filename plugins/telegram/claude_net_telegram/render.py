@@ -29,7 +29,7 @@ ERROR_CHARS = 300
 
 #: C0/C1 controls except tab and newline, bidi embeddings/overrides/isolates, zero-width joiners
 #: ... and lone surrogates (no encoder accepts them; the Bot API could not receive them)
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff"
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff"
                      "\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -45,7 +45,13 @@ def safe(text: Any) -> str:
 
 
 def esc(text: Any) -> str:
-    """Untrusted text made inert for ``parse_mode=HTML``."""
+    """Untrusted text made inert for ``parse_mode=HTML``, on one line: a newline shows as ``↵``,
+    so a command, path or error cannot start a line that looks like the bot's own."""
+    return html.escape(clean(text), quote=False).replace("\n", "↵")
+
+
+def esc_block(text: Any) -> str:
+    """Like :func:`esc`, keeping newlines: for output shown inside ``<pre>`` (a block apart)."""
     return html.escape(clean(text), quote=False)
 
 
@@ -90,11 +96,11 @@ def _output(event, limit: int) -> str:
     total = event.transient.get("output_bytes")
     capped = bool(event.data.get("truncated"))
     if len(out) <= limit and not capped:
-        return f"<pre>{esc(out)}</pre>"
+        return f"<pre>{esc_block(out)}</pre>"
     size = f"{total} bytes of output" if isinstance(total, int) else "output cut"
     if capped:
         size += ", capped by the hub"
-    return f"<pre>{esc(out[:limit])}…</pre>\n({size})"
+    return f"<pre>{esc_block(out[:limit])}…</pre>\n({size})"
 
 
 def format_event(event, *, output_chars: int = 300) -> tuple[str, bool]:

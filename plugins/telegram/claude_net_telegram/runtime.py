@@ -546,7 +546,10 @@ class TelegramRuntime:
             return
         loud = loud or not self.s.echo_quiet_ok
         text = safe(text)
-        if not self._replicated:
+        # the bot's own failure: announced while its work (and its bus subscription) is down, so
+        # it waits in this replica's outbox, which the restarted bot sends first
+        own_failure = event.type == "hub" and event.data.get("task") == TASK_NAME
+        if not self._replicated or own_failure:
             self.outbox.put(text, loud)
         elif self._forward.full():
             self.outbox.dropped_full += 1
