@@ -45,6 +45,7 @@ HUB_START_TIMEOUT = 120
 @contextlib.contextmanager
 def hub_process(config_text: str, database_url: str, workdir: Path):
     """A real ``claude-net serve`` with the installed plugins, stopped afterwards."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     process = HubProcess(config_text, database_url=database_url, workdir=str(workdir))
     try:
         yield process.start(timeout=HUB_START_TIMEOUT)
