@@ -223,3 +223,24 @@ async def test_a_cancellation_from_inside_is_a_failure_but_the_owner_may_cancel(
         owned.cancel()  # its owner cancels it: it ends, no restart
         await asyncio.sleep(0.3)
         assert owned.cancelled() and len(inner) == 2 and "inner" not in h.hub.task_status()
+
+
+async def test_the_version_comes_from_the_package_metadata(hub_harness):
+    import subprocess
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import claude_net
+
+    installed = version("claude-net")
+    assert claude_net.__version__ == installed
+    async with hub_harness() as h:
+        status, body = await h.call("GET", "/api/health")
+        assert status == 200 and body["version"] == installed
+        status, doc = await h.call("GET", "/api/openapi.json")
+        assert doc["info"]["version"] == installed
+    script = Path(sys.executable).parent / "claude-net"  # the console script pip installed
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "claude_net.cli"]
+    done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == f"claude-net {installed}\n", done
