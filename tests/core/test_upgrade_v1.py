@@ -90,6 +90,24 @@ async def test_failing_migration_statement_fails_fast_names_it_and_rolls_back(da
     assert {"demo_one", "demo_two", "demo_three", "zz_other"} <= set(await _tables(database_url))
 
 
+async def test_cli_commands_stop_at_once_with_one_line_when_a_migration_fails(database_url, tmp_path):
+    """The v1 'hang': after a failed migration the CLI printed its error, then never exited (the
+    database connection's thread was left running). Another program's ``tokens`` table makes the
+    core's first migration fail: each command ends with the one line, and nothing changed."""
+    await _run(database_url, "CREATE TABLE tokens (token TEXT PRIMARY KEY, owner TEXT)",
+               ("INSERT INTO tokens VALUES (:t, :o)", [{"t": "abc", "o": "someone"}]))
+    expected = ("error: migration claude_net v1 (tokens, node_seen, messages) failed at statement 3 of 7: "
+                "CREATE INDEX IF NOT EXISTS tokens_name ON tokens (name): ")
+    for args in (["migrate"], ["token", "create", "bob"], ["serve"]):
+        out = cli(tmp_path, database_url, *args, check=False)  # (a hang fails on the timeout)
+        assert out.returncode == 1, (args, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), out.stderr
+        assert "name" in lines[0] and lines[0].endswith("it was rolled back, the database is as it was")
+    assert await _tables(database_url) == ["tokens"]
+    assert await _fetch(database_url, "SELECT * FROM tokens") == [{"token": "abc", "owner": "someone"}]
+
+
 # -- v1 layouts --------------------------------------------------------------------------------
 
 #: (name, SQLite DDL, PostgreSQL DDL, columns in insert order, read flag values for read / unread)
