@@ -78,18 +78,18 @@ class FairShares:
         return not (self.per_target is not None and target is not None
                     and self.by_target[target] >= self.per_target)
 
-    def _take(self, source: str, target: str | None) -> None:
+    def _take(self, source: str, target: str | None, exempt: bool) -> None:
         self.running += 1
         self.by_source[source] += 1
-        if target is not None:
+        if target is not None and not exempt:  # an exempt call never fills a target's share
             self.by_target[target] += 1
 
-    def _give_back(self, source: str, target: str | None) -> None:
+    def _give_back(self, source: str, target: str | None, exempt: bool) -> None:
         self.running -= 1
         self.by_source[source] -= 1
         if self.by_source[source] <= 0:
             del self.by_source[source]
-        if target is not None:
+        if target is not None and not exempt:
             self.by_target[target] -= 1
             if self.by_target[target] <= 0:
                 del self.by_target[target]
@@ -112,7 +112,7 @@ class FairShares:
             if best is None:
                 return
             self._dequeue(best)
-            self._take(best.source, best.target)
+            self._take(best.source, best.target, best.exempt)
             best.future.set_result(None)
 
     def _dequeue(self, waiter: _Waiter) -> None:
@@ -129,7 +129,7 @@ class FairShares:
     async def acquire(self, source: str, target: str | None = None, *, exempt: bool = False) -> bool:
         """Take a slot (waiting for one if need be); returns whether it had to wait."""
         if not self._queues and self._fits(source, target, exempt):
-            self._take(source, target)
+            self._take(source, target, exempt)
             return False
         queue = self._queues.get(source)
         if (not exempt and self.queue_per_source is not None and queue is not None
@@ -147,15 +147,16 @@ class FairShares:
             await waiter.future
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled():
-                self._give_back(source, target)  # granted, but the caller is gone: pass it on
+                self._give_back(source, target, exempt)  # granted, but the caller is gone: pass it on
             else:
                 self._dequeue(waiter)
             self._grant()
             raise
         return True
 
-    def release(self, source: str, target: str | None = None) -> None:
-        self._give_back(source, target)
+    def release(self, source: str, target: str | None = None, *, exempt: bool = False) -> None:
+        """Give back a slot taken by :meth:`acquire` (with the same arguments)."""
+        self._give_back(source, target, exempt)
         self._grant()
 
     @contextlib.asynccontextmanager
@@ -164,4 +165,4 @@ class FairShares:
         try:
             yield waited
         finally:
-            self.release(source, target)
+            self.release(source, target, exempt=exempt)

@@ -270,17 +270,17 @@ class LxdBackend:
         try:
             if executor is not self.pool:
                 return await loop.run_in_executor(executor, fn, *args)
-            who = source or HUB_SOURCE
-            await self.shares.acquire(who, exempt=source is None)
+            who, exempt = source or HUB_SOURCE, source is None
+            await self.shares.acquire(who, exempt=exempt)
             try:
                 work = executor.submit(fn, *args)
             except BaseException:
-                self.shares.release(who)
+                self.shares.release(who, exempt=exempt)
                 raise
 
             def done(_: concurrent.futures.Future) -> None:
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits any more
-                    loop.call_soon_threadsafe(self.shares.release, who)
+                    loop.call_soon_threadsafe(lambda: self.shares.release(who, exempt=exempt))
 
             work.add_done_callback(done)
             return await asyncio.wrap_future(work)
