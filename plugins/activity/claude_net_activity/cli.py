@@ -7,12 +7,21 @@ Operator verbs: they read the database directly (``ctx.hub()``, not serving); ``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 CSV_FIELDS = ["id", "time", "from", "type", "target", "detail", "result", "via", "unauthenticated",
               "duration_ms", "exit_code", "completed_at", "event_id", "data"]
+#: a cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet will show as text, never run: a leading ``'`` before a formula
+    character (the written cells are all quoted as well). Numbers are the hub's own and stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
 
 
 def _filters(p, *, default: Any) -> None:
@@ -45,24 +54,30 @@ def _filter_args(args) -> dict[str, Any]:
 
 
 def _line(row: dict[str, Any]) -> str:
+    """One row per line: every value an actor wrote (detail, target, errors) has its control
+    characters escaped, so none can add a line, overwrite one or drive the terminal."""
+    from claude_net import printable
+
     extra = []
     if row["exit_code"] is not None:
         extra.append(f"exit {row['exit_code']}")
     if row["duration_ms"] is not None:
         extra.append(f"{row['duration_ms']:g} ms")
     if row["data"].get("error"):
-        extra.append(str(row["data"]["error"]))
+        extra.append(printable(row["data"]["error"]))
     tail = f"  ({'; '.join(extra)})" if extra else ""
-    time = row["time"][:19].replace("T", " ")
-    return (f"{row['id']:>8}  {time}  {row['from'] or '-':<16} {row['type']:<10} {row['target'] or '-':<16} "
-            f"{row['result']:<7} {row['detail']}{tail}")
+    time = printable(row["time"][:19].replace("T", " "))
+    return (f"{row['id']:>8}  {time}  {printable(row['from'] or '-'):<16} {printable(row['type']):<10} "
+            f"{printable(row['target'] or '-'):<16} {printable(row['result']):<7} {printable(row['detail'])}{tail}")
 
 
 HEADER = f"{'ID':>8}  {'TIME (UTC)':<19}  {'FROM':<16} {'TYPE':<10} {'TARGET':<16} {'RESULT':<7} DETAIL"
 
 
 def _emit(row: dict[str, Any], as_json: bool) -> None:
-    print(json.dumps(row, ensure_ascii=False) if as_json else _line(row), flush=True)
+    from claude_net import safe_json
+
+    print(safe_json(row) if as_json else _line(row), flush=True)
 
 
 async def show(hub, args, *, max_polls: int | None = None) -> int:
@@ -113,7 +128,7 @@ async def export(hub, args, out) -> int:
     import csv
     from datetime import datetime, timedelta, timezone
 
-    from claude_net import isotime
+    from claude_net import isotime, safe_json
 
     from . import store
 
@@ -121,16 +136,18 @@ async def export(hub, args, out) -> int:
     since = isotime(datetime.now(timezone.utc) - timedelta(hours=args.hours)) if args.hours else None
     writer = None
     if args.format == "csv":
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        # every cell quoted, and formula cells neutralised: an admin opens this in a spreadsheet
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", quoting=csv.QUOTE_ALL)
         writer.writeheader()
     last, count = 0, 0
     while True:
         rows = await store.rows_after(hub, last, filters=filters, since=since, limit=1000)
         for row in rows:
             if writer is not None:
-                writer.writerow({**row, "data": json.dumps(row["data"], ensure_ascii=False) if row["data"] else ""})
+                cells = {**row, "data": safe_json(row["data"]) if row["data"] else ""}
+                writer.writerow({key: csv_cell(value) for key, value in cells.items()})
             else:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.write(safe_json(row) + "\n")
         count += len(rows)
         if len(rows) < 1000:
             break

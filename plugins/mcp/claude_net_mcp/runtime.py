@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 from typing import Any
 
@@ -20,9 +21,10 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import TransportSecuritySettings
 
-from claude_net import Actor
+from claude_net import Actor, Event
 
 from .client import HubClient
+from .sessions import SessionCap, SessionLimitReached
 from .settings import McpSettings
 from .tools import Caller, ToolHost, build_server
 
@@ -40,6 +42,11 @@ class HubMcpRuntime:
         self._error: BaseException | None = None
         self.http: httpx.AsyncClient | None = None
         self.servers: dict[bool, Any] = {}
+        #: stateful mode: the per-node session cap (None: stateless, nothing is kept between requests)
+        self.sessions: SessionCap | None = None
+        if not settings.stateless:
+            self.sessions = SessionCap(max(1, settings.max_sessions_per_node), settings.session_idle_timeout,
+                                       prefix=settings.path)
 
     async def _labelled_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.hub.app({**scope, VIA_SCOPE_KEY: "mcp"}, receive, send)
@@ -102,7 +109,31 @@ class HubMcpRuntime:
         user = AuthenticatedUser(AccessToken(token="", client_id=actor.name, scopes=["admin"] if actor.admin else [],
                                              subject=digest))
         scope = {**scope, "user": user, "claude_net.mcp.caller": caller}
-        await self.servers[actor.admin].session_manager.handle_request(scope, receive, send)
+        manager = self.servers[actor.admin].session_manager
+        if self.sessions is None:
+            await manager.handle_request(scope, receive, send)
+            return
+
+        async def evicted(_session_id: str, cap: int) -> None:
+            await self._record(actor.name, f"closed the least recently used idle MCP session of {actor.name} to "
+                               f"open a new one (at most {cap} per node)", "ok")
+
+        try:
+            await self.sessions.handle(actor.name, manager.handle_request, scope, receive, send, on_evict=evicted)
+        except SessionLimitReached as exc:
+            await self._record(actor.name, f"refused a new MCP session: {actor.name} already has {exc.cap} "
+                               "sessions and none is idle", "denied")
+            await _refuse(send, f"{actor.name} already has {exc.cap} MCP sessions open, all in use (the most one "
+                                "node may hold, [mcp] max_sessions_per_node): close one (DELETE with its "
+                                "Mcp-Session-Id) or wait for one to finish")
+
+    async def _record(self, node: str, detail: str, result: str) -> None:
+        """An audit row for a session decision, at most one per node and kind every few seconds (with
+        the count): a client opening thousands of sessions must not become thousands of rows."""
+        count = self.hub.auth_refusals.should_record(f"mcp-sessions:{result}:{node}")
+        if count:
+            await self.hub.emit(Event("mcp_session", node, node, detail + (f" ({count} times)" if count > 1 else ""),
+                                      result, via="mcp", data={"count": count}))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -111,3 +142,10 @@ class HubMcpRuntime:
                 await asyncio.wait_for(asyncio.shield(self._task), 10)
         if self.http is not None:
             await self.http.aclose()
+
+
+async def _refuse(send: Any, message: str) -> None:
+    body = json.dumps({"ok": False, "error": message, "code": "too_many_sessions"}, separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": 429, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -27,7 +27,13 @@ class McpSettings:
         "request and there is nothing to expire. false keeps an Mcp-Session-Id per client.",
     )
     json_response: bool = help_field(False, "Answer POSTs with plain JSON instead of an SSE stream.")
-    session_idle_timeout: float = help_field(1800.0, "Stateful mode: seconds before an idle session is closed.")
+    session_idle_timeout: float = help_field(
+        600.0, "Stateful mode: seconds a session may go with no request in flight (and no open event stream) "
+               "before it is closed; the client then opens a new one.")
+    max_sessions_per_node: int = help_field(
+        16, "Stateful mode: most sessions one node (all its tokens together) may hold. Opening one more closes "
+            "that node's least recently used idle session; if none is idle the new one is refused (429 "
+            "too_many_sessions).")
     max_output: int = help_field(DEFAULT_MAX_OUTPUT, "Longest text a tool returns per output stream, file or "
                                                      "listing, in characters; longer output is cut with a note.")
     request_timeout: float = help_field(60.0, "Seconds a tool waits for the hub's answer; exec waits for its "
