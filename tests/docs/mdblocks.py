@@ -85,3 +85,17 @@ def commands(text: str) -> list[tuple[str, list[str]]]:
     if pending:
         steps.append(("\n".join(pending), []))
     return steps
+
+
+def table_after(block: Block) -> list[list[str]]:
+    """The rows (cells stripped, header and rule left out) of the first table after ``block``."""
+    lines = block.path.read_text().splitlines()[block.line:]
+    end = next(i for i, line in enumerate(lines) if line.strip() == "```")
+    rows: list[list[str]] = []
+    for line in lines[end + 1:]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows or line.startswith("```"):
+            break
+    assert len(rows) > 2, f"{block.where()}: no table follows this block"
+    return rows[2:]
