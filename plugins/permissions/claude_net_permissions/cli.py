@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from claude_net import printable
+
 from . import model, service
 
 LEGEND = ("x exec, r file read, w file write; '-' explicit deny; '.' no rule (broader rules apply); "
@@ -21,14 +23,15 @@ def _print_change(permission: Mapping[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(permission, indent=2))
         return
-    source, target = permission["source"], permission["target"]
+    # every value escaped (claude_net.printable): a line stays one line on the operator's terminal
+    source, target = printable(permission["source"]), printable(permission["target"])
     if not permission.get("stored"):
         removed = permission.get("removed", 0)
-        what = ", ".join(f"{source} -> {t}" for t in permission.get("removed_targets", ())) or "nothing"
+        what = ", ".join(f"{source} -> {printable(t)}" for t in permission.get("removed_targets", ())) or "nothing"
         print(f"removed {removed} rule(s): {what}")
     elif permission["allow"]:
-        until = f" until {permission['expires_at']}" if permission.get("expires_at") else ""
-        print(f"permitted {source} -> {target}: {', '.join(permission['capabilities'])}{until}")
+        until = f" until {printable(permission['expires_at'])}" if permission.get("expires_at") else ""
+        print(f"permitted {source} -> {target}: {printable(', '.join(permission['capabilities']))}{until}")
     else:
         print(f"revoked {source} -> {target} (explicit deny; beats broader grants)")
 
@@ -51,8 +54,9 @@ async def run_revoke(args, ctx) -> int:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    cells = [[printable(v) for v in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
 
 
 def _ordered(names: set[str]) -> list[str]:
@@ -106,7 +110,7 @@ async def run_permissions(args, ctx) -> int:
         print(json.dumps(view, indent=2))
         return 0
     lines = render_effective(view["effective"]) if args.effective else render_rules(view["permissions"])
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))
     for backend, error in (view.get("unavailable") or {}).items():
-        print(f"(backend {backend} unavailable: {error})")
+        print(f"(backend {printable(backend)} unavailable: {printable(error)})")
     return 0
