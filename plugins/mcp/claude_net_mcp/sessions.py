@@ -19,6 +19,7 @@ closed the way a client closes it (a DELETE with its id and its owner's identity
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ SESSION_HEADER = b"mcp-session-id"
 VERSION_HEADER = b"mcp-protocol-version"
 #: a session the transport has not seen for its idle timeout plus this margin has expired there
 EXPIRY_MARGIN = 5.0
+#: seconds a close (made to room for a new session) may take before it is given up
+CLOSE_TIMEOUT = 10.0
+
+log = logging.getLogger("claude_net_mcp")
 
 Handler = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -170,7 +175,11 @@ class SessionCap:
         async def discard(_message: dict[str, Any]) -> None:
             return None
 
-        await session.handler(scope, receive, discard)
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await session.handler(scope, receive, discard)
+        except Exception:  # noqa: BLE001 - forgotten here either way; the transport's idle expiry remains
+            log.warning("could not close MCP session %s of %s to make room", session_id[:12], node, exc_info=True)
 
 
 def _handshake(version: str) -> bool:
