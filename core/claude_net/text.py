@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import traceback
 from typing import Any
 
 #: C0 controls (tab, newline and CR included), DEL, C1 controls, the bidi embeddings, overrides and
@@ -97,6 +96,8 @@ class EscapingFormatter(logging.Formatter):
             record.message = message
 
     def formatException(self, ei: Any) -> str:
+        import traceback  # only when there is one: `import claude_net` stays light
+
         _, value, tb = ei
         if value is None:
             return super().formatException(ei)

@@ -94,6 +94,23 @@ async def mcp_session(url: str, token: str):
             yield session
 
 
+@contextlib.asynccontextmanager
+async def stdio_mcp_session(url: str, token: str):
+    """An initialized ``mcp.ClientSession`` on a ``claude-net-mcp`` subprocess (the stdio server)."""
+    import tempfile
+    from pathlib import Path
+
+    from mcp import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    command = Path(sys.executable).parent / "claude-net-mcp"
+    params = StdioServerParameters(command=str(command), env={"CLAUDE_NET_URL": url, "CLAUDE_NET_TOKEN": token})
+    with tempfile.TemporaryFile("w+") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+
+
 def read_as_a_model(text: str) -> list[tuple[str, str]]:
     """(sender, body) for every message header line in the inbox text, with the body decoded from
     the line after it: the structure a reader (a model) sees."""
@@ -111,15 +128,18 @@ def read_as_a_model(text: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 
-async def test_a_forged_sender_line_is_never_a_message_of_its_own(hub):
+@pytest.mark.parametrize("transport", ["http", "stdio"])
+async def test_a_forged_sender_line_is_never_a_message_of_its_own(hub, transport):
     """mallory's body imitates a message from the admin; the admin really sends one too. The MCP
-    text shows exactly two message headers, with the true senders, and each body intact."""
+    text shows exactly two message headers, with the true senders, and each body intact (the hub's
+    /mcp and the claude-net-mcp stdio server alike)."""
     api(hub, "GET", "/api/inbox?ack=true&limit=500", "victim")  # whatever other tests left
     status, body = api(hub, "POST", "/api/send", "mallory", {"to": "victim", "message": FORGED})
     assert status == 200, body
     status, body = api(hub, "POST", "/api/send", "chasclaude", {"to": "victim", "message": "the real one\nok"})
     assert status == 200, body
-    async with mcp_session(hub.url, hub.tokens["victim"]) as session:
+    opened = mcp_session if transport == "http" else stdio_mcp_session
+    async with opened(hub.url, hub.tokens["victim"]) as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
         assert "JSON string" in tools["claude_net_inbox"].description  # the framing is announced
         result = await session.call_tool("claude_net_inbox", {"ack": False})
