@@ -21,10 +21,10 @@ from quart.asgi import ASGIHTTPConnection
 from quart.wrappers.request import Body, Request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .errors import BadRequest, Forbidden, HubError, PayloadTooLarge, RateLimited, Unauthorized
+from .errors import BadRequest, Forbidden, HubError, PayloadTooLarge, RateLimited, RequestTimeout, Unauthorized
 from .hub import EMITTED, Hub
 from .ratelimit import retry_after_header
-from .schema import coerce_query, validate
+from .schema import JsonShape, check_text, coerce_query, printable, published, text_problem, validate
 from .types import NODE_NAME_RE, Actor, Event, Route, validate_node_name
 
 log = logging.getLogger("claude_net.http")
@@ -38,6 +38,11 @@ VIA_SCOPE_KEY = "claude_net.via"
 
 #: request body bytes the hub holds before it stops reading from the client (see StreamingBody)
 BODY_HIGH_WATER = 1024 * 1024
+#: JSON bodies larger than this are decoded and parsed in a worker thread, not on the event loop
+#: (measured: parsing 256 KiB of JSON takes ~1 ms; the thread hop costs ~0.1 ms)
+PARSE_OFF_LOOP_BYTES = 256 * 1024
+#: statuses of refusals that no action recorded: the request wrapper records them itself
+RECORDED_REFUSALS = (400, 408, 413)
 
 
 class StreamingBody(Body):
@@ -56,11 +61,26 @@ class StreamingBody(Body):
         self._room = asyncio.Event()
         self._room.set()
         self._unbounded = False
+        self._discarding = False
 
     def append(self, data: bytes) -> None:
+        if self._discarding:
+            return
         super().append(data)
         if not self._unbounded and len(self._data) >= BODY_HIGH_WATER:
             self._room.clear()
+
+    def discard(self) -> None:
+        """No one will read the rest: drop what is buffered and whatever still arrives, without waiting.
+
+        Called when the response starts. A handler that answers before the whole body is in (a 413,
+        a body refused for its shape) leaves the receiver waiting for room; Hypercorn's queue of
+        request messages then fills, and it can neither deliver the disconnect nor close the
+        connection, so the client's upload hangs until it times out. Draining lets Hypercorn close.
+        """
+        self._discarding = True
+        self._data.clear()
+        self._room.set()
 
     async def __anext__(self) -> bytes:
         try:
@@ -107,7 +127,7 @@ class StreamingHTTPConnection(ASGIHTTPConnection):
     """Quart's ASGI HTTP handling with request-body backpressure and quiet aborted responses."""
 
     async def handle_messages(self, request: Request, receive: Any) -> None:
-        body = request.body
+        body = self._request_body = request.body
         while True:
             message = await receive()
             if message["type"] == "http.request":
@@ -120,6 +140,9 @@ class StreamingHTTPConnection(ASGIHTTPConnection):
                 return
 
     async def _send_response(self, send: Any, response: Any) -> None:
+        body = getattr(self, "_request_body", None)
+        if isinstance(body, StreamingBody):
+            body.discard()
         try:
             await super()._send_response(send, response)
         except ResponseAborted as exc:
@@ -138,11 +161,17 @@ class RequestContext:
 
 
 def json_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":"), ensure_ascii=False), status=status,
-                    headers=headers, content_type="application/json")
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (from a file name, a backend): JSON can still carry it escaped
+        data = json.dumps(body, separators=(",", ":")).encode("ascii")
+    return Response(data, status=status, headers=headers, content_type="application/json")
 
 
 def error_response(exc: HubError, request_id: str | None = None) -> Response:
+    if isinstance(exc.extra.get("field"), str):  # a field may be named by a caller's key (NUL, surrogate)
+        exc.extra["field"] = printable(exc.extra["field"])
     headers = {"X-Request-Id": request_id} if request_id else None
     if exc.status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="claude-net"'}
@@ -174,8 +203,8 @@ class RouteView:
         try:
             response = await self._handle(params, request_id, who)
         except HubError as exc:
-            if exc.status in (400, 413) and who.get("actor") is not None and not emitted:
-                await self._record_refusal(who["actor"], who.get("target"), exc)
+            if exc.status in RECORDED_REFUSALS and not emitted:
+                await self._record_refusal(who.get("actor"), who.get("target"), exc)
             return error_response(exc, request_id)
         finally:
             EMITTED.reset(reset)
@@ -183,15 +212,32 @@ class RouteView:
             response.headers["X-Request-Id"] = request_id
         return response
 
-    async def _record_refusal(self, actor: Actor, target: str | None, exc: HubError) -> None:
-        """An identified caller's request refused as invalid (a bad name, path, command, size) before
-        any action recorded it: one ``denied`` row, so every refusal is in the activity feed."""
-        data = {"code": exc.code, "status": exc.status}
+    async def _record_refusal(self, actor: Actor | None, target: str | None, exc: HubError) -> None:
+        """A request refused as invalid (a bad name, path, command, text, size, shape) before any action
+        recorded it: a ``denied`` row, so every refusal is in the activity feed. Rows are throttled like
+        the other refusals: per node (its first few of a window one by one, then one row with the count)
+        and, for callers without an identity, per address."""
+        data: dict[str, Any] = {"code": exc.code, "status": exc.status}
         if exc.extra.get("field"):
-            data["field"] = exc.extra["field"]
-        await self.hub.emit(Event("request", actor.name, target,
-                                  f"{self.route.method} {self.route.path} refused: {exc.message}"[:500], "denied",
-                                  via=actor.via, unauthenticated=actor.unauthenticated, data=data))
+            data["field"] = printable(str(exc.extra["field"]))[:200]
+        what = f"{self.route.method} {self.route.path}"
+        message = printable(exc.message)[:400]
+        if actor is None:
+            address = request.remote_addr or "unknown"
+            refused = self.hub.auth_refusals.should_record(f"invalid request from {address}")
+            if refused:
+                await self.hub.emit(Event("request", None, target, f"{what} from {address} refused: {message}"
+                                          + (f" ({refused} refused)" if refused > 1 else ""), "denied",
+                                          data={**data, "refused": refused}))
+            return
+        refused = self.hub.rate_limiter.refusals.should_record(actor.name)
+        if refused:
+            if refused > 1:
+                data["refused"] = refused
+            await self.hub.emit(Event("request", actor.name, target, f"{what} refused: {message}"
+                                      + (f" ({refused - 1} more refused before it, not recorded one by one)"
+                                         if refused > 1 else ""), "denied",
+                                      via=actor.via, unauthenticated=actor.unauthenticated, data=data))
 
     async def _refuse_anonymous(self, what: str) -> None:
         """Record a request without a valid token: at most once per address every few seconds (with a
@@ -226,7 +272,7 @@ class RouteView:
             await self._refuse_anonymous("no token")
             raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)", code="missing_token")
 
-        body: dict[str, Any] = await self._read_json() if wants_body else {}
+        body, bad_text = await self._read_json() if wants_body else ({}, None)
         for key in ("target", "to", "name"):  # the node acted upon, for the record of a refusal
             if isinstance(body.get(key), str) and NODE_NAME_RE.fullmatch(body[key]):
                 who["target"] = body[key]
@@ -266,6 +312,12 @@ class RouteView:
         query = coerce_query(query_args, route.query_schema) if route.query_schema else query_args
         if wants_body:
             validate(body, route.body_schema)
+        # The text rule comes after the schemas, so a field whose own pattern excludes NUL keeps its
+        # specific code (invalid_path, invalid_name); it still comes before any handler, so nothing
+        # past this line meets a lone surrogate or (outside x-allow-nul fields) a NUL.
+        bad_text = _url_text_problem(params, request.args) or bad_text
+        if bad_text is not None:
+            raise bad_text
         ctx = RequestContext(hub, actor, body, query, params, request_id, request.headers)
         result = await route.handler(ctx)
         if isinstance(result, Response):
@@ -290,16 +342,26 @@ class RouteView:
                           f"retry in {retry_after_header(wait)} s", code="rate_limited",
                           retryAfter=float(retry_after_header(wait)))
 
-    async def _read_json(self) -> dict[str, Any]:
-        limit = self.route.max_body or self.hub.settings.limits.max_body_bytes
+    async def _read_json(self) -> tuple[dict[str, Any], BadRequest | None]:
+        """The JSON object body, bounded before it is parsed: its size by the route's limit (by
+        Content-Length up front, else while it arrives), its nesting depth and number of values by
+        [limits] (counted from the bytes as they arrive, see :class:`JsonShape`). Large bodies are
+        decoded and parsed in a worker thread. Returns the body and the first string in it that is
+        not accepted text (raised by the caller once the schema has been checked)."""
+        limits = self.hub.settings.limits
+        limit = self.route.max_body or limits.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
             raise PayloadTooLarge(f"the request body is {length} bytes; the limit is {limit}", limit=limit)
         request.max_content_length = limit
+        shape = JsonShape(limits.json_max_depth, limits.json_max_items)
+        scanned = False
         try:
             body = request.body
             raw = body.take_complete() if isinstance(body, StreamingBody) else None
-            if raw is None:
+            if raw is None and isinstance(body, StreamingBody):
+                raw, scanned = await self._receive(body, shape, limit), True
+            elif raw is None:
                 raw = await request.get_data(cache=False)
         except RequestEntityTooLarge:
             raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes", limit=limit) from None
@@ -307,14 +369,66 @@ class RouteView:
             raise PayloadTooLarge(f"the request body is {len(raw)} bytes; the limit is {limit}", limit=limit)
         if not raw:
             raise BadRequest("a JSON object body is required", code="invalid_json")
+        if len(raw) > PARSE_OFF_LOOP_BYTES:
+            return await asyncio.to_thread(_decode_json_body, raw, shape, scanned, self.route.body_schema)
+        return _decode_json_body(raw, shape, scanned, self.route.body_schema)
+
+    async def _receive(self, body: StreamingBody, shape: JsonShape, limit: int) -> bytes:
+        """Read a body still on its way piece by piece, counting its shape as it comes, so an
+        oversized or malformed one is refused (and the connection dropped) without reading the rest."""
+        pieces: list[bytes] = []
+        size = 0
+        timeout = self.hub.settings.limits.body_timeout
         try:
-            # what json.loads does with bytes, with one decoder made once instead of per call
-            body = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object", code="invalid_json")
-        return body
+            async with asyncio.timeout(timeout):
+                async for piece in body:
+                    size += len(piece)
+                    if size > limit:
+                        raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes", limit=limit)
+                    shape.feed(piece)
+                    pieces.append(piece)
+        except TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+        return b"".join(pieces)
+
+
+def _decode_json_body(raw: bytes, shape: JsonShape, scanned: bool,
+                      schema: Mapping[str, Any] | None) -> tuple[dict[str, Any], BadRequest | None]:
+    """Check the shape (unless done while receiving), decode and parse a JSON object body; also
+    find its first string that is not accepted text. Runs in a worker thread for large bodies."""
+    if not scanned:
+        shape.feed_all(raw)
+    if json.detect_encoding(raw[:4]) not in ("utf-8", "utf-8-sig"):
+        raise BadRequest("JSON bodies must be UTF-8 (RFC 8259)", code="invalid_json")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"the body is not valid UTF-8 (at byte {exc.start})", code="invalid_json") from None
+    try:
+        # json.loads with one decoder made once instead of per call
+        body = _DECODER.decode(text)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:  # JsonShape bounds the depth first; never a 500 should the bound be raised high
+        raise BadRequest("the JSON body is nested too deeply", code="too_deep") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_json")
+    # Strict UTF-8 and JSON's ban on raw control characters leave only escapes (\ud800, \u0000) to
+    # produce a lone surrogate or a NUL: without one in the bytes there is nothing to look for.
+    return body, check_text(body, schema) if shape.risky_escape else None
+
+
+def _url_text_problem(params: Mapping[str, Any], args: Any) -> BadRequest | None:
+    """The first URL path parameter or query parameter (name or value) that is not accepted text."""
+    for key, value in params.items():
+        if isinstance(value, str) and (problem := text_problem(value)):
+            return BadRequest(f"the URL path part {key} {problem}", code="invalid_text", field=key)
+    for key, value in args.items(multi=True):
+        for part, problem in (("the name of query parameter", text_problem(key)),
+                              ("query parameter", text_problem(value))):
+            if problem:
+                return BadRequest(f"{part} {printable(key)} {problem}", code="invalid_text", field=printable(key))
+    return None
 
 
 def _parse_float(text: str) -> float | int:
@@ -450,17 +564,19 @@ def openapi_document(app: Quart) -> dict[str, Any]:
             "x-plugin": plugin,
         }
         params = [
-            {"name": m, "in": "path", "required": True, "schema": {"type": "string"}}
+            {"name": m, "in": "path", "required": True, "schema": published({"type": "string"})}
             for m in re.findall(r"{([a-zA-Z_]+)}", path)
         ]
         if route.query_schema:
             required = set(route.query_schema.get("required", ()))
             for name, schema in route.query_schema.get("properties", {}).items():
-                params.append({"name": name, "in": "query", "required": name in required, "schema": schema})
+                params.append({"name": name, "in": "query", "required": name in required,
+                               "schema": published(schema)})
         if params:
             op["parameters"] = params
         if route.body_schema is not None and route.method != "GET":
-            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.body_schema}}}
+            op["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": published(route.body_schema)}}}
         elif route.body_media_type is not None:
             op["requestBody"] = {"required": False, "content": {
                 route.body_media_type: {"schema": {"type": "string", "format": "binary"}}}}

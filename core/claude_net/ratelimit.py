@@ -1,4 +1,5 @@
-"""Per-node request rate limits: one token bucket per authenticated node, in memory.
+"""Per-node request rate limits: one token bucket per authenticated node, in memory; and the
+throttle that keeps refusals (rate limited, invalid, unauthenticated) from flooding the audit log.
 
 ``[limits] rate_per_minute`` tokens flow into each node's bucket per minute, up to
 ``rate_burst``; every request of that node (except the public endpoints) takes one. An empty
@@ -13,26 +14,32 @@ import time
 
 
 class RecordThrottle:
-    """Counts refusals per key and says when to record them: at most once per ``every`` seconds,
-    with the number refused since the last record, so a flood never becomes a flood of audit rows."""
+    """Counts refusals per key and says when to record them, so a flood never becomes a flood of
+    audit rows: the first ``burst`` refusals of a window of ``every`` seconds are recorded one by
+    one, later ones only counted, and the next record (in a later window) carries that count."""
 
     MAX_KEYS = 10000
 
-    def __init__(self, every: float = 10.0) -> None:
+    def __init__(self, every: float = 10.0, burst: int = 1) -> None:
         self.every = every
-        self._refused: dict[str, tuple[int, float]] = {}  # key -> (refusals not yet recorded, last record)
+        self.burst = max(int(burst), 1)
+        # key -> (refusals not yet recorded, start of the window, records made in the window)
+        self._refused: dict[str, tuple[int, float, int]] = {}
 
     def should_record(self, key: str, now: float | None = None) -> int:
-        """Count a refusal; return how many to record now (0: recorded recently, stay quiet)."""
+        """Count a refusal; return how many to record now (0: recorded enough lately, stay quiet)."""
         now = time.monotonic() if now is None else now
-        count, last = self._refused.get(key, (0, -math.inf))
+        count, start, recorded = self._refused.get(key, (0, -math.inf, 0))
         count += 1
-        if now - last >= self.every:
+        if now - start >= self.every:
             if len(self._refused) >= self.MAX_KEYS:  # forget keys that have been quiet for a window
                 self._refused = {k: v for k, v in self._refused.items() if now - v[1] < self.every}
-            self._refused[key] = (0, now)
+            self._refused[key] = (0, now, 1)
             return count
-        self._refused[key] = (count, last)
+        if recorded < self.burst:
+            self._refused[key] = (0, start, recorded + 1)
+            return count
+        self._refused[key] = (count, start, recorded)
         return 0
 
 
@@ -41,12 +48,17 @@ class RateLimiter:
     RECORD_EVERY = 10.0
     #: buckets kept before full (idle) ones are dropped
     MAX_BUCKETS = 10000
+    #: an identified node's invalid requests (400, 413, ...) recorded one by one per window of
+    #: RECORD_EVERY seconds; beyond that they are counted into the next record
+    REFUSALS_BURST = 20
 
     def __init__(self, per_minute: float, burst: int) -> None:
         self.rate = max(float(per_minute), 0.0) / 60.0
         self.burst = float(max(int(burst), 1))
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._throttle = RecordThrottle(self.RECORD_EVERY)
+        #: audit rows of refused (invalid) requests, per node: kept even when rate limiting is off
+        self.refusals = RecordThrottle(self.RECORD_EVERY, burst=self.REFUSALS_BURST)
 
     @property
     def enabled(self) -> bool:

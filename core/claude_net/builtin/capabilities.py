@@ -689,7 +689,7 @@ def register_routes(hub):
             summary="Write a file on a node (needs the file_write pathway)",
             body_schema={"type": "object", "additionalProperties": False, "required": ["target", "path", "content"],
                          "properties": {
-                             "target": NAME, "path": PATH, "content": {"type": "string"},
+                             "target": NAME, "path": PATH, "content": {"type": "string", "x-allow-nul": True},
                              "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
                              "mode": {"type": ["integer", "string"], "minimum": 0, "maximum": 0o7777,
                                       "pattern": "^(0o?)?[0-7]{1,4}$",
