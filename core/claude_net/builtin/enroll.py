@@ -168,21 +168,21 @@ async def enroll(hub, actor, name: str, *, user: str | None = None, url: str | N
                  force: bool = False) -> Enrollment:
     """Enroll node ``name`` as ``actor`` (an admin). Plans and checks everything before any change."""
     from claude_net import validate_node_name, validate_remote_path
-    from claude_net.auth import TOKEN_RE, create_token, verify_token
+    from claude_net.auth import TOKEN_RE, create_token, revoke_tokens, verify_token
 
     validate_node_name(name)
-    for given, option in ((mcp_json, "--mcp-json"), (token_file, "--token-file")):
-        if given is not None:
-            validate_remote_path(given, field_name=option)
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise BadRequest(f"--url must be an http:// or https:// URL, not {url!r}", code="invalid_url")
-    mcp = hub.config_sections().get("mcp")
-    if mcp is None or not hub.settings.section("mcp").enabled:
-        raise BadRequest("the hub serves no MCP endpoint (install claude-net-mcp and keep [mcp] enabled): "
-                         "the configuration would point at nothing", code="no_mcp")
-    mcp_path = hub.settings.section("mcp").path
 
     async def run() -> Enrollment:
+        # refusals from here on are recorded (the action's final event is an error)
+        for given, option in ((mcp_json, "--mcp-json"), (token_file, "--token-file")):
+            if given is not None:
+                validate_remote_path(given, field_name=option)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise BadRequest(f"--url must be an http:// or https:// URL, not {url!r}", code="invalid_url")
+        if "mcp" not in hub.config_sections() or not hub.settings.section("mcp").enabled:
+            raise BadRequest("the hub serves no MCP endpoint (install claude-net-mcp and keep [mcp] enabled): "
+                             "the configuration would point at nothing", code="no_mcp")
+        mcp_path = hub.settings.section("mcp").path
         node = await hub.nodes.get(name)
         if node.backend == "hub":
             raise BadRequest(f"{name} is a messaging-only node: enroll writes into the node, which needs a "
@@ -239,7 +239,12 @@ async def enroll(hub, actor, name: str, *, user: str | None = None, url: str | N
 
         if rotate or not held:
             token = await create_token(hub.db, name, replace=bool(active))
-            await write(hub, node, token_path, (token + "\n").encode(), mode=0o600, user=who)
+            try:
+                await write(hub, node, token_path, (token + "\n").encode(), mode=0o600, user=who)
+            except BaseException:
+                if not active:  # a token nobody holds: gone, so a second try starts afresh
+                    await asyncio.shield(revoke_tokens(hub.db, name))
+                raise
             verb = "rotated (the old one is revoked)" if active else "created"
             result.changes.append("token")
             result.report.append(("token", f"{verb}, written to {token_path} (mode 0600, owner {who.name})"))

@@ -215,3 +215,11 @@ def test_bad_input_is_a_sentence_not_a_traceback(hub, containers):
         out = enroll(hub, *args)
         assert out.returncode != 0 and words in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
+
+    # a token file that cannot be written leaves no token behind: the next run simply creates one
+    out = enroll(hub, name, "--token-file", "/nonexistent/dir/token")
+    assert out.returncode == 1 and "/nonexistent/dir does not exist" in out.stderr, out.stderr
+    assert name not in [t["name"] for t in json.loads(hub.cli("token", "list", "--json"))]
+    retry = enroll(hub, name)
+    assert retry.returncode == 0 and "token  created" in retry.stdout, retry.stderr
+    assert [e["result"] for e in activity(hub, name)].count("error") == 2  # --user ghost, the unwritable path
