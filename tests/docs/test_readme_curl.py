@@ -1,4 +1,4 @@
-"""README's "Five minutes with curl", run as written against a real hub and a real LXD container.
+"""README's "Five minutes with curl" and its CLI sequel, run as written against a real hub and a real LXD container.
 
 The walkthrough block is taken from README.md and run by bash from the repository root, step by
 step. Substitutions, all named here: the test's hub (``claude-net serve`` with the installed
@@ -26,6 +26,8 @@ from .conftest import hub_process
 from .mdblocks import ROOT, block_with, commands
 
 BLOCK = block_with("README.md", "curl -s localhost:8765/api/send")
+#: the same session continued with the CLI's client and operator verbs
+CLI_BLOCK = block_with("README.md", "CLAUDE_NET_TOKEN=$B $CN send")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 STEP = "<<<step {}>>>"
 
@@ -73,6 +75,14 @@ def same_shape(expected: object, actual: object, is_open: bool = False, where: s
         assert actual == expected, f"{where}: README {expected!r}, hub {actual!r}"
 
 
+def same_text(shown: list[str], printed: str, where: str) -> None:
+    """The printed lines are the README's, where a timestamp stands for any timestamp."""
+    stamp = TIMESTAMP.pattern[1:-1]
+    for expected, actual in zip(shown, printed.splitlines(), strict=True):
+        pattern = stamp.join(re.escape(part) for part in re.split(stamp, expected))
+        assert re.fullmatch(pattern, actual), f"{where}: README {expected!r}, printed {actual!r}"
+
+
 def test_five_minutes_with_curl(database_url, tmp_path, seanclaude):
     steps = commands(BLOCK.text)
     assert steps[0][0].split("#")[0].strip() == "scripts/run-hub &", "the walkthrough no longer starts with run-hub"
@@ -81,17 +91,24 @@ def test_five_minutes_with_curl(database_url, tmp_path, seanclaude):
         text = BLOCK.substitute({"localhost:8765": f"localhost:{hub.port}", "ADMIN=cn_...": f"ADMIN={admin}",
                                  "wait=30": "wait=2"}).replace("seanclaude", seanclaude)
         steps = commands(text)[1:]  # the hub above stands in for scripts/run-hub
+        curl_steps = len(steps)
+        steps += commands(CLI_BLOCK.substitute({"localhost:8765": f"localhost:{hub.port}"})
+                          .replace("seanclaude", seanclaude))
         script = "set -euo pipefail\n" + "".join(
             f"printf '\\n{STEP.format(i)}\\n'\n{command}\n" for i, (command, _) in enumerate(steps))
         run = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
                              env={**hub.env, "PATH": f"{ROOT / '.venv/bin'}:{hub.env['PATH']}"})
-        assert run.returncode == 0, f"{BLOCK.where()}: the walkthrough fails: {run.stderr[-3000:]}"
+        assert run.returncode == 0, f"README's walkthrough fails: {run.stderr[-3000:]}"
         outputs = re.split(r"\n<<<step (\d+)>>>\n", "\n" + run.stdout)
         answers = {int(outputs[i]): outputs[i + 1].strip() for i in range(1, len(outputs), 2)}
         checked = 0
         for i, (command, shown) in enumerate(steps):
             if not command.lstrip().startswith("curl"):
-                assert answers[i] == "", f"{command!r} printed {answers[i]!r}"
+                if i >= curl_steps and shown:
+                    same_text(shown, answers[i], f"{CLI_BLOCK.where()}: {command}")
+                    checked += 1
+                else:
+                    assert answers[i] == "", f"{command!r} printed {answers[i]!r}"
                 continue
             answer = json.loads(answers[i])
             if shown:
@@ -100,7 +117,7 @@ def test_five_minutes_with_curl(database_url, tmp_path, seanclaude):
                 checked += 1
             else:
                 assert answer["ok"] is True, (command, answer)
-        assert checked == 4  # send, inbox, the denied exec, the allowed exec
+        assert checked == 7  # curl: send, inbox, the denied and the allowed exec; CLI: send, inbox, revoke
 
         machines = next(json.loads(answers[i]) for i, (c, _) in enumerate(steps) if "/api/machines" in c)
         nodes = {m["name"]: m for m in machines["machines"]}
