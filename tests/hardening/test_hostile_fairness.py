@@ -202,6 +202,9 @@ async def test_an_agent_holding_all_its_slots_does_not_delay_another(hub_harness
 async def test_fifo_and_device_reads_are_refused_at_once_and_delay_no_one(hub_harness, boxes):
     async with fair_hub(hub_harness, boxes) as h:
         paths = [f"/tmp/fifo{i}" for i in range(1, 17)]
+        for token, box, path in ((h.calm, h.calm_box, "/tmp/calm"), (h.hog, h.hog_box, "/tmp/plain")):  # warm up
+            status, body = await h.call("POST", "/api/file/read", token, {"target": box, "path": path})
+            assert status == 200, body
         t0 = time.monotonic()
         reads = [asyncio.ensure_future(h.call("POST", "/api/file/read", h.hog, {"target": h.hog_box, "path": p}))
                  for p in paths]
