@@ -402,3 +402,33 @@ async def test_ssh_missing_cwd_and_special_files(hub_harness, sshd, tmp_path):
             assert 400 <= status < 500 and "Error" not in body["error"], body
         rows = await _rows(h.hub, type="exec", from_machine="hog")
         assert [(_data(r).get("code"), _data(r).get("cwd")) for r in rows][0] == ("no_such_cwd", str(tmp_path / "missing"))
+
+
+async def test_ssh_channels_of_a_shared_node_are_shared_per_agent(hub_harness, sshd):
+    """Two agents on one SSH node: the one that saturates it holds half its channels, the other's
+    exec starts at once."""
+    import claude_net_ssh
+
+    async with hub_harness(plugins=[claude_net_ssh, claude_net_permissions, claude_net_activity],
+                           ssh={"connect_timeout": 5.0, "max_channels": 4,
+                                "nodes": {"ser-8": sshd.node_config()}}) as h:
+        boss = await h.token("boss", admin=True)
+        hog, calm = await h.token("hog"), await h.token("calm")
+        for source in ("hog", "calm"):
+            status, body = await h.call("POST", "/api/permit", boss, {"source": source, "target": "ser-8"})
+            assert status == 200, body
+        status, body = await h.call("POST", "/api/exec", calm, {"target": "ser-8", "command": "true"})  # connect
+        assert status == 200, body
+        channels = h.hub.plugin_state["ssh"].nodes["ser-8"].channels
+        hogs = [asyncio.ensure_future(h.call("POST", "/api/exec", hog, {"target": "ser-8", "command": "sleep 4"}))
+                for _ in range(6)]
+        try:
+            await eventually(lambda: channels.by_source.get("hog") == 2 and channels.waiting("hog") == 4, timeout=10)
+            for _ in range(3):
+                t0 = time.monotonic()
+                status, body = await h.call("POST", "/api/exec", calm, {"target": "ser-8", "command": "echo calm"})
+                assert status == 200 and body["stdout"] == "calm\n", body
+                assert time.monotonic() - t0 < BOUND
+            assert channels.by_source.get("hog") == 2
+        finally:
+            await _cancel(hogs)
