@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from .errors import BadRequest, Forbidden, HubError, PayloadTooLarge, RateLimited, RequestTimeout, Unauthorized
 from .hub import EMITTED, Hub
 from .ratelimit import retry_after_header
-from .schema import JsonShape, check_text, coerce_query, printable, published, text_problem, validate
+from .schema import JsonShape, check_text, coerce_query, decode_utf8, published, storable, text_problem, validate
 from .types import NODE_NAME_RE, Actor, Event, Route, validate_node_name
 
 log = logging.getLogger("claude_net.http")
@@ -171,7 +171,7 @@ def json_response(body: Mapping[str, Any], status: int = 200, headers: Mapping[s
 
 def error_response(exc: HubError, request_id: str | None = None) -> Response:
     if isinstance(exc.extra.get("field"), str):  # a field may be named by a caller's key (NUL, surrogate)
-        exc.extra["field"] = printable(exc.extra["field"])
+        exc.extra["field"] = storable(exc.extra["field"])
     headers = {"X-Request-Id": request_id} if request_id else None
     if exc.status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="claude-net"'}
@@ -219,9 +219,9 @@ class RouteView:
         and, for callers without an identity, per address."""
         data: dict[str, Any] = {"code": exc.code, "status": exc.status}
         if exc.extra.get("field"):
-            data["field"] = printable(str(exc.extra["field"]))[:200]
+            data["field"] = storable(str(exc.extra["field"]))[:200]
         what = f"{self.route.method} {self.route.path}"
-        message = printable(exc.message)[:400]
+        message = storable(exc.message)[:400]
         if actor is None:
             address = request.remote_addr or "unknown"
             refused = self.hub.auth_refusals.should_record(f"invalid request from {address}")
@@ -360,20 +360,21 @@ class RouteView:
             body = request.body
             raw = body.take_complete() if isinstance(body, StreamingBody) else None
             if raw is None and isinstance(body, StreamingBody):
-                raw, scanned = await self._receive(body, shape, limit), True
-            elif raw is None:
-                raw = await request.get_data(cache=False)
+                pieces, scanned = await self._receive(body, shape, limit), True
+            else:
+                pieces = [raw if raw is not None else await request.get_data(cache=False)]
         except RequestEntityTooLarge:
             raise PayloadTooLarge(f"the request body exceeds the limit of {limit} bytes", limit=limit) from None
-        if len(raw) > limit:
-            raise PayloadTooLarge(f"the request body is {len(raw)} bytes; the limit is {limit}", limit=limit)
-        if not raw:
+        size = sum(len(piece) for piece in pieces)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is {size} bytes; the limit is {limit}", limit=limit)
+        if not size:
             raise BadRequest("a JSON object body is required", code="invalid_json")
-        if len(raw) > PARSE_OFF_LOOP_BYTES:
-            return await asyncio.to_thread(_decode_json_body, raw, shape, scanned, self.route.body_schema)
-        return _decode_json_body(raw, shape, scanned, self.route.body_schema)
+        if size > PARSE_OFF_LOOP_BYTES:
+            return await asyncio.to_thread(_decode_json_body, pieces, shape, scanned, self.route.body_schema)
+        return _decode_json_body(pieces, shape, scanned, self.route.body_schema)
 
-    async def _receive(self, body: StreamingBody, shape: JsonShape, limit: int) -> bytes:
+    async def _receive(self, body: StreamingBody, shape: JsonShape, limit: int) -> list[bytes]:
         """Read a body still on its way piece by piece, counting its shape as it comes, so an
         oversized or malformed one is refused (and the connection dropped) without reading the rest."""
         pieces: list[bytes] = []
@@ -389,21 +390,22 @@ class RouteView:
                     pieces.append(piece)
         except TimeoutError:
             raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
-        return b"".join(pieces)
+        return pieces  # (joined by the decoder, in a worker thread when large)
 
 
-def _decode_json_body(raw: bytes, shape: JsonShape, scanned: bool,
+def _decode_json_body(pieces: list[bytes], shape: JsonShape, scanned: bool,
                       schema: Mapping[str, Any] | None) -> tuple[dict[str, Any], BadRequest | None]:
     """Check the shape (unless done while receiving), decode and parse a JSON object body; also
     find its first string that is not accepted text. Runs in a worker thread for large bodies."""
     if not scanned:
-        shape.feed_all(raw)
-    if json.detect_encoding(raw[:4]) not in ("utf-8", "utf-8-sig"):
+        for piece in pieces:
+            shape.feed_all(piece)
+    if json.detect_encoding(b"".join(pieces[:4])[:4]) not in ("utf-8", "utf-8-sig"):
         raise BadRequest("JSON bodies must be UTF-8 (RFC 8259)", code="invalid_json")
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"the body is not valid UTF-8 (at byte {exc.start})", code="invalid_json") from None
+        text = decode_utf8(pieces)
+    except ValueError as exc:
+        raise BadRequest(str(exc), code="invalid_json") from None
     try:
         # json.loads with one decoder made once instead of per call
         body = _DECODER.decode(text)
@@ -427,7 +429,7 @@ def _url_text_problem(params: Mapping[str, Any], args: Any) -> BadRequest | None
         for part, problem in (("the name of query parameter", text_problem(key)),
                               ("query parameter", text_problem(value))):
             if problem:
-                return BadRequest(f"{part} {printable(key)} {problem}", code="invalid_text", field=printable(key))
+                return BadRequest(f"{part} {storable(key)} {problem}", code="invalid_text", field=storable(key))
     return None
 
 

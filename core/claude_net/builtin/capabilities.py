@@ -28,6 +28,7 @@ from claude_net import (
     hookimpl,
 )
 from claude_net.errors import Forbidden, RequestTimeout
+from claude_net.schema import decode_base64
 from claude_net.types import NODE_NAME_RE, validate_node_name, validate_remote_path
 
 #: extra seconds a backend gets past the requested timeout before the core gives up on it
@@ -248,7 +249,7 @@ async def file_write(ctx):
     limit = hub.settings.limits.file_max_bytes
     if body.get("encoding", "utf-8") == "base64":
         try:
-            data = base64.b64decode(body["content"], validate=True)
+            data = await decode_base64(body["content"])  # (large: in a worker thread, in slices)
         except (binascii.Error, ValueError):
             raise BadRequest("content is not valid base64", code="invalid_field", field="content") from None
     else:
