@@ -389,15 +389,15 @@ def test_a_65_mb_many_keys_body_is_refused_without_stalling_the_loop(probe_hub, 
 @pytest.mark.slow
 @pytest.mark.db("sqlite")
 def test_the_largest_accepted_json_write_holds_the_loop_only_briefly(probe_hub):
-    """64 MiB in base64 through POST /api/file/write: the body is received, decoded and parsed (in a
-    worker thread, in slices where it can be) and its base64 decoded; no backend owns the target, so
-    the answer is a 404 after all that work."""
+    """A 64 MiB file ([limits] file_max_bytes) as base64 through POST /api/file/write (~85 MiB of
+    JSON): the body is received, decoded and parsed (in a worker thread, in slices where it can be)
+    and its base64 decoded; no backend owns the target, so the answer is a 404 after all that work."""
     import base64
     import os
 
     hub = probe_hub
     body = json.dumps({"target": "nobox", "path": "/tmp/x", "encoding": "base64",
-                       "content": base64.b64encode(os.urandom(48 << 20)).decode()}).encode()
+                       "content": base64.b64encode(os.urandom(64 << 20)).decode()}).encode()
     _get(hub.url + "/api/bench/lag?reset=1", hub.boss)
     poller = Poller(hub.url)
     poller.start()
@@ -410,6 +410,6 @@ def test_the_largest_accepted_json_write_holds_the_loop_only_briefly(probe_hub):
         poller.join(30)
     _, lag = _get(hub.url + "/api/bench/lag", hub.boss)
     assert status == 404 and json.loads(answer)["code"] == "unknown_node", answer[:300]
-    print(f"\n64 MiB file write as JSON: loop lag max {lag['max_ms']} ms p99 {lag['p99_ms']} ms; "
+    print(f"\n64 MiB file written as JSON: loop lag max {lag['max_ms']} ms p99 {lag['p99_ms']} ms; "
           f"health max {max(poller.samples):.0f} ms")
     assert lag["max_ms"] < MAX_LOOP_LAG_BIG_WRITE_MS, lag
