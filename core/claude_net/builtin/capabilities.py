@@ -27,7 +27,7 @@ from claude_net import (
     WriteOptions,
     hookimpl,
 )
-from claude_net.errors import Forbidden, RequestTimeout
+from claude_net.errors import RequestTimeout
 from claude_net.schema import decode_base64
 from claude_net.types import NODE_NAME_RE, validate_node_name, validate_remote_path
 
