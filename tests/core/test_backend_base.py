@@ -258,3 +258,16 @@ def test_claude_net_check_runs_the_plugins_validation(tmp_path):
         "error: environment variable CLAUDE_NET_SSH__NODES__SER-8__PORT: ssh.nodes.ser-8: host is required"]
     out = check(tmp_path, '[ssh.nodes.ok]\nhost = "h"\n')
     assert out.returncode == 0 and "configuration OK" in out.stdout, out.stderr
+
+
+def test_the_lxd_and_ssh_plugins_are_backends_on_the_base():
+    import claude_net_lxd
+    import claude_net_ssh
+
+    for module, cls in ((claude_net_lxd, "Lxd"), (claude_net_ssh, "Ssh")):
+        backend = getattr(module, cls)
+        assert issubclass(backend, Backend)
+        for hook in FIRSTRESULT_HOOKS + ("startup", "shutdown", "list_nodes", "config_sections"):
+            assert getattr(module, hook).__qualname__ == f"{cls}.hookimpls.{hook}", (module.__name__, hook)
+    assert claude_net_lxd.Lxd.capabilities == frozenset({"exec", "file_read", "file_write", "container"})
+    assert claude_net_ssh.Ssh.capabilities == frozenset({"exec", "file_read", "file_write"})  # not containers
