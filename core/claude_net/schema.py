@@ -203,8 +203,9 @@ class JsonShape:
     Outside strings it counts nesting depth (``[`` and ``{``) and values (commas and containers),
     and refuses as soon as either passes its cap: 100,000 nested ``[`` never reach the recursive
     parser, and an object with millions of keys is refused after its first few kilobytes instead
-    of seconds of parsing. Every step is a C-level bytes operation over the piece (split, count,
-    translate), so the cost per piece is small and linear; nothing here recurses.
+    of seconds of parsing. Every step is a C-level bytes operation over the piece (replace, count,
+    split, translate), so the cost per piece is small and linear, and the quotes (counted before
+    the split) bound how many parts a split can make; nothing here recurses.
 
     Where the count and a real parser disagree the text is invalid JSON (a backslash outside a
     string, a stray bracket), and the parser stops at the first such byte, so what it parses up to
@@ -288,7 +289,8 @@ def text_problem(value: str, *, nul_allowed: bool = False) -> str | None:
                 return (f"contains a lone UTF-16 surrogate (U+{ord(found.group()):04X} at character "
                         f"{found.start()}), which is not a character and cannot be stored")
     if not nul_allowed and "\x00" in value:
-        return f"contains a NUL character (U+0000 at character {value.index(chr(0))}), which the hub does not accept in text"
+        return (f"contains a NUL character (U+0000 at character {value.index(chr(0))}), which the hub does not "
+                "accept in text")
     return None
 
 

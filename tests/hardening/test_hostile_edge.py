@@ -172,7 +172,8 @@ async def test_the_legacy_v1_from_parameter_is_checked_too(hub_harness):
         assert status == 400 and body["code"] == "invalid_name", body
         status, body = await h.call("GET", "/api/inbox?from=old%ED%A0%80box")
         assert status == 400, body
-        status, body = await h.call("POST", "/api/send", None, **_raw('{"from": "oldbox", "to": "x", "message": "\\ud800"}'))
+        status, body = await h.call("POST", "/api/send", None,
+                                    **_raw('{"from": "oldbox", "to": "x", "message": "\\ud800"}'))
         assert status == 400 and body["code"] == "invalid_text", body
         rows = await eventually(lambda: _at_least_anonymous(h, 3))
         assert all(r["from_machine"] is None or r["from_machine"] == "oldbox" for r in rows)
