@@ -139,10 +139,11 @@ async def write(hub, node, path: str, data: bytes, *, mode: int | None, user: Us
     await _call(_owned(hub, "write_file", node, path=path, data=data, options=options), f"writing {path}")
 
 
-async def expose_hub(hub, node, url: str | None) -> tuple[str, str]:
-    """The hub's base URL as seen from the node, and a sentence on how it was found."""
+async def expose_hub(hub, node, url: str | None) -> tuple[str, str, bool]:
+    """The hub's base URL as seen from the node, a sentence on how it was found, and whether
+    the node had to be changed for it (a proxy device added)."""
     if url:
-        return url.rstrip("/"), "given with --url"
+        return url.rstrip("/"), "given with --url", False
     core = hub.settings.core
     # inside the container the hub keeps its port: http://127.0.0.1:PORT there is the hub here
     args = {"hub_host": core.host, "hub_port": core.port, "port": core.port}
@@ -160,7 +161,8 @@ async def expose_hub(hub, node, url: str | None) -> tuple[str, str]:
     else:
         how = (f"LXD proxy device {result['device']} in the container -> {result['connect']} on the host"
                + (" (loopback brought up)" if result.get("loopbackUp") else ""))
-    return str(result["url"]).rstrip("/"), how + ("" if result.get("changed") else ", unchanged")
+    changed = bool(result.get("changed"))
+    return str(result["url"]).rstrip("/"), how + ("" if changed else ", unchanged"), changed
 
 
 async def enroll(hub, actor, name: str, *, user: str | None = None, url: str | None = None,
@@ -231,9 +233,9 @@ async def enroll(hub, actor, name: str, *, user: str | None = None, url: str | N
                            "enroll did not write; pass --force to replace it", code="foreign_config")
 
         # -- apply ---------------------------------------------------------------------------------
-        base, how = await expose_hub(hub, node, url)
+        base, how, exposed = await expose_hub(hub, node, url)
         result = Enrollment(name, who, token_path, config_path, base)
-        if not how.endswith("unchanged") and not url:
+        if exposed:
             result.changes.append("hub address")
         result.report.append(("hub", f"{base} ({how})"))
 

@@ -156,7 +156,10 @@ def list_sync(backend: LxdBackend, name: str) -> dict[str, Any]:
 def _bridge_address(api, backend: LxdBackend, instance: dict[str, Any]) -> tuple[str, str] | None:
     """(network, host address) of the first NIC on a managed LXD network with an IPv4 address."""
     for device in (instance.get("expanded_devices") or {}).values():
-        network = device.get("network") if device.get("type") == "nic" else None
+        if device.get("type") != "nic":
+            continue
+        # a NIC names its managed network, or (the older form) the bridge it is plugged into
+        network = device.get("network") or (device.get("parent") if device.get("nictype") == "bridged" else None)
         if not network:
             continue
         try:
