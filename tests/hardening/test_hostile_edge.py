@@ -275,25 +275,31 @@ def _get(url: str, token: str | None = None) -> tuple[int, dict]:
         return r.status, json.loads(r.read())
 
 
-def _send_big(port: int, token: str, body: bytes, *, chunked: bool = False) -> tuple[int, bytes, float]:
-    """POST ``body`` to /api/file/write, reading the answer while still sending (the hub answers and
-    closes early). Returns (status, answer, seconds until the status line arrived)."""
+def _send_big(port: int, token: str, body: bytes, *, chunked: bool = False,
+              until_closed: bool = False) -> tuple[int, bytes, float, float]:
+    """POST ``body`` to /api/file/write, reading the answer while still sending (the hub may answer
+    early). Returns (status, answer, seconds until the status line arrived, seconds until the hub
+    closed the connection: with ``until_closed``, else -1)."""
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
     answer = bytearray()
     done = threading.Event()
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
         started = time.monotonic()
         answered: list[float] = []
+        closed: list[float] = []
 
         def read() -> None:
             try:
-                while not _complete(answer):
+                while until_closed or not _complete(answer):
                     part = s.recv(65536)
                     if not part:
+                        closed.append(time.monotonic() - started)
                         break
                     if not answer:
                         answered.append(time.monotonic() - started)
                     answer.extend(part)
+            except ConnectionResetError:
+                closed.append(time.monotonic() - started)
             except OSError:
                 pass
             finally:
@@ -316,7 +322,8 @@ def _send_big(port: int, token: str, body: bytes, *, chunked: bool = False) -> t
             pass  # the hub answered and closed before the whole body was through: expected
         done.wait(60)
     head = bytes(answer).split(b"\r\n\r\n", 1)
-    return int(head[0].split(b" ", 2)[1]), head[1] if len(head) > 1 else b"", answered[0] if answered else -1.0
+    return (int(head[0].split(b" ", 2)[1]), head[1] if len(head) > 1 else b"", answered[0] if answered else -1.0,
+            closed[0] if closed else -1.0)
 
 
 def _complete(answer: bytearray) -> bool:
@@ -369,7 +376,7 @@ def test_a_65_mb_many_keys_body_is_refused_without_stalling_the_loop(probe_hub, 
     poller.start()
     time.sleep(0.3)
     try:
-        status, answer, seconds = _send_big(hub.port, hub.agent, many, chunked=chunked)
+        status, answer, seconds, closed = _send_big(hub.port, hub.agent, many, chunked=chunked, until_closed=True)
         time.sleep(0.3)
     finally:
         poller.halt.set()
@@ -377,6 +384,9 @@ def test_a_65_mb_many_keys_body_is_refused_without_stalling_the_loop(probe_hub, 
     _, lag = _get(hub.url + "/api/bench/lag", hub.boss)
     assert status == 413 and json.loads(answer)["code"] == "too_many_items", answer[:300]
     assert seconds < 5, f"the refusal took {seconds:.1f} s"
+    # the rest of the body is not read: the hub closes the connection (it used to hold it open, unread,
+    # until the client gave up)
+    assert 0 <= closed < 5, f"the connection was closed after {closed:.1f} s"
     print(f"\n65 MB many-keys ({'chunked' if chunked else 'content-length'}): refused after {seconds * 1000:.0f} ms; "
           f"loop lag max {lag['max_ms']} ms p99 {lag['p99_ms']} ms; health max {max(poller.samples):.0f} ms "
           f"over {len(poller.samples)} calls")
@@ -404,7 +414,7 @@ def test_the_largest_accepted_json_write_holds_the_loop_only_briefly(probe_hub):
     poller.start()
     time.sleep(0.3)
     try:
-        status, answer, _ = _send_big(hub.port, hub.boss, body)
+        status, answer, _, _ = _send_big(hub.port, hub.boss, body)
         time.sleep(0.3)
     finally:
         poller.halt.set()
