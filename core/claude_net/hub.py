@@ -12,7 +12,6 @@ import contextvars
 import inspect
 import logging
 import random
-import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -53,15 +52,13 @@ def _stamp(seconds: float) -> str:
     return isotime(datetime.fromtimestamp(seconds, timezone.utc))
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 def safe_sentence(exc: BaseException, limit: int = 300) -> str:
     """``Type: message`` of an exception, fit for logs, the audit table and chat: one line, no
     control characters, no lone surrogates (which no database, log or Telegram can encode)."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    from .schema import storable
+    from .text import printable
+
+    text = printable(storable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__))
     return text if len(text) <= limit else text[:limit] + "…"
 
 
