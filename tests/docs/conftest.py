@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from claude_net.testing import HubProcess, require_component
+from tests.plugins.lxd_backend.conftest import IMAGE, _lxd_state, lxc, wait_running
 
 #: where scripts/dev-services installs it (CLAUDE_CODE_DIR there)
 CLAUDE_CODE_DIR = Path(os.environ.get("CLAUDE_CODE_DIR", "/opt/claude-net-ci/claude-code"))
@@ -51,3 +53,17 @@ def hub_process(config_text: str, database_url: str, workdir: Path):
         yield process.start(timeout=HUB_START_TIMEOUT)
     finally:
         process.stop()
+
+
+@pytest.fixture
+def seanclaude():
+    """A fresh busybox container standing in for the docs' seanclaude (deleted afterwards)."""
+    ok, why = _lxd_state()
+    require_component("LXD", ok, why)
+    name = f"cnt-{secrets.token_hex(3)}-seanclaude"
+    lxc("launch", IMAGE, name)
+    try:
+        wait_running(name)
+        yield name
+    finally:
+        lxc("delete", "--force", name, check=False, timeout=60)

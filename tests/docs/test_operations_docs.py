@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import subprocess
 
 import pytest
 
-from claude_net.testing import require_component
-from tests.plugins.lxd_backend.conftest import IMAGE, _lxd_state, lxc, wait_running
+from tests.plugins.lxd_backend.conftest import lxc
 
 from .conftest import hub_process
 from .mdblocks import ROOT, block_with
@@ -63,19 +61,6 @@ def test_install_init_check_and_tokens_as_documented(tmp_path):
     config.write_text(config.read_text().replace("admins =", "adminz ="))
     broken = bash(tokens.substitute(paths, strict=False).splitlines()[0] + "\n" + tokens.substitute(paths, strict=False).splitlines()[1], env)
     assert broken.returncode != 0 and "unknown key 'adminz'" in broken.stderr
-
-
-@pytest.fixture
-def seanclaude():
-    ok, why = _lxd_state()
-    require_component("LXD", ok, why)
-    name = f"cnt-{secrets.token_hex(3)}-seanclaude"
-    lxc("launch", IMAGE, name)
-    try:
-        wait_running(name)
-        yield name
-    finally:
-        lxc("delete", "--force", name, check=False, timeout=60)
 
 
 def test_enroll_as_documented(database_url, tmp_path, seanclaude):

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import subprocess
 
 import pytest
 
-from claude_net.testing import require_component
-from tests.plugins.lxd_backend.conftest import IMAGE, _lxd_state, lxc, wait_running
 
 from .conftest import hub_process
 from .mdblocks import ROOT, block_with, commands
@@ -30,19 +27,6 @@ BLOCK = block_with("README.md", "curl -s localhost:8765/api/send")
 CLI_BLOCK = block_with("README.md", "CLAUDE_NET_TOKEN=$B $CN send")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 STEP = "<<<step {}>>>"
-
-
-@pytest.fixture
-def seanclaude():
-    ok, why = _lxd_state()
-    require_component("LXD", ok, why)
-    name = f"cnt-{secrets.token_hex(3)}-seanclaude"
-    lxc("launch", IMAGE, name)
-    try:
-        wait_running(name)
-        yield name
-    finally:
-        lxc("delete", "--force", name, check=False, timeout=60)
 
 
 def expected_json(lines: list[str]) -> tuple[object, bool]:
