@@ -31,6 +31,8 @@ from claude_net.errors import RequestTimeout
 from claude_net.schema import decode_base64
 from claude_net.types import NODE_NAME_RE, validate_node_name, validate_remote_path
 
+from .messaging import THREAD_PROPS, resolve_thread
+
 #: extra seconds a backend gets past the requested timeout before the core gives up on it
 TIMEOUT_GRACE = 5.0
 #: bytes of stdout and of stderr an exec's final event carries for live subscribers (``transient``)
@@ -144,6 +146,7 @@ async def exec_(ctx):
             raise BadRequest("env values must not contain NUL bytes", code="invalid_field", field="env")
     options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=limits.exec_max_output,
                           source=share_of(actor))
+    threading = await resolve_thread(hub, actor, body, event_type="exec", target=target, detail=command)
     request = {"command": command, "cwd": cwd}
     # the audit row shows what ran: the command (detail), and where and with which environment
     recorded: dict = {}
@@ -153,6 +156,7 @@ async def exec_(ctx):
         recorded["env"], cut = recorded_env(env)
         if cut:
             recorded["env_truncated"] = True
+    recorded.update(threading)
 
     async def run():
         node = await hub.nodes.get(target)
@@ -194,13 +198,14 @@ async def exec_(ctx):
     }
     if result.truncated:
         out["truncated"] = True
+    out.update(threading)
     return out
 
 
 # -- files --------------------------------------------------------------------------------------
 
 
-async def _read_file(hub, actor, target: str, path: str) -> bytes:
+async def _read_file(hub, actor, target: str, path: str, threading=None) -> bytes:
     """The buffered read path of ``POST /api/file/read``: authorize, record, dispatch to the owner."""
     options = ReadOptions(max_size=hub.settings.limits.file_max_bytes, source=share_of(actor))
 
@@ -209,7 +214,8 @@ async def _read_file(hub, actor, target: str, path: str) -> bytes:
         return await _dispatch(hub, "read_file", node, path=path, options=options)
 
     return await hub.guarded(actor, action="file_read", event_type="file_read", target=target, detail=path,
-                             run=run, request={"path": path}, result_data=lambda d: {"bytes": len(d)})
+                             run=run, request={"path": path}, data=threading,
+                             result_data=lambda d: {"bytes": len(d)})
 
 
 async def file_read(ctx):
@@ -217,15 +223,16 @@ async def file_read(ctx):
     target = body["target"]
     path = validate_remote_path(body["path"])
     encoding = body.get("encoding")
-    data = await _read_file(hub, actor, target, path)
+    threading = await resolve_thread(hub, actor, body, event_type="file_read", target=target, detail=path)
+    data = await _read_file(hub, actor, target, path, threading)
     if encoding in (None, "utf-8"):
         try:
-            return {"content": data.decode("utf-8"), "encoding": "utf-8", "size": len(data)}
+            return {"content": data.decode("utf-8"), "encoding": "utf-8", "size": len(data), **threading}
         except UnicodeDecodeError:
             if encoding == "utf-8":
                 raise BadRequest(f"{path} is not valid UTF-8; read it with encoding 'base64'",
                                  code="not_utf8") from None
-    return {"content": base64.b64encode(data).decode("ascii"), "encoding": "base64", "size": len(data)}
+    return {"content": base64.b64encode(data).decode("ascii"), "encoding": "base64", "size": len(data), **threading}
 
 
 def _mode(value) -> int | None:
@@ -256,10 +263,11 @@ async def file_write(ctx):
         data = body["content"].encode("utf-8")
     if len(data) > limit:
         raise PayloadTooLarge(f"the file is {len(data)} bytes; the limit is {limit}", limit=limit)
-    return await _write_file(hub, actor, target, path, data, body)
+    threading = await resolve_thread(hub, actor, body, event_type="file_write", target=target, detail=path)
+    return await _write_file(hub, actor, target, path, data, body, threading)
 
 
-async def _write_file(hub, actor, target: str, path: str, data: bytes, fields) -> dict:
+async def _write_file(hub, actor, target: str, path: str, data: bytes, fields, threading=None) -> dict:
     """The buffered write path of ``POST /api/file/write``: authorize, record, dispatch to the owner."""
     options = _write_options(hub, fields, actor)
 
@@ -268,9 +276,9 @@ async def _write_file(hub, actor, target: str, path: str, data: bytes, fields) -
         return await _dispatch(hub, "write_file", node, path=path, data=data, options=options)
 
     extra = await hub.guarded(actor, action="file_write", event_type="file_write", target=target, detail=path,
-                              run=run, request={"path": path, "size": len(data)},
+                              run=run, request={"path": path, "size": len(data)}, data=threading,
                               result_data=lambda _: {"bytes": len(data)})
-    return {"path": path, "size": len(data), **(extra or {})}
+    return {"path": path, "size": len(data), **(extra or {}), **(threading or {})}
 
 
 # -- files, raw bytes ---------------------------------------------------------------------------
@@ -422,6 +430,7 @@ async def file_raw_write(ctx):
     if length is not None and length > limit:
         raise PayloadTooLarge(f"the file is {length} bytes; the limit is {limit}", limit=limit)
     recheck_request = {"path": path, "size": length}
+    threading = await resolve_thread(hub, ctx.actor, query, event_type="file_write", target=target, detail=path)
 
     async def recheck():
         await hub.reauthorize(ctx.actor, "file_write", target, recheck_request, why="during the upload")
@@ -450,9 +459,9 @@ async def file_raw_write(ctx):
 
     # the whole transfer runs inside the guarded action: the final event has the real result
     extra = await hub.guarded(ctx.actor, action="file_write", event_type="file_write", target=target, detail=path,
-                              run=run, request=recheck_request,
+                              run=run, request=recheck_request, data=threading,
                               result_data=lambda _: {"bytes": chunks.received})
-    return {"path": path, "size": chunks.received, **(extra or {})}
+    return {"path": path, "size": chunks.received, **(extra or {}), **threading}
 
 
 class Download:
@@ -465,9 +474,10 @@ class Download:
     midway, the file changed size or the client went away.
     """
 
-    def __init__(self, hub, actor, target: str, path: str) -> None:
+    def __init__(self, hub, actor, target: str, path: str, threading=None) -> None:
         loop = asyncio.get_running_loop()
         self.hub, self.actor, self.target, self.path = hub, actor, target, path
+        self.threading = threading
         self.limit = hub.settings.limits.file_max_bytes
         self.opened: asyncio.Future[FileStream] = loop.create_future()
         self.started: asyncio.Future[None] = loop.create_future()
@@ -504,7 +514,8 @@ class Download:
         hub = self.hub
         self.task = asyncio.ensure_future(hub.guarded(
             self.actor, action="file_read", event_type="file_read", target=self.target, detail=self.path,
-            run=self._run, request={"path": self.path}, result_data=lambda sent: {"bytes": sent}))
+            run=self._run, request={"path": self.path}, data=self.threading,
+            result_data=lambda sent: {"bytes": sent}))
         downloads = hub.plugin_state.setdefault(DOWNLOADS_KEY, set())
         downloads.add(self.task)
         self.task.add_done_callback(self._forget)
@@ -576,7 +587,9 @@ async def file_raw_read(ctx):
     from quart import Response, request  # the CLI loads this plugin too: the web stack only when serving
 
     target, path = ctx.query["target"], validate_remote_path(ctx.query["path"])
-    download = Download(ctx.hub, ctx.actor, target, path)
+    threading = await resolve_thread(ctx.hub, ctx.actor, ctx.query, event_type="file_read", target=target,
+                                     detail=path)
+    download = Download(ctx.hub, ctx.actor, target, path, threading)
     stream = await download.open()
     headers = {"Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"}
     if stream.size is not None:
@@ -664,12 +677,13 @@ def register_routes(hub):
                                                      "x-pattern-help": "not contain NUL bytes"},
                             "propertyNames": {"pattern": ENV_NAME}},
                     "from": {"type": "string"},
+                    **THREAD_PROPS,
                 },
             },
             response_schema={"type": "object", "properties": {
                 "ok": {"const": True}, "stdout": {"type": "string"}, "stderr": {"type": "string"},
                 "exitCode": {"type": ["integer", "null"]}, "truncated": {"type": "boolean"},
-                "durationMs": {"type": "number"}}},
+                "durationMs": {"type": "number"}, "thread": {"type": "string"}, "reply_to": {"type": "integer"}}},
             tags=["capabilities"],
         ),
         Route(
@@ -679,7 +693,7 @@ def register_routes(hub):
             body_schema={"type": "object", "additionalProperties": False, "required": ["target", "path"],
                          "properties": {"target": NAME, "path": PATH,
                                         "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
-                                        "from": {"type": "string"}}},
+                                        "from": {"type": "string"}, **THREAD_PROPS}},
             response_schema={"type": "object", "properties": {
                 "ok": {"const": True}, "content": {"type": "string"},
                 "encoding": {"type": "string", "enum": ["utf-8", "base64"]}, "size": {"type": "integer"}}},
@@ -698,7 +712,7 @@ def register_routes(hub):
                              "uid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
                              "gid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
                              "mkdirs": {"type": "boolean"},
-                             "from": {"type": "string"}}},
+                             "from": {"type": "string"}, **THREAD_PROPS}},
             max_body=file_body_max, tags=["capabilities"],
         ),
         Route(
@@ -710,7 +724,7 @@ def register_routes(hub):
                         "usual JSON error objects, a failure after it cuts the response short of its "
                         "`Content-Length`. HEAD answers the headers without reading the file.",
             query_schema={"type": "object", "additionalProperties": False, "required": ["target", "path"],
-                          "properties": {"target": NAME, "path": PATH}},
+                          "properties": {"target": NAME, "path": PATH, **THREAD_PROPS}},
             response_media_type="application/octet-stream", tags=["capabilities"],
         ),
         Route(
@@ -728,7 +742,7 @@ def register_routes(hub):
                                        "x-pattern-help": "be an octal mode like 0644"},
                               "uid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
                               "gid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
-                              "mkdirs": {"type": "boolean"}}},
+                              "mkdirs": {"type": "boolean"}, **THREAD_PROPS}},
             response_schema={"type": "object", "properties": {
                 "ok": {"const": True}, "path": {"type": "string"}, "size": {"type": "integer"}}},
             body_media_type="application/octet-stream", tags=["capabilities"],

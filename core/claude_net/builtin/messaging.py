@@ -43,7 +43,19 @@ def migrations():
                 " ON messages (from_machine, to_machine, idempotency_key) WHERE idempotency_key IS NOT NULL",
             ],
             description="tokens, node_seen, messages",
-        )
+        ),
+        Migration(
+            "claude_net",
+            2,
+            [
+                # threads (docs/api.md "Threads"): the conversation a message belongs to, and the
+                # message it answers; NULL for messages sent without either
+                "ALTER TABLE messages ADD COLUMN thread TEXT",
+                "ALTER TABLE messages ADD COLUMN reply_to BIGINT",
+                "CREATE INDEX IF NOT EXISTS messages_thread ON messages (thread, id)",
+            ],
+            description="messages.thread, messages.reply_to",
+        ),
     ]
 
 
@@ -60,14 +72,79 @@ def summarize(text: str, limit: int = 80) -> str:
 
 
 INSERT_MESSAGE = (
-    "INSERT INTO messages (from_machine, to_machine, message, timestamp, unauthenticated, idempotency_key)"
-    " VALUES (:f, :t, :m, :now, :u, :k)"
+    "INSERT INTO messages (from_machine, to_machine, message, timestamp, unauthenticated, idempotency_key,"
+    " thread, reply_to)"
+    " VALUES (:f, :t, :m, :now, :u, :k, :thread, :reply_to)"
     " ON CONFLICT (from_machine, to_machine, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
     " RETURNING id"
 )
 SELECT_DUPLICATE = (
     "SELECT id FROM messages WHERE from_machine = :f AND to_machine = :t AND idempotency_key = :k"
 )
+
+
+MESSAGE_COLUMNS = "id, from_machine, to_machine, message, timestamp, unauthenticated, thread, reply_to"
+
+# -- threads ------------------------------------------------------------------------------------
+# A thread is a short identifier the caller picks (or inherits through ``reply_to``); messages and
+# activity rows carry it, so an admin can read a conversation and every action taken in it.
+
+THREAD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+THREAD_HELP = "be 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+THREAD = {"type": "string", "pattern": THREAD_RE.pattern, "x-pattern-help": THREAD_HELP,
+          "description": "the thread this belongs to (docs/api.md, Threads)"}
+MAX_ID = 2**63 - 1
+REPLY_TO = {"type": "integer", "minimum": 1, "maximum": MAX_ID,
+            "description": "id of a message you sent or received; without `thread`, its thread is used"}
+#: the query-string forms (the raw file endpoints)
+THREAD_PROPS = {"thread": THREAD, "reply_to": REPLY_TO}
+
+
+def validate_thread(value: object, *, field_name: str = "thread") -> str:
+    from claude_net import BadRequest
+
+    if not isinstance(value, str) or not THREAD_RE.fullmatch(value):
+        raise BadRequest(f"{field_name} must {THREAD_HELP}", code="invalid_field", field=field_name)
+    return value
+
+
+async def resolve_thread(hub, actor, fields, *, event_type: str, target: str | None, detail: str) -> dict:
+    """The ``thread``/``reply_to`` of a request as recorded: ``{}`` or ``{"thread": t, "reply_to": id}``.
+
+    ``reply_to`` must name a message the caller sent or received (an admin: any message). Any
+    other id, existing or not, is the same 404, so nobody learns of another pair's messages; the
+    refusal is recorded (``denied``, code ``reply_to_not_found``). Without ``thread`` the reply
+    joins the replied-to message's thread, or starts ``m<id>`` (and that message joins it too).
+    """
+    from claude_net import BadRequest, NotFound
+
+    thread, reply_to = fields.get("thread"), fields.get("reply_to")
+    if thread is not None:
+        validate_thread(thread)
+    if reply_to is None:
+        return {"thread": thread} if thread is not None else {}
+    if isinstance(reply_to, bool) or not isinstance(reply_to, int) or not 1 <= reply_to <= MAX_ID:
+        raise BadRequest("reply_to must be a message id (a positive integer)", code="invalid_field", field="reply_to")
+    if actor.admin:
+        row = await hub.db.fetch_one("SELECT id, thread FROM messages WHERE id = :id", {"id": reply_to})
+    else:
+        row = await hub.db.fetch_one(
+            "SELECT id, thread FROM messages WHERE id = :id AND (from_machine = :me OR to_machine = :me)",
+            {"id": reply_to, "me": actor.name})
+    if row is None:
+        await hub.emit(Event(event_type, actor.name, target, detail, "denied", via=actor.via,
+                             unauthenticated=actor.unauthenticated,
+                             data={"reply_to": reply_to, "code": "reply_to_not_found",
+                                   **({"thread": thread} if thread is not None else {})}))
+        raise NotFound(f"reply_to: no message #{reply_to} that you sent or received", code="reply_to_not_found",
+                       field="reply_to")
+    if thread is None:
+        thread = row["thread"]
+        if thread is None:
+            thread = f"m{reply_to}"
+            await hub.db.execute("UPDATE messages SET thread = :t WHERE id = :id AND thread IS NULL",
+                                 {"t": thread, "id": reply_to})
+    return {"thread": thread, "reply_to": reply_to}
 
 
 def _message_json(row) -> dict:
@@ -78,6 +155,8 @@ def _message_json(row) -> dict:
         "message": row["message"],
         "time": row["timestamp"],
         "unauthenticated": bool(row["unauthenticated"]),
+        **({"thread": row["thread"]} if row["thread"] is not None else {}),
+        **({"reply_to": row["reply_to"]} if row["reply_to"] is not None else {}),
     }
 
 
@@ -94,6 +173,7 @@ async def send(ctx):
         from claude_net import BadRequest
 
         raise BadRequest("Idempotency-Key must be 1 to 200 characters", code="invalid_header")
+    threading = await resolve_thread(hub, actor, body, event_type="message", target=to, detail=summarize(message))
 
     async def deliver():
         if to == WILDCARD:
@@ -104,7 +184,8 @@ async def send(ctx):
             recipients = [to]
         now = isotime()
         ids, duplicate = [], False
-        values = [{"f": actor.name, "t": r, "m": message, "now": now, "u": actor.unauthenticated, "k": key}
+        values = [{"f": actor.name, "t": r, "m": message, "now": now, "u": actor.unauthenticated, "k": key,
+                   "thread": threading.get("thread"), "reply_to": threading.get("reply_to")}
                   for r in recipients]
         if len(values) == 1:  # the common case: one autocommitted statement, no transaction round trips
             new_id = await hub.db.fetch_val(INSERT_MESSAGE, values[0])
@@ -126,7 +207,7 @@ async def send(ctx):
 
     if not await hub.authorize(actor, "message", to, {"message": message}):
         await hub.emit(Event("message", actor.name, to, summarize(message), "denied", via=actor.via,
-                             unauthenticated=actor.unauthenticated))
+                             unauthenticated=actor.unauthenticated, data=dict(threading)))
         from claude_net.hub import deny_sentence
         from claude_net import Forbidden
 
@@ -138,13 +219,14 @@ async def send(ctx):
 
         await hub.emit(Event("message", actor.name, to, summarize(message), "error", via=actor.via,
                              unauthenticated=actor.unauthenticated,
-                             data={"error": exc.message if isinstance(exc, HubError) else "internal error"}))
+                             data={"error": exc.message if isinstance(exc, HubError) else "internal error",
+                                   **threading}))
         raise
     if not duplicate:
         await hub.emit(Event("message", actor.name, to, summarize(message), "ok", via=actor.via,
                              unauthenticated=actor.unauthenticated,
-                             data={"ids": ids, "bytes": size, "recipients": len(recipients)}))
-    result = {"id": ids[0] if ids else None}
+                             data={"ids": ids, "bytes": size, "recipients": len(recipients), **threading}))
+    result = {"id": ids[0] if ids else None, **threading}
     if to == WILDCARD:
         result.update(ids=ids, recipients=recipients)
     if duplicate:
@@ -158,13 +240,13 @@ async def _fetch_inbox(hub, name: str, limit: int, ack: bool) -> list[dict]:
             "UPDATE messages SET read_at = :now WHERE id IN ("
             " SELECT id FROM messages WHERE to_machine = :name AND read_at IS NULL ORDER BY id LIMIT :limit"
             + ("" if hub.db.is_sqlite else " FOR UPDATE SKIP LOCKED")
-            + ") RETURNING id, from_machine, to_machine, message, timestamp, unauthenticated",
+            + ") RETURNING " + MESSAGE_COLUMNS,
             {"name": name, "limit": limit, "now": isotime()},
         )
         rows.sort(key=lambda r: r["id"])
     else:
         rows = await hub.db.fetch_all(
-            "SELECT id, from_machine, to_machine, message, timestamp, unauthenticated FROM messages"
+            f"SELECT {MESSAGE_COLUMNS} FROM messages"
             " WHERE to_machine = :name AND read_at IS NULL ORDER BY id LIMIT :limit",
             {"name": name, "limit": limit},
         )
@@ -226,7 +308,9 @@ async def machines(ctx):
 NAME = {"type": "string", "pattern": NAME_PATTERN, "x-pattern-help": NAME_HELP}
 MESSAGE = {"type": "object", "properties": {
     "id": {"type": "integer"}, "from": {"type": "string"}, "to": {"type": "string"},
-    "message": {"type": "string"}, "time": {"type": "string"}, "unauthenticated": {"type": "boolean"}}}
+    "message": {"type": "string"}, "time": {"type": "string"}, "unauthenticated": {"type": "boolean"},
+    "thread": {"type": "string", "description": "present when the message belongs to a thread"},
+    "reply_to": {"type": "integer", "description": "present when the message answers another"}}}
 
 
 @hookimpl
@@ -237,17 +321,21 @@ def register_routes(hub):
             "POST", "/api/send", send,
             summary="Send a message to a node (or '*' for every known node)",
             description="Stored until the recipient reads it. An `Idempotency-Key` header makes retries safe: "
-                        "a repeated key from the same sender stores the message once.",
+                        "a repeated key from the same sender stores the message once. `thread` and `reply_to` "
+                        "(a message you sent or received; 404 otherwise) put it in a thread.",
             body_schema={
                 "type": "object", "additionalProperties": False, "required": ["to", "message"],
                 "properties": {
                     "to": {"type": "string", "pattern": f"{NAME_PATTERN}|^\\*$", "x-pattern-help": NAME_HELP + " or '*'"},
                     "message": {"type": "string", "minLength": 1},
                     "from": {"type": "string", "description": "v1 compatibility: must equal the token's node"},
+                    **THREAD_PROPS,
                 },
             },
             response_schema={"type": "object", "properties": {"ok": {"const": True}, "id": {"type": "integer"},
-                                                              "ids": {"type": "array"}, "duplicate": {"type": "boolean"}}},
+                                                              "ids": {"type": "array"}, "duplicate": {"type": "boolean"},
+                                                              "thread": {"type": "string"},
+                                                              "reply_to": {"type": "integer"}}},
             legacy_v1=True, tags=["messaging"],
         ),
         Route(

@@ -51,7 +51,16 @@ def migrations():
                 "CREATE INDEX IF NOT EXISTS activity_log_result_time ON activity_log (result, timestamp, id)",
             ],
             description="activity_log audit trail",
-        )
+        ),
+        Migration(
+            store.PLUGIN, 2,
+            [
+                # the thread an action was taken in (docs/activity.md, Threads); NULL outside one
+                "ALTER TABLE activity_log ADD COLUMN thread TEXT",
+                "CREATE INDEX IF NOT EXISTS activity_log_thread_time ON activity_log (thread, timestamp, id)",
+            ],
+            description="activity_log.thread",
+        ),
     ]
 
 

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 CSV_FIELDS = ["id", "time", "from", "type", "target", "detail", "result", "via", "unauthenticated",
-              "duration_ms", "exit_code", "completed_at", "event_id", "data"]
+              "duration_ms", "exit_code", "completed_at", "event_id", "data", "thread"]
 #: a cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -31,6 +31,7 @@ def _filters(p, *, default: Any) -> None:
     p.add_argument("--from", dest="from_", metavar="NODE", default=default, help="acting node")
     p.add_argument("--target", default=default, metavar="NODE", help="node acted upon")
     p.add_argument("--result", default=default, choices=["pending", "ok", "denied", "error"])
+    p.add_argument("--thread", default=default, metavar="THREAD", help="only rows of this thread")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def _filter_args(args) -> dict[str, Any]:
-    values = {"type": args.type, "from": args.from_, "target": args.target, "result": args.result}
+    values = {"type": args.type, "from": args.from_, "target": args.target, "result": args.result,
+              "thread": getattr(args, "thread", None)}
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -65,6 +67,8 @@ def _line(row: dict[str, Any]) -> str:
         extra.append(f"{row['duration_ms']:g} ms")
     if row["data"].get("error"):
         extra.append(printable(row["data"]["error"]))
+    if row.get("thread"):
+        extra.append(f"thread {printable(row['thread'])}")
     tail = f"  ({'; '.join(extra)})" if extra else ""
     time = printable(row["time"][:19].replace("T", " "))
     return (f"{row['id']:>8}  {time}  {printable(row['from'] or '-'):<16} {printable(row['type']):<10} "

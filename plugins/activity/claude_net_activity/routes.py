@@ -16,6 +16,8 @@ FILTER_PROPS = {
     "from": {"type": "string", "maxLength": 63, "description": "acting node"},
     "target": {"type": "string", "maxLength": 63, "description": "node acted upon"},
     "result": {"type": "string", "enum": ["pending", "ok", "denied", "error"]},
+    "thread": {"type": "string", "pattern": store.THREAD_PATTERN, "x-pattern-help": store.THREAD_HELP,
+               "description": "only rows of this thread"},
 }
 EVENT = {"type": "object", "properties": {
     "id": {"type": "integer"}, "time": {"type": "string"}, "from": {"type": ["string", "null"]},
@@ -23,7 +25,11 @@ EVENT = {"type": "object", "properties": {
     "result": {"type": "string", "enum": ["pending", "ok", "denied", "error"]}, "via": {"type": ["string", "null"]},
     "unauthenticated": {"type": "boolean"}, "duration_ms": {"type": ["number", "null"]},
     "exit_code": {"type": ["integer", "null"]}, "completed_at": {"type": ["string", "null"]},
-    "event_id": {"type": "string"}, "data": {"type": "object"}}}
+    "event_id": {"type": "string"}, "thread": {"type": ["string", "null"]}, "data": {"type": "object"}}}
+MESSAGE = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "from": {"type": "string"}, "to": {"type": "string"}, "message": {"type": "string"},
+    "time": {"type": "string"}, "unauthenticated": {"type": "boolean"}, "thread": {"type": "string"},
+    "reply_to": {"type": ["integer", "null"]}, "read": {"type": "boolean"}}}
 
 
 def _filters(query) -> dict:
@@ -35,6 +41,26 @@ async def activity(ctx):
     events, cursor = await store.query(ctx.hub, hours=q.get("hours", 24), filters=_filters(q),
                                        limit=q.get("limit", 100), before=q.get("before"))
     return {"events": events, "count": len(events), "next": cursor}
+
+
+async def thread_view(ctx):
+    from claude_net import NotFound
+
+    thread = store.validate_thread(ctx.params.get("thread"))
+    limit = ctx.query.get("limit", 500)
+    actor = ctx.actor
+    messages, more_messages = await store.thread_messages(ctx.hub, thread, None if actor.admin else actor.name,
+                                                          limit)
+    events, more_events = ([], False) if not actor.admin else await store.thread_rows(ctx.hub, thread, limit)
+    if not messages and not events:
+        # the same answer whether the thread does not exist or holds nothing this caller may see
+        raise NotFound(f"no thread {thread!r} with messages you sent or received"
+                       if not actor.admin else f"no thread {thread!r}", code="thread_not_found")
+    items = [{"kind": "message", **m} for m in messages] + [{"kind": "event", **e} for e in events]
+    # messages sort by their time and id; an action's row by its start (a row keeps its pending time)
+    items.sort(key=lambda i: (i["time"], 0 if i["kind"] == "message" else 1, i["id"]))
+    return {"thread": thread, "messages": messages, "events": events, "items": items,
+            "truncated": more_messages or more_events, "admin_view": bool(actor.admin)}
 
 
 def _sse(payload: dict) -> bytes:
@@ -101,11 +127,29 @@ async def stream(ctx):
 def routes() -> list[Route]:
     return [
         Route(
+            "GET", "/api/threads/<thread>", thread_view,
+            summary="A thread: its messages and (admins) every action taken in it, in time order",
+            description=(
+                "Admins see every message of the thread and every activity row recorded with it; any other "
+                "node sees only the thread's messages it sent or received, and no activity rows. 404 when "
+                "the caller can see nothing of the thread (whether or not it exists). `items` merges both "
+                "lists in time order (each with `kind`: `message` or `event`); at most `limit` (default "
+                "500) of each, `truncated` when more exist."
+            ),
+            query_schema={"type": "object", "additionalProperties": False, "properties": {
+                "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}},
+            response_schema={"type": "object", "properties": {
+                "ok": {"const": True}, "thread": {"type": "string"},
+                "messages": {"type": "array", "items": MESSAGE}, "events": {"type": "array", "items": EVENT},
+                "items": {"type": "array"}, "truncated": {"type": "boolean"}, "admin_view": {"type": "boolean"}}},
+            tags=["activity"],
+        ),
+        Route(
             "GET", "/api/activity", activity,
             summary="The audit trail, newest first (admin only)",
             description=(
                 "Rows of the last `hours` hours (default 24; 0 = no bound), filtered by `type`, `from`, "
-                "`target` and `result`. `limit` (default 100, at most 1000) rows per page; pass the answer's "
+                "`target`, `result` and `thread`. `limit` (default 100, at most 1000) rows per page; pass the answer's "
                 "`next` as `before` for the next (older) page. `before` also takes an ISO 8601 time. "
                 "A guarded action's row appears with result `pending` while it runs."
             ),

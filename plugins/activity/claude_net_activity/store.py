@@ -36,13 +36,13 @@ MAX_DATA = 8192
 QUEUED_ATTEMPTS = 5
 
 COLUMNS = ("id, timestamp, from_machine, type, target, detail, result, event_id, via, unauthenticated,"
-           " duration_ms, exit_code, data, completed_at")
+           " duration_ms, exit_code, data, completed_at, thread")
 
 _INSERT = (
     "INSERT INTO activity_log (timestamp, from_machine, type, target, detail, result, event_id, via,"
-    " unauthenticated, duration_ms, exit_code, data, completed_at)"
+    " unauthenticated, duration_ms, exit_code, data, completed_at, thread)"
     " VALUES (:timestamp, :from_machine, :type, :target, :detail, :result, :event_id, :via,"
-    " :unauthenticated, :duration_ms, :exit_code, :data, :completed_at)"
+    " :unauthenticated, :duration_ms, :exit_code, :data, :completed_at, :thread)"
     " RETURNING id, timestamp"
 )
 _COMPLETE = (
@@ -51,7 +51,9 @@ _COMPLETE = (
 )
 
 #: filters accepted by the query API, the stream and the CLI: public name -> column
-FILTERS = {"type": "type", "from": "from_machine", "target": "target", "result": "result"}
+FILTERS = {"type": "type", "from": "from_machine", "target": "target", "result": "result", "thread": "thread"}
+#: longest thread name kept in the column (the core validates 1-64 identifier characters)
+MAX_THREAD = 64
 
 # Secrets never reach the audit trail: the hub's own tokens, bearer credentials and key=value
 # style passwords in commands are replaced by [redacted] (message bodies are already summarised
@@ -98,6 +100,12 @@ def event_params(event, max_detail: int) -> tuple[dict[str, Any], dict[str, Any]
     data = dict(event.data or {})
     duration = data.pop("duration_ms", None)
     exit_code = data.pop("exit_code", None)
+    # the thread is a column of its own (filtered, indexed), not part of data
+    thread = data.pop("thread", None)
+    if not isinstance(thread, str) or not thread:
+        thread = None
+    elif len(thread) > MAX_THREAD:
+        thread = thread[:MAX_THREAD]
     if data.get("action") == event.type:
         data.pop("action")
     detail = redact(event.detail or "")
@@ -126,6 +134,7 @@ def event_params(event, max_detail: int) -> tuple[dict[str, Any], dict[str, Any]
         "exit_code": exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
         "data": data_text,
         "completed_at": None if event.result == "pending" else event.time,
+        "thread": thread,
     }, data
 
 
@@ -221,7 +230,7 @@ def _payload(params: Mapping[str, Any], data: dict[str, Any], row_id: int, times
         "result": params["result"], "via": params["via"], "unauthenticated": params["unauthenticated"],
         "duration_ms": params["duration_ms"], "exit_code": params["exit_code"],
         "completed_at": params["completed_at"], "event_id": params["event_id"],
-        "data": data,
+        "thread": params["thread"], "data": data,
     }
     if len(detail) > STREAM_DETAIL:
         out["detail_truncated"] = True
@@ -244,6 +253,7 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "exit_code": row["exit_code"],
         "completed_at": row["completed_at"],
         "event_id": row["event_id"],
+        "thread": row["thread"],
         "data": json.loads(data) if data else {},
     }
 
@@ -333,6 +343,47 @@ async def rows_by_id(hub, ids: list[int]) -> list[dict[str, Any]]:
     rows = await hub.db.fetch_all(
         f"SELECT {COLUMNS} FROM activity_log WHERE id IN ({', '.join(':' + k for k in params)}) ORDER BY id", params)
     return [row_json(r) for r in rows]
+
+
+# -- threads ------------------------------------------------------------------------------------
+
+#: the core's rule for a thread name (docs/api.md, Threads)
+THREAD_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+THREAD_HELP = "be 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+_THREAD = re.compile(THREAD_PATTERN)
+
+
+def validate_thread(value: object) -> str:
+    if not isinstance(value, str) or not _THREAD.fullmatch(value):
+        raise BadRequest(f"thread must {THREAD_HELP}", code="invalid_field", field="thread")
+    return value
+
+
+def _message_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "time": row["timestamp"], "from": row["from_machine"], "to": row["to_machine"],
+            "message": row["message"], "unauthenticated": bool(row["unauthenticated"]), "thread": row["thread"],
+            "reply_to": row["reply_to"], "read": row["read_at"] is not None}
+
+
+async def thread_messages(hub, thread: str, party: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """The thread's messages, oldest first (``party``: only those it sent or received)."""
+    params: dict[str, Any] = {"thread": thread, "limit": limit + 1}
+    cond = ""
+    if party is not None:
+        params["me"] = party
+        cond = " AND (from_machine = :me OR to_machine = :me)"
+    rows = await hub.db.fetch_all(
+        "SELECT id, from_machine, to_machine, message, timestamp, unauthenticated, thread, reply_to, read_at"
+        f" FROM messages WHERE thread = :thread{cond} ORDER BY id LIMIT :limit", params)
+    return [_message_json(r) for r in rows[:limit]], len(rows) > limit
+
+
+async def thread_rows(hub, thread: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """The thread's activity rows, oldest first."""
+    rows = await hub.db.fetch_all(
+        f"SELECT {COLUMNS} FROM activity_log WHERE thread = :thread ORDER BY timestamp, id LIMIT :limit",
+        {"thread": thread, "limit": limit + 1})
+    return [row_json(r) for r in rows[:limit]], len(rows) > limit
 
 
 # -- retention ----------------------------------------------------------------------------------
