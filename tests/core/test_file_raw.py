@@ -143,7 +143,8 @@ async def test_raw_routes_are_in_the_openapi_document(hub_harness, box):
         assert status == 200
         raw = doc["paths"]["/api/file/raw"]
         assert set(raw) == {"get", "put"}
-        assert {p["name"] for p in raw["put"]["parameters"]} == {"target", "path", "mode", "uid", "gid", "mkdirs"}
+        assert {p["name"] for p in raw["put"]["parameters"]} == {"target", "path", "mode", "uid", "gid", "mkdirs",
+                                                                 "thread", "reply_to"}
         assert raw["get"]["security"] == [{"bearer": []}]
         assert set(raw["get"]["responses"]["200"]["content"]) == {"application/octet-stream"}
         assert set(raw["put"]["requestBody"]["content"]) == {"application/octet-stream"}

@@ -99,8 +99,14 @@ def machines_text(me: str, machines: Sequence[Mapping[str, Any]], unavailable: M
 
 
 def message_text(m: Mapping[str, Any]) -> str:
-    """The hub's header line (id, the true sender, time), then the body as one JSON string literal."""
+    """The hub's header line (id, the true sender, time, thread and reply), then the body as one JSON
+    string literal."""
     flag = " (unauthenticated v1 sender)" if m.get("unauthenticated") else ""
+    # the hub validated the thread (a short identifier) and reply_to (an integer); printable() all the same
+    if m.get("thread"):
+        flag += f" in thread {printable(m['thread'])}"
+    if m.get("reply_to") is not None:
+        flag += f", replying to #{printable(m['reply_to'])}"
     return (f"#{printable(m['id'])} from {printable(m['from'])} at {printable(m['time'])}{flag}:\n"
             f"{quoted(str(m.get('message', '')))}")
 

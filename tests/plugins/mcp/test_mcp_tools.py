@@ -11,14 +11,17 @@ from claude_net_mcp.tools import ADMIN_TOOLS, AGENT_TOOLS
 
 pytestmark = pytest.mark.lxd
 
+#: the optional thread arguments of send, exec and the file tools (docs/mcp.md)
+THREADING = {"thread": "string", "reply_to": "integer"}
 #: tool -> (properties, required); no tool takes a `from` argument: identity is the token's
 SCHEMAS = {
-    "claude_net_send": ({"to": "string", "message": "string"}, {"to", "message"}),
+    "claude_net_send": ({"to": "string", "message": "string", **THREADING}, {"to", "message"}),
     "claude_net_inbox": ({"limit": "integer", "ack": "boolean"}, set()),
     "claude_net_machines": ({}, set()),
-    "claude_net_exec": ({"target": "string", "command": "string", "timeout": "number"}, {"target", "command"}),
-    "claude_net_file_read": ({"target": "string", "path": "string"}, {"target", "path"}),
-    "claude_net_file_write": ({"target": "string", "path": "string", "content": "string"},
+    "claude_net_exec": ({"target": "string", "command": "string", "timeout": "number", **THREADING},
+                        {"target", "command"}),
+    "claude_net_file_read": ({"target": "string", "path": "string", **THREADING}, {"target", "path"}),
+    "claude_net_file_write": ({"target": "string", "path": "string", "content": "string", **THREADING},
                               {"target", "path", "content"}),
     "claude_net_permit": ({"source": "string", "target": "string", "allow": "boolean"}, {"source", "target", "allow"}),
     "claude_net_permissions": ({}, set()),
