@@ -214,8 +214,16 @@ def cmd_import_v1(args, ctx: CliContext) -> int:
 
 
 def cmd_send(args, ctx: CliContext) -> int:
-    result = ctx.api("POST", "/api/send", {"to": args.to, "message": args.message})
-    print(f"sent (id {result.get('id')})")
+    body = {"to": args.to, "message": args.message}
+    if args.thread is not None:
+        body["thread"] = args.thread
+    if args.reply_to is not None:
+        body["reply_to"] = args.reply_to
+    result = ctx.api("POST", "/api/send", body)
+    from .text import printable
+
+    print(f"sent (id {result.get('id')}" + (f", thread {printable(result['thread'])}" if result.get("thread") else "")
+          + ")")
     return 0
 
 
@@ -234,7 +242,11 @@ def cmd_inbox(args, ctx: CliContext) -> int:
     from .text import printable  # a message may hold anything: it stays on its line and cannot drive the terminal
 
     for m in result["messages"]:
-        print(f"[{m['id']}] {printable(m['time'])} {printable(m['from'])}: {printable(m['message'])}")
+        thread = f" [thread {printable(m['thread'])}" if m.get("thread") else ""
+        if thread and m.get("reply_to") is not None:
+            thread += f", re {printable(m['reply_to'])}"
+        thread += "]" if thread else ""
+        print(f"[{m['id']}] {printable(m['time'])} {printable(m['from'])}{thread}: {printable(m['message'])}")
     if not result["messages"]:
         print("no unread messages", file=sys.stderr)
     return 0
@@ -318,6 +330,8 @@ def build_parser(ctx_holder: list) -> argparse.ArgumentParser:
     p = sub.add_parser("send", help="send a message (uses CLAUDE_NET_URL and CLAUDE_NET_TOKEN)")
     p.add_argument("to", help="node name, or '*' for everyone")
     p.add_argument("message")
+    p.add_argument("--thread", help="the thread this message belongs to (1-64 letters, digits, '.', '_', ':', '-')")
+    p.add_argument("--reply-to", type=int, metavar="ID", help="the id of the message this answers (joins its thread)")
     p.set_defaults(func=cmd_send)
 
     p = sub.add_parser("inbox", help="read your unread messages")

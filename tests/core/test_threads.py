@@ -3,6 +3,8 @@ and activity rows, filtered in the feed and read back as one thread view."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import claude_net_activity
@@ -222,3 +224,35 @@ async def test_bad_thread_and_reply_to_values_are_400(hub_harness, box):
         # nothing was stored by any refused call
         assert await h.hub.db.fetch_val("SELECT COUNT(*) FROM messages") == 0
         assert not box.calls
+
+
+def test_cli_send_thread_inbox_and_activity_filter(database_url, tmp_path):
+    import subprocess
+    import sys
+
+    from claude_net.testing import HubProcess
+
+    config = '[plugins]\nallow = ["activity"]\n'
+    with HubProcess(config, database_url=database_url, workdir=str(tmp_path)) as hub:
+        alpha, beta = hub.token("alpha"), hub.token("beta")
+
+        def client(token: str, *args: str) -> subprocess.CompletedProcess:
+            env = {**hub.env, "CLAUDE_NET_URL": hub.url, "CLAUDE_NET_TOKEN": token}
+            return subprocess.run([sys.executable, "-m", "claude_net.cli", *args], env=env, cwd=hub.dir,
+                                  capture_output=True, text=True, timeout=60)
+
+        out = client(alpha, "send", "beta", "ship it?", "--thread", "rel-3")
+        assert out.returncode == 0 and "thread rel-3" in out.stdout, out.stderr
+        first = int(out.stdout.split("id ")[1].split(",")[0])
+        out = client(beta, "send", "alpha", "shipped", "--reply-to", str(first))
+        assert out.returncode == 0 and "thread rel-3" in out.stdout, out.stderr
+        out = client(alpha, "inbox")
+        assert out.returncode == 0 and f"beta [thread rel-3, re {first}]: shipped" in out.stdout, out.stdout
+        out = client(alpha, "send", "beta", "x", "--thread", "bad thread")
+        assert out.returncode != 0 and "thread" in out.stderr
+        client(alpha, "send", "beta", "outside any thread")
+
+        listing = hub.cli("activity", "--thread", "rel-3", "--json")
+        rows = [json.loads(line) for line in listing.splitlines()]
+        assert [(r["from"], r["thread"]) for r in rows] == [("alpha", "rel-3"), ("beta", "rel-3")]
+        assert "thread rel-3" in hub.cli("activity", "--thread", "rel-3")
