@@ -132,6 +132,8 @@ def event_text(e: Mapping[str, Any]) -> str:
     if len(detail) > 160:
         detail = detail[:159] + "…"
     via = e.get("via")
+    thread = e.get("thread")
     return printable(f"{e.get('time')}  {e.get('from') or '-'}  {e.get('type')}  {e.get('target') or '-'}  "
-                     f"{e.get('result')}" + (f"  via {via}" if via and via != "http" else "")) \
+                     f"{e.get('result')}" + (f"  via {via}" if via and via != "http" else "")
+                     + (f"  thread {thread}" if thread else "")) \
         + (f"  {quoted(detail)}" if detail else "")
