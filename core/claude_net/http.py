@@ -566,7 +566,8 @@ def openapi_document(app: Quart) -> dict[str, Any]:
             "x-plugin": plugin,
         }
         params = [
-            {"name": m, "in": "path", "required": True, "schema": published({"type": "string"})}
+            {"name": m, "in": "path", "required": True,
+             "schema": published((route.path_schema or {}).get(m, {"type": "string"}))}
             for m in re.findall(r"{([a-zA-Z_]+)}", path)
         ]
         if route.query_schema:

@@ -274,6 +274,9 @@ class Route:
     description: str = ""
     body_schema: Mapping[str, Any] | None = None
     query_schema: Mapping[str, Any] | None = None
+    #: JSON Schema of each ``<name>`` path parameter, by name, for ``/api/openapi.json`` (the
+    #: handler validates them; default: a string)
+    path_schema: Mapping[str, Mapping[str, Any]] | None = None
     response_schema: Mapping[str, Any] | None = None
     auth: bool = True
     admin: bool = False

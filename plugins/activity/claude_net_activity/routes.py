@@ -138,6 +138,7 @@ def routes() -> list[Route]:
             ),
             query_schema={"type": "object", "additionalProperties": False, "properties": {
                 "limit": {"type": "integer", "minimum": 1, "maximum": 1000}}},
+            path_schema={"thread": FILTER_PROPS["thread"]},
             response_schema={"type": "object", "properties": {
                 "ok": {"const": True}, "thread": {"type": "string"},
                 "messages": {"type": "array", "items": MESSAGE}, "events": {"type": "array", "items": EVENT},
