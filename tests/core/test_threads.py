@@ -88,6 +88,10 @@ async def test_reply_to_inherits_the_thread_or_starts_one(hub_harness, box):
         status, view = await h.call("GET", f"/api/threads/m{plain['id']}", boss)
         assert status == 200
         assert [m["message"] for m in view["messages"]] == ["plain", "re"]
+        # the replied-to message opens the thread in the view; it is itself left as it was
+        assert view["messages"][0]["thread"] is None and view["messages"][1]["thread"] == f"m{plain['id']}"
+        _, inbox = await h.call("GET", "/api/inbox", b)
+        assert [m.get("thread") for m in inbox["messages"] if m["id"] == plain["id"]] == [None]
         assert [e["type"] for e in view["events"]] == ["message", "exec"]  # the original's row predates the thread
         assert view["events"][1]["data"]["reply_to"] == reply["id"]
         # an explicit thread wins over the replied-to message's

@@ -114,7 +114,7 @@ async def resolve_thread(hub, actor, fields, *, event_type: str, target: str | N
     ``reply_to`` must name a message the caller sent or received (an admin: any message). Any
     other id, existing or not, is the same 404, so nobody learns of another pair's messages; the
     refusal is recorded (``denied``, code ``reply_to_not_found``). Without ``thread`` the reply
-    joins the replied-to message's thread, or starts ``m<id>`` (and that message joins it too).
+    joins the replied-to message's thread, or starts ``m<id>`` (which that message then opens).
     """
     from claude_net import BadRequest, NotFound
 
@@ -139,11 +139,9 @@ async def resolve_thread(hub, actor, fields, *, event_type: str, target: str | N
         raise NotFound(f"reply_to: no message #{reply_to} that you sent or received", code="reply_to_not_found",
                        field="reply_to")
     if thread is None:
-        thread = row["thread"]
-        if thread is None:
-            thread = f"m{reply_to}"
-            await hub.db.execute("UPDATE messages SET thread = :t WHERE id = :id AND thread IS NULL",
-                                 {"t": thread, "id": reply_to})
+        # a message outside any thread is left as it is (a refused reply changes nothing); the
+        # thread view counts message N, when it has no thread, as the start of thread "m<N>"
+        thread = row["thread"] if row["thread"] is not None else f"m{reply_to}"
     return {"thread": thread, "reply_to": reply_to}
 
 

@@ -28,7 +28,7 @@ EVENT = {"type": "object", "properties": {
     "event_id": {"type": "string"}, "thread": {"type": ["string", "null"]}, "data": {"type": "object"}}}
 MESSAGE = {"type": "object", "properties": {
     "id": {"type": "integer"}, "from": {"type": "string"}, "to": {"type": "string"}, "message": {"type": "string"},
-    "time": {"type": "string"}, "unauthenticated": {"type": "boolean"}, "thread": {"type": "string"},
+    "time": {"type": "string"}, "unauthenticated": {"type": "boolean"}, "thread": {"type": ["string", "null"]},
     "reply_to": {"type": ["integer", "null"]}, "read": {"type": "boolean"}}}
 
 

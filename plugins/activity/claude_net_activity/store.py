@@ -368,13 +368,18 @@ def _message_json(row: Mapping[str, Any]) -> dict[str, Any]:
 async def thread_messages(hub, thread: str, party: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
     """The thread's messages, oldest first (``party``: only those it sent or received)."""
     params: dict[str, Any] = {"thread": thread, "limit": limit + 1}
+    member = "thread = :thread"
+    opener = re.fullmatch(r"m([1-9][0-9]{0,17})", thread)
+    if opener:  # a reply to message N outside any thread started "m<N>": N opens it (docs/api.md, Threads)
+        params["opener"] = int(opener.group(1))
+        member = "(thread = :thread OR (id = :opener AND thread IS NULL))"
     cond = ""
     if party is not None:
         params["me"] = party
         cond = " AND (from_machine = :me OR to_machine = :me)"
     rows = await hub.db.fetch_all(
         "SELECT id, from_machine, to_machine, message, timestamp, unauthenticated, thread, reply_to, read_at"
-        f" FROM messages WHERE thread = :thread{cond} ORDER BY id LIMIT :limit", params)
+        f" FROM messages WHERE {member}{cond} ORDER BY id LIMIT :limit", params)
     return [_message_json(r) for r in rows[:limit]], len(rows) > limit
 
 
