@@ -330,10 +330,9 @@ def register_routes(hub):
                     **THREAD_PROPS,
                 },
             },
-            response_schema={"type": "object", "properties": {"ok": {"const": True}, "id": {"type": "integer"},
-                                                              "ids": {"type": "array"}, "duplicate": {"type": "boolean"},
-                                                              "thread": {"type": "string"},
-                                                              "reply_to": {"type": "integer"}}},
+            response_schema={"type": "object", "properties": {
+                "ok": {"const": True}, "id": {"type": "integer"}, "ids": {"type": "array"},
+                "duplicate": {"type": "boolean"}, "thread": {"type": "string"}, "reply_to": {"type": "integer"}}},
             legacy_v1=True, tags=["messaging"],
         ),
         Route(

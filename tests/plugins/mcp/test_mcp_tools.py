@@ -143,7 +143,8 @@ async def test_agent_and_admin_tools(hub, session_for, transport):
         assert "mkdir -p /no-dir" in text(result)
         result = await call(me, "claude_net_exec", {"target": box}, error=True)  # missing argument
         assert text(result) == ("invalid arguments for claude_net_exec: command: Field required. It takes "
-                                "(target, command, timeout?; ? = optional). Fix the arguments and call again.")
+                                "(target, command, timeout?, thread?, reply_to?; ? = optional). Fix the arguments "
+                                "and call again.")
         result = await call(me, "claude_net_inbox", {"limit": 0}, error=True)
         assert text(result).startswith("invalid arguments for claude_net_inbox: limit: Input should be greater")
         result = await call(me, "claude_net_send", {"to": "Not A Node", "message": "x"}, error=True)
