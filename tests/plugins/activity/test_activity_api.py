@@ -22,6 +22,14 @@ from claude_net_activity import store
 NOW = datetime.now(timezone.utc)
 
 
+@pytest.fixture(autouse=True)
+def now():
+    """Times are relative to the start of each test, not to the import of this module: the hub's
+    own clock decides the windows, and a long suite runs this module many minutes after import."""
+    global NOW
+    NOW = datetime.now(timezone.utc)
+
+
 def plugins(box):
     return [claude_net_permissions, claude_net_activity, box]
 
