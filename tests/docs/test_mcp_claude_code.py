@@ -22,6 +22,10 @@ from claude_net.testing import database_for
 from .conftest import hub_process
 from .mdblocks import block_with
 
+# What is checked is the Claude Code CLI against the docs' commands; the MCP endpoint runs on
+# both databases in tests/plugins/mcp. One database keeps the suite's time down.
+pytestmark = pytest.mark.db("sqlite")
+
 PAGE = "docs/mcp.md"
 URL, TOKEN = "http://10.0.3.1:8765", "cn_0123456789ab_..."
 #: well formed, but no such token: the hub rejects it

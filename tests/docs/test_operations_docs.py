@@ -63,6 +63,7 @@ def test_install_init_check_and_tokens_as_documented(tmp_path):
     assert broken.returncode != 0 and "unknown key 'adminz'" in broken.stderr
 
 
+@pytest.mark.db("sqlite")  # the docs' output; enroll runs on both databases in tests/plugins/lxd_backend/test_enroll.py
 def test_enroll_as_documented(database_url, tmp_path, seanclaude):
     command = block_with(PAGE, "claude-net enroll seanclaude")
     first = block_with(PAGE, "enrolled seanclaude (user root", lang="text")

@@ -18,6 +18,10 @@ import pytest
 
 from .mdblocks import ROOT, Block, block_with, table_after
 
+# The worked examples check the CLI against the docs; permission storage and resolution run
+# on both databases in tests/plugins/permissions. One database keeps the suite's time down.
+pytestmark = pytest.mark.db("sqlite")
+
 PAGE = "docs/permissions.md"
 ALL = ["exec", "file_read", "file_write"]
 RULE = re.compile(r"\(([^,()]+), ([^,()]+)\)\s*=\s*(.+)$")

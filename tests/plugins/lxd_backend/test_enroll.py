@@ -149,6 +149,7 @@ def test_a_token_enroll_cannot_write_again_is_refused_without_rotate(hub, contai
     assert json.loads(whoami_inside(name, "/root/.claude.json", "/root/.claude-net-token").stdout)["name"] == name
 
 
+@pytest.mark.db("sqlite")  # file handling only; the token paths run on both databases above
 def test_a_configuration_it_did_not_write_is_kept_unless_forced(hub, containers):
     name = containers.launch("foreign")
     theirs = {"theme": "dark", "mcpServers": {
@@ -205,6 +206,7 @@ def test_the_first_regular_user_gets_the_files_and_only_they_can_read_the_token(
                                     user=1001).stdout)["name"] == name
 
 
+@pytest.mark.db("sqlite")  # argument checks only; the token paths run on both databases above
 def test_bad_input_is_a_sentence_not_a_traceback(hub, containers):
     name = containers.launch("badinput")
     for args, words in (([name, "--user", "ghost"], "no user 'ghost' in the node's /etc/passwd"),

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from claude_net.testing import HubProcess, require_component
 from tests.docs.conftest import claude_binary
 
@@ -22,6 +24,7 @@ def toml_value(value: object) -> str:
     return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
 
 
+@pytest.mark.db("sqlite")  # enroll's database work is the LXD tests' (both databases)
 def test_enroll_an_ssh_node_then_claude_code_connects(sshd, database_url, tmp_path):
     claude = claude_binary()
     require_component("Claude Code CLI", claude is not None, "run scripts/dev-services claude")
