@@ -365,23 +365,30 @@ def probe_hub(db_kind, tmp_path):
             yield hub
 
 
+def _while_probed(hub, send):
+    """``send()`` while another client polls /api/health: ``(its result, the hub's loop lag, the poller)``."""
+    _get(hub.url + "/api/bench/lag?reset=1", hub.boss)
+    poller = Poller(hub.url)
+    poller.start()
+    time.sleep(0.3)
+    try:
+        result = send()
+        time.sleep(0.3)
+    finally:
+        poller.halt.set()
+        poller.join(30)
+    _, lag = _get(hub.url + "/api/bench/lag", hub.boss)
+    return result, lag, poller
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_65_mb_many_keys_body_is_refused_without_stalling_the_loop(probe_hub, chunked):
     hub = probe_hub
     many = b"{" + b",".join(b'"k%07d":1' % i for i in range(6_000_000)) + b"}"
     assert len(many) > 65_000_000
-    _get(hub.url + "/api/bench/lag?reset=1", hub.boss)
-    poller = Poller(hub.url)
-    poller.start()
-    time.sleep(0.3)
-    try:
-        status, answer, seconds, closed = _send_big(hub.port, hub.agent, many, chunked=chunked, until_closed=True)
-        time.sleep(0.3)
-    finally:
-        poller.halt.set()
-        poller.join(30)
-    _, lag = _get(hub.url + "/api/bench/lag", hub.boss)
+    (status, answer, seconds, closed), lag, poller = _while_probed(
+        hub, lambda: _send_big(hub.port, hub.agent, many, chunked=chunked, until_closed=True))
     assert status == 413 and json.loads(answer)["code"] == "too_many_items", answer[:300]
     assert seconds < 5, f"the refusal took {seconds:.1f} s"
     # the rest of the body is not read: the hub closes the connection (it used to hold it open, unread,
@@ -409,17 +416,7 @@ def test_the_largest_accepted_json_write_holds_the_loop_only_briefly(probe_hub):
     hub = probe_hub
     body = json.dumps({"target": "nobox", "path": "/tmp/x", "encoding": "base64",
                        "content": base64.b64encode(os.urandom(64 << 20)).decode()}).encode()
-    _get(hub.url + "/api/bench/lag?reset=1", hub.boss)
-    poller = Poller(hub.url)
-    poller.start()
-    time.sleep(0.3)
-    try:
-        status, answer, _, _ = _send_big(hub.port, hub.boss, body)
-        time.sleep(0.3)
-    finally:
-        poller.halt.set()
-        poller.join(30)
-    _, lag = _get(hub.url + "/api/bench/lag", hub.boss)
+    (status, answer, _, _), lag, poller = _while_probed(hub, lambda: _send_big(hub.port, hub.boss, body))
     assert status == 404 and json.loads(answer)["code"] == "unknown_node", answer[:300]
     print(f"\n64 MiB file written as JSON: loop lag max {lag['max_ms']} ms p99 {lag['p99_ms']} ms; "
           f"health max {max(poller.samples):.0f} ms")
