@@ -1,0 +1,1 @@
+"""claude-net-approvals (being built)."""

@@ -1,0 +1,1 @@
+"""claude-net-dashboard (being built)."""
