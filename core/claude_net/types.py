@@ -237,6 +237,9 @@ class Event:
     #: extra detail for live subscribers only (e.g. the start of an exec's output, for the
     #: Telegram echo). Never stored by the audit log and not part of :meth:`to_json`.
     transient: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: a progress notice for live subscribers only (a running job's output, say): the audit log
+    #: does not store it; the action's own pending and final events are the record
+    live_only: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

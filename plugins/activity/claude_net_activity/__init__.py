@@ -66,6 +66,8 @@ def migrations():
 
 @hookimpl
 def on_event(hub, event):
+    if event.live_only:  # progress for live subscribers; the action's own events are the record
+        return None
     if store.record_queued(hub, event):
         return None
     return store.record(hub, event)
