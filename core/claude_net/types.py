@@ -110,6 +110,12 @@ class ExecOptions:
     #: the agent whose fair share of what a backend bounds (threads, channels) this call counts
     #: against; None for the hub itself and for admins, whose calls count only against the totals
     source: str | None = None
+    #: live output, for background jobs (docs/jobs.md): when set, the backend calls
+    #: ``on_output("stdout" | "stderr", data)`` on the hub's event loop as the command's bytes
+    #: arrive (within about a tenth of a second), each byte once and in order per stream, at most
+    #: ``max_output`` bytes per stream, and still returns the whole :class:`ExecResult`. It must
+    #: not block. A backend that cannot stream ignores it (the output then comes with the result).
+    on_output: Callable[[str, bytes], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
