@@ -56,10 +56,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--db", choices=["sqlite", "postgresql", "both"],
                     default=os.environ.get("CLAUDE_NET_TEST_DB", "both"),
                     help="database(s) for tests that use the database_url fixture (default: both)")
+    group.addoption("--serial", choices=["run", "skip", "only"], default="run",
+                    help="tests marked serial (they stop a daemon every other test shares): run them (the "
+                         "default; left out under pytest-xdist), skip them, or run only them")
+
+
+def _parallel(config: pytest.Config) -> bool:
+    """Whether this run spreads tests over pytest-xdist workers (also true inside a worker)."""
+    return hasattr(config, "workerinput") or bool(config.getoption("numprocesses", None) or 0)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "db(*kinds): run only on these databases ('sqlite', 'postgresql')")
+    config.addinivalue_line("markers", "serial: stops or breaks something every other test shares (the LXD "
+                                       "daemon): never runs beside other tests (scripts/test runs these "
+                                       "in a pass of their own after the parallel one)")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if config.getoption("--serial") == "run" and _parallel(config):
+        return ("serial tests are left out of this parallel run; run them alone with --serial only "
+                "(scripts/test does both)")
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    mode = config.getoption("--serial")
+    if mode == "run" and _parallel(config):
+        mode = "skip"
+    if mode == "run":
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if (item.get_closest_marker("serial") is not None) == (mode == "skip") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -29,6 +29,8 @@ from tests.plugins.telegram.tg_botapi import FakeBotAPI
 
 from .conftest import lxd_overrides
 
+#: they stop the shared LXD daemon and kill processes by name: never beside other tests
+pytestmark = pytest.mark.serial
 
 
 async def _rows(hub, **filters):

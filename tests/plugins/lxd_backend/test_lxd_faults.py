@@ -89,6 +89,7 @@ async def test_backend_exec_on_dead_daemon_is_unavailable_fast(hub_harness, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # every other test that uses LXD would see the outage
 async def test_real_daemon_restart(hub_harness, run_id, containers):
     """Kill the real daemon (one scripts/lxd-setup started), see 503s, start it, see recovery."""
     if not (in_ci() or os.environ.get("CLAUDE_NET_TEST_LXD_RESTART") == "1"):
