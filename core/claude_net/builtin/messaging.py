@@ -232,11 +232,14 @@ async def send(ctx):
     return result
 
 
-async def _fetch_inbox(hub, name: str, limit: int, ack: bool) -> list[dict]:
+async def _fetch_inbox(hub, name: str, limit: int, ack: bool, authenticated_only: bool = False) -> list[dict]:
+    # authenticated_only: the MCP channel's push loop peeks without ack; token-less v1 messages
+    # must stay unread for claude_net_inbox without waking (or blocking) that loop
+    only = " AND NOT unauthenticated" if authenticated_only else ""
     if ack:
         rows = await hub.db.fetch_all(
             "UPDATE messages SET read_at = :now WHERE id IN ("
-            " SELECT id FROM messages WHERE to_machine = :name AND read_at IS NULL ORDER BY id LIMIT :limit"
+            " SELECT id FROM messages WHERE to_machine = :name AND read_at IS NULL" + only + " ORDER BY id LIMIT :limit"
             + ("" if hub.db.is_sqlite else " FOR UPDATE SKIP LOCKED")
             + ") RETURNING " + MESSAGE_COLUMNS,
             {"name": name, "limit": limit, "now": isotime()},
@@ -245,7 +248,7 @@ async def _fetch_inbox(hub, name: str, limit: int, ack: bool) -> list[dict]:
     else:
         rows = await hub.db.fetch_all(
             f"SELECT {MESSAGE_COLUMNS} FROM messages"
-            " WHERE to_machine = :name AND read_at IS NULL ORDER BY id LIMIT :limit",
+            " WHERE to_machine = :name AND read_at IS NULL" + only + " ORDER BY id LIMIT :limit",
             {"name": name, "limit": limit},
         )
     return [_message_json(r) for r in rows]
@@ -255,15 +258,16 @@ async def inbox(ctx):
     hub, actor, q = ctx.hub, ctx.actor, ctx.query
     limit, ack = q.get("limit", 50), q.get("ack", False)
     wait = min(q.get("wait", 0), hub.settings.messaging.max_wait)
-    messages = await _fetch_inbox(hub, actor.name, limit, ack)
+    only = q.get("authenticated_only", False)
+    messages = await _fetch_inbox(hub, actor.name, limit, ack, only)
     if not messages and wait > 0:
         deadline = time.monotonic() + wait
         async with hub.bus.subscribe(f"inbox:{actor.name}", maxsize=1) as sub:
-            messages = await _fetch_inbox(hub, actor.name, limit, ack)  # closes the gap before subscribing
+            messages = await _fetch_inbox(hub, actor.name, limit, ack, only)  # closes the gap before subscribing
             while not messages and (remaining := deadline - time.monotonic()) > 0 and not hub.stopping.is_set():
                 if await sub.get(timeout=min(remaining, 1.0)) is None:
                     continue
-                messages = await _fetch_inbox(hub, actor.name, limit, ack)
+                messages = await _fetch_inbox(hub, actor.name, limit, ack, only)
     return {"messages": messages, "count": len(messages)}
 
 
@@ -344,6 +348,8 @@ def register_routes(hub):
                 "limit": {"type": "integer", "minimum": 1, "maximum": 500},
                 "ack": {"type": "boolean"},
                 "wait": {"type": "number", "minimum": 0, "maximum": max_wait},
+                "authenticated_only": {"type": "boolean", "description": "leave out (and leave unread) "
+                                       "messages of token-less v1 senders"},
             }},
             response_schema={"type": "object", "properties": {"ok": {"const": True}, "count": {"type": "integer"},
                                                               "messages": {"type": "array", "items": MESSAGE}}},
