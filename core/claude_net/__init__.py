@@ -8,6 +8,7 @@ This module is the public API for plugins; import from here, never from submodul
 """
 
 from .errors import (
+    ApprovalPending,
     AuditError,
     BadRequest,
     ConfigError,
@@ -30,10 +31,12 @@ from .text import printable, quoted, safe_json
 from .types import (
     Actor,
     Command,
+    Decision,
     Event,
     ExecOptions,
     ExecResult,
     FileStream,
+    Grant,
     Migration,
     Node,
     ReadOptions,
@@ -48,12 +51,14 @@ __version__: str  # from the installed package's metadata, read on first use (se
 
 __all__ = [
     "Actor",
+    "ApprovalPending",
     "AuditError",
     "Backend",
     "BadRequest",
     "Command",
     "ConfigError",
     "Conflict",
+    "Decision",
     "Event",
     "ExecOptions",
     "ExecResult",
@@ -61,6 +66,7 @@ __all__ = [
     "FileStream",
     "Forbidden",
     "GatewayTimeout",
+    "Grant",
     "HubError",
     "Migration",
     "Node",

@@ -106,11 +106,27 @@ class AuditError(Unavailable):
     code = "audit_unavailable"
 
 
+class ApprovalPending(HubError):
+    """The action waits for an admin's approval that has not come yet: HTTP 202.
+
+    The body says so (``"pending": true``) and carries the approval (``id``, ``state``,
+    ``expires_at``, ...); re-sending the same request with ``"approval": "<id>"`` waits again
+    and runs it once it is approved.
+    """
+
+    status = 202
+    code = "approval_pending"
+
+    def __init__(self, message: str, *, approval: dict[str, Any], **extra: Any) -> None:
+        super().__init__(message, pending=True, approval=approval, **extra)
+
+
 class ConfigError(Exception):
     """Invalid configuration; the message names the file and the key."""
 
 
 __all__ = [
+    "ApprovalPending",
     "AuditError",
     "BadRequest",
     "ConfigError",

@@ -165,6 +165,29 @@ def authorize(
     is needed, no answers deny. Actions: ``message``, ``exec``, ``file_read``, ``file_write``,
     ``container``, ``permit``, ``permissions_view``, ``activity_view``, ``admin``.
     ``detail`` holds the request's particulars (command, path, op) for finer policies.
+
+    An implementation may also answer a :class:`claude_net.Grant`: allowed, with conditions
+    (``ask``: only after an admin approved this one request; ``snapshot_before``: snapshot the
+    target first). ``True`` is ``Grant()``; the conditions of every Grant apply together.
+    """
+
+
+@hookspec(firstresult=True)
+def request_approval(
+    hub: Hub, actor: Actor, action: str, target: str | None, detail: str, particulars: Mapping[str, Any],
+    approval: str | None, wait: float | None,
+) -> Awaitable[Mapping[str, Any]] | None:
+    """File (or join) an approval for an action that resolved to ``ask``, and wait for it. Stops at first non-None result.
+
+    Called by :meth:`Hub.guarded` only. The approvals plugin returns (synchronously) an
+    awaitable that files a new approval, joins an identical pending one, or — with ``approval``
+    (an id the caller was given before) — resumes that one, then waits up to ``wait`` seconds
+    (``None``: the configured default). It resolves to the approval's JSON once it is approved
+    and claimed for this one run; otherwise it raises :class:`claude_net.ApprovalPending` (202,
+    still pending), :class:`claude_net.Forbidden` (``approval_denied``, ``approval_expired``,
+    ``approval_cancelled``), :class:`claude_net.Conflict` (``approval_used``,
+    ``approval_mismatch``), :class:`claude_net.NotFound` or :class:`claude_net.RateLimited`
+    (``too_many_approvals``). With no implementation the action is denied (fail closed).
     """
 
 

@@ -26,7 +26,7 @@ from .errors import AuditError, Forbidden, HubError, NotFound, Unavailable
 from .fairness import FairShares
 from .plugins import PluginManager, make_plugin_manager
 from .ratelimit import RateLimiter, RecordThrottle
-from .types import Actor, Event, Node, isotime
+from .types import Actor, Decision, Event, Grant, Node, isotime
 
 log = logging.getLogger("claude_net.hub")
 T = TypeVar("T")
@@ -37,6 +37,18 @@ ADMIN_ONLY_ACTIONS = frozenset({"container", "permit", "permissions_view", "acti
 #: the events emitted while handling the current request (set by the HTTP layer), so a refusal
 #: that nothing else recorded can be recorded once
 EMITTED: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("claude_net_emitted", default=None)
+
+#: ``(actor, action, target)`` of the approved action that the current ``guarded`` run carries out,
+#: so :meth:`Hub.reauthorize` (after a queue wait, during an upload) accepts its ask-level grant
+APPROVED: contextvars.ContextVar[tuple[str, str, str | None] | None] = contextvars.ContextVar(
+    "claude_net_approved", default=None)
+
+DENIED = Decision(False)
+ALLOWED = Decision(True)
+#: actions a ``snapshot: before`` rule snapshots the target for
+SNAPSHOT_ACTIONS = frozenset({"exec", "file_write"})
+#: seconds the snapshot taken before an action may take before the action is refused
+SNAPSHOT_TIMEOUT = 120.0
 
 
 async def await_me_maybe(value: Any) -> Any:
@@ -461,18 +473,37 @@ class Hub:
 
     # -- policy -------------------------------------------------------------------------------
 
-    async def authorize(self, actor: Actor, action: str, target: str | None,
-                        detail: Mapping[str, Any] | None = None) -> bool:
-        """Combine every ``authorize`` answer: any False denies, at least one True needed."""
+    async def decide(self, actor: Actor, action: str, target: str | None,
+                     detail: Mapping[str, Any] | None = None) -> Decision:
+        """Combine every ``authorize`` answer: any False denies, at least one True or
+        :class:`Grant` needed; the conditions of every Grant (ask, snapshot before) apply."""
         answers = self.pm.hook.authorize(hub=self, actor=actor, action=action, target=target, detail=detail or {})
-        allowed = False
+        allowed = ask = snapshot = False
+        rule = None
         for answer in answers:
             answer = await await_me_maybe(answer)
             if answer is False:
-                return False
+                return DENIED
             if answer is True:
                 allowed = True
-        return allowed
+            elif isinstance(answer, Grant):
+                allowed = True
+                ask = ask or answer.ask
+                snapshot = snapshot or answer.snapshot_before
+                rule = rule or answer.rule
+        if not allowed:
+            return DENIED
+        if not (ask or snapshot or rule):
+            return ALLOWED
+        return Decision(True, ask, snapshot, rule)
+
+    async def authorize(self, actor: Actor, action: str, target: str | None,
+                        detail: Mapping[str, Any] | None = None, *, approved: bool = False) -> bool:
+        """Whether ``actor`` may do ``action`` now. An ask-level answer counts as allowed only with
+        ``approved=True`` (the caller holds an approval for this very action): no path can skip
+        an ask by calling this instead of :meth:`guarded`."""
+        decision = await self.decide(actor, action, target, detail)
+        return decision.allowed and (approved or not decision.ask)
 
     # -- events -------------------------------------------------------------------------------
 
@@ -510,6 +541,8 @@ class Hub:
         result_data: Callable[[T], dict[str, Any]] | None = None,
         result_transient: Callable[[T], dict[str, Any]] | None = None,
         data: Mapping[str, Any] | None = None,
+        approval: str | None = None,
+        approval_wait: float | None = None,
     ) -> T:
         """Authorize, record, run and record an action — the one path every capability takes.
 
@@ -521,20 +554,40 @@ class Hub:
         by live subscribers, never stored). ``run()`` raising :class:`Forbidden` with code
         ``revoked`` (:meth:`reauthorize`: the grant went away after admission) makes the final
         event ``denied``.
+
+        When the answers add up to *ask* (:meth:`decide`), the action first waits for an admin's
+        approval through the approvals plugin (``request_approval``): ``approval`` names one the
+        caller was given before, ``approval_wait`` bounds the wait in seconds. Approved: it runs
+        and its events carry ``data["approval_id"]``; otherwise the plugin's refusal (202 pending,
+        403, 409, 429) propagates after a ``denied`` row of the action (none for a 202: the
+        approval's own ``requested`` row is the record). When they ask for a snapshot before
+        (exec and file_write), the target is snapshotted first (``data["snapshot"]``); a
+        failed snapshot refuses the action.
         """
-        if not await self.authorize(actor, action, target, request or {}):
+        decision = await self.decide(actor, action, target, request or {})
+        if not decision.allowed:
             await self.emit(Event(event_type, actor.name, target, detail, "denied", via=actor.via,
                                   unauthenticated=actor.unauthenticated, data={"action": action, **(data or {})}))
             raise Forbidden(deny_sentence(actor, action, target), code="denied", action=action)
         event = Event(event_type, actor.name, target, detail, "pending", via=actor.via,
                       unauthenticated=actor.unauthenticated, data={"action": action, **(data or {})})
+        held = None
+        if decision.ask:
+            approved = await self._approved(actor, action, target, detail, request or {}, approval,
+                                            approval_wait, event)
+            event.data["approval_id"] = approved["id"]
+            held = APPROVED.set((actor.name, action, target))
         try:
             await self.emit(event)
         except AuditError as exc:
+            if held is not None:
+                APPROVED.reset(held)
             raise Unavailable(f"the action was not run because the audit log cannot be written ({exc.message})",
                               code="audit_unavailable") from exc
         started = time.monotonic()
         try:
+            if decision.snapshot_before and action in SNAPSHOT_ACTIONS:
+                event.data["snapshot"] = await self._snapshot_before(target, event)
             result = await run()
         except BaseException as exc:
             revoked = isinstance(exc, Forbidden) and exc.code == "revoked"
@@ -549,6 +602,9 @@ class Hub:
             event.time = isotime()
             await asyncio.shield(self.emit(event))
             raise
+        finally:
+            if held is not None:
+                APPROVED.reset(held)
         event.result = "ok"
         event.time = isotime()
         event.data["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
@@ -558,6 +614,67 @@ class Hub:
             event.transient.update(result_transient(result))
         await self.emit(event)
         return result
+
+    async def _approved(self, actor: Actor, action: str, target: str | None, detail: str,
+                        particulars: Mapping[str, Any], approval: str | None, wait: float | None,
+                        event: Event) -> Mapping[str, Any]:
+        """Wait for the approval of an ask-level action (see :meth:`guarded`)."""
+        awaitable = self.pm.hook.request_approval(
+            hub=self, actor=actor, action=action, target=target, detail=detail,
+            particulars=dict(particulars), approval=approval, wait=wait)
+        try:
+            if awaitable is None:
+                raise Forbidden(f"denied: {actor.name} may {_VERBS.get(action, action)} {target or 'that target'} "
+                                "only with an admin's approval, and no approvals plugin is installed to ask for it",
+                                code="denied", action=action)
+            return await awaitable
+        except HubError as exc:
+            if exc.status != 202:  # a pending approval is recorded by its own ``requested`` row
+                denied = Event(event.type, actor.name, target, detail, "denied", via=actor.via,
+                               unauthenticated=actor.unauthenticated,
+                               data={**event.data, "code": exc.code, "error": exc.message[:300]})
+                approval_json = exc.extra.get("approval")
+                if isinstance(approval_json, Mapping) and approval_json.get("id"):
+                    denied.data["approval_id"] = approval_json["id"]
+                elif approval:
+                    denied.data["approval_id"] = approval
+                await self.emit(denied)
+            raise
+
+    def snapshot_expiry(self) -> str:
+        """How long a snapshot taken before an action lives (``[approvals] snapshot_expiry``)."""
+        try:
+            return str(getattr(self.settings.section("approvals"), "snapshot_expiry", "24h") or "24h")
+        except KeyError:
+            return "24h"
+
+    async def _snapshot_before(self, target: str | None, event: Event) -> str:
+        """Snapshot ``target`` before the action of ``event`` runs; returns the snapshot's name.
+
+        Any failure refuses the action (fail closed): an admin who asked for a way back gets one
+        or the action does not happen."""
+        from .builtin.capabilities import _dispatch
+
+        name = f"cn-before-{event.id}"
+        if target is None:
+            raise Unavailable("the rule asks for a snapshot before the action, but it has no target; "
+                              "the action was not run", code="snapshot_failed")
+        node = await self.nodes.get(target)
+        if "container" not in node.capabilities:
+            raise Unavailable(f"the rule asks for a snapshot of {target} before the action, but {target} "
+                              f"(backend {node.backend}) has no snapshots; the action was not run",
+                              code="snapshot_failed")
+        try:
+            awaitable = _dispatch(self, "container_op", node, op="snapshot",
+                                  args={"snapshot": name, "expires": self.snapshot_expiry()})
+            await asyncio.wait_for(awaitable, SNAPSHOT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"the snapshot of {target} before the action did not finish within "
+                              f"{SNAPSHOT_TIMEOUT:g} s; the action was not run", code="snapshot_failed") from None
+        except HubError as exc:
+            raise Unavailable(f"the snapshot of {target} before the action failed ({exc.message}); "
+                              "the action was not run", code="snapshot_failed") from exc
+        return name
 
     async def run_container_op(self, actor: Actor, op: str, name: str,
                                args: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -593,7 +710,9 @@ class Hub:
         Raises :class:`Forbidden` with code ``revoked``: :meth:`guarded` records the action as
         ``denied``.
         """
-        if not await self.authorize(actor, action, target, detail or {}):
+        held = APPROVED.get()
+        approved = held is not None and held == (actor.name, action, target)
+        if not await self.authorize(actor, action, target, detail or {}, approved=approved):
             raise Forbidden(f"{deny_sentence(actor, action, target)} (the grant was revoked {why})",
                             code="revoked", action=action)
 

@@ -392,3 +392,15 @@ async def decode_base64(text: str) -> bytes:
         return b"".join(base64.b64decode(text[i:i + _SLICE], validate=True) for i in range(0, len(text), _SLICE))
 
     return await asyncio.to_thread(run)
+
+
+#: an approval's id as the approvals plugin makes them (lowercase letters and digits)
+APPROVAL_ID_PATTERN = r"^[a-z0-9]{4,40}$"
+#: longest ``approval_wait`` a request may give; the hub clamps it to ``[approvals] wait_max``
+APPROVAL_WAIT_LIMIT = 3600
+#: the fields exec and the file calls accept for actions under an ``ask`` grant (docs/approvals.md)
+APPROVAL_PROPS: dict[str, Any] = {
+    "approval": {"type": "string", "pattern": APPROVAL_ID_PATTERN,
+                 "x-pattern-help": "be an approval id as the hub gave it (lowercase letters and digits)"},
+    "approval_wait": {"type": "number", "minimum": 0, "maximum": APPROVAL_WAIT_LIMIT},
+}

@@ -218,6 +218,31 @@ class FileStream:
         await self.aclose()
 
 
+@dataclass(frozen=True)
+class Grant:
+    """An ``authorize`` answer that allows, with conditions (``True`` is ``Grant()``).
+
+    ``ask``: the action runs only once an admin approved this one request (the approvals
+    plugin files it and the caller waits, see docs/approvals.md). ``snapshot_before``: the hub
+    snapshots the target container before the action runs (a failed snapshot refuses it).
+    ``rule`` names the deciding rule for the record (e.g. ``"alpha -> box1"``).
+    """
+
+    ask: bool = False
+    snapshot_before: bool = False
+    rule: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What every ``authorize`` answer adds up to (:meth:`claude_net.hub.Hub.decide`)."""
+
+    allowed: bool
+    ask: bool = False
+    snapshot_before: bool = False
+    rule: str | None = None
+
+
 ContainerOp = Literal["start", "stop", "snapshot", "restore", "list_snapshots"]
 Result = Literal["pending", "ok", "denied", "error"]
 

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
 import inspect
 import re
 
@@ -28,7 +29,7 @@ from claude_net import (
     hookimpl,
 )
 from claude_net.errors import RequestTimeout
-from claude_net.schema import decode_base64
+from claude_net.schema import APPROVAL_PROPS, decode_base64
 from claude_net.types import NODE_NAME_RE, validate_node_name, validate_remote_path
 
 from .messaging import THREAD_PROPS, resolve_thread
@@ -87,6 +88,19 @@ def share_of(actor) -> str | None:
     """Whose fair share of a backend's bounded resources a call counts against (``options.source``):
     the agent's; ``None`` for an admin, whose calls count only against the totals, as for exec slots."""
     return None if actor.admin else actor.name
+
+
+def approval_of(fields) -> dict:
+    """``guarded``'s approval arguments from a body or query (docs/approvals.md)."""
+    return {"approval": fields.get("approval"), "approval_wait": fields.get("approval_wait")}
+
+
+async def _digest(data: bytes) -> str:
+    """SHA-256 of a write's content (an approval covers this content, not any of its size); large
+    contents are hashed in a worker thread so the loop keeps running."""
+    if len(data) <= 1 << 20:
+        return hashlib.sha256(data).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
 
 
 def _decode(data: bytes) -> str:
@@ -184,7 +198,7 @@ async def exec_(ctx):
 
     result = await hub.guarded(
         actor, action="exec", event_type="exec", target=target, detail=command, run=run,
-        request=request, data=recorded,
+        request=request, data=recorded, **approval_of(body),
         result_data=lambda r: {"exit_code": r.exit_code, "truncated": r.truncated},
         result_transient=lambda r: {"stdout": _decode(r.stdout[:EVENT_OUTPUT]),
                                     "stderr": _decode(r.stderr[:EVENT_OUTPUT]),
@@ -205,7 +219,7 @@ async def exec_(ctx):
 # -- files --------------------------------------------------------------------------------------
 
 
-async def _read_file(hub, actor, target: str, path: str, threading=None) -> bytes:
+async def _read_file(hub, actor, target: str, path: str, threading=None, approval=None) -> bytes:
     """The buffered read path of ``POST /api/file/read``: authorize, record, dispatch to the owner."""
     options = ReadOptions(max_size=hub.settings.limits.file_max_bytes, source=share_of(actor))
 
@@ -214,7 +228,7 @@ async def _read_file(hub, actor, target: str, path: str, threading=None) -> byte
         return await _dispatch(hub, "read_file", node, path=path, options=options)
 
     return await hub.guarded(actor, action="file_read", event_type="file_read", target=target, detail=path,
-                             run=run, request={"path": path}, data=threading,
+                             run=run, request={"path": path}, data=threading, **(approval or {}),
                              result_data=lambda d: {"bytes": len(d)})
 
 
@@ -224,7 +238,7 @@ async def file_read(ctx):
     path = validate_remote_path(body["path"])
     encoding = body.get("encoding")
     threading = await resolve_thread(hub, actor, body, event_type="file_read", target=target, detail=path)
-    data = await _read_file(hub, actor, target, path, threading)
+    data = await _read_file(hub, actor, target, path, threading, approval_of(body))
     if encoding in (None, "utf-8"):
         try:
             return {"content": data.decode("utf-8"), "encoding": "utf-8", "size": len(data), **threading}
@@ -276,7 +290,8 @@ async def _write_file(hub, actor, target: str, path: str, data: bytes, fields, t
         return await _dispatch(hub, "write_file", node, path=path, data=data, options=options)
 
     extra = await hub.guarded(actor, action="file_write", event_type="file_write", target=target, detail=path,
-                              run=run, request={"path": path, "size": len(data)}, data=threading,
+                              run=run, request={"path": path, "size": len(data), "sha256": await _digest(data)},
+                              data=threading, **approval_of(fields),
                               result_data=lambda _: {"bytes": len(data)})
     return {"path": path, "size": len(data), **(extra or {}), **(threading or {})}
 
@@ -459,7 +474,7 @@ async def file_raw_write(ctx):
 
     # the whole transfer runs inside the guarded action: the final event has the real result
     extra = await hub.guarded(ctx.actor, action="file_write", event_type="file_write", target=target, detail=path,
-                              run=run, request=recheck_request, data=threading,
+                              run=run, request=recheck_request, data=threading, **approval_of(query),
                               result_data=lambda _: {"bytes": chunks.received})
     return {"path": path, "size": chunks.received, **(extra or {}), **threading}
 
@@ -474,8 +489,9 @@ class Download:
     midway, the file changed size or the client went away.
     """
 
-    def __init__(self, hub, actor, target: str, path: str, threading=None) -> None:
+    def __init__(self, hub, actor, target: str, path: str, threading=None, approval=None) -> None:
         loop = asyncio.get_running_loop()
+        self.approval = approval or {}
         self.hub, self.actor, self.target, self.path = hub, actor, target, path
         self.threading = threading
         self.limit = hub.settings.limits.file_max_bytes
@@ -514,7 +530,7 @@ class Download:
         hub = self.hub
         self.task = asyncio.ensure_future(hub.guarded(
             self.actor, action="file_read", event_type="file_read", target=self.target, detail=self.path,
-            run=self._run, request={"path": self.path}, data=self.threading,
+            run=self._run, request={"path": self.path}, data=self.threading, **self.approval,
             result_data=lambda sent: {"bytes": sent}))
         downloads = hub.plugin_state.setdefault(DOWNLOADS_KEY, set())
         downloads.add(self.task)
@@ -589,7 +605,7 @@ async def file_raw_read(ctx):
     target, path = ctx.query["target"], validate_remote_path(ctx.query["path"])
     threading = await resolve_thread(ctx.hub, ctx.actor, ctx.query, event_type="file_read", target=target,
                                      detail=path)
-    download = Download(ctx.hub, ctx.actor, target, path, threading)
+    download = Download(ctx.hub, ctx.actor, target, path, threading, approval_of(ctx.query))
     stream = await download.open()
     headers = {"Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"}
     if stream.size is not None:
@@ -677,7 +693,7 @@ def register_routes(hub):
                                                      "x-pattern-help": "not contain NUL bytes"},
                             "propertyNames": {"pattern": ENV_NAME}},
                     "from": {"type": "string"},
-                    **THREAD_PROPS,
+                    **THREAD_PROPS, **APPROVAL_PROPS,
                 },
             },
             response_schema={"type": "object", "properties": {
@@ -693,7 +709,7 @@ def register_routes(hub):
             body_schema={"type": "object", "additionalProperties": False, "required": ["target", "path"],
                          "properties": {"target": NAME, "path": PATH,
                                         "encoding": {"type": "string", "enum": ["utf-8", "base64"]},
-                                        "from": {"type": "string"}, **THREAD_PROPS}},
+                                        "from": {"type": "string"}, **THREAD_PROPS, **APPROVAL_PROPS}},
             response_schema={"type": "object", "properties": {
                 "ok": {"const": True}, "content": {"type": "string"},
                 "encoding": {"type": "string", "enum": ["utf-8", "base64"]}, "size": {"type": "integer"}}},
@@ -712,7 +728,7 @@ def register_routes(hub):
                              "uid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
                              "gid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
                              "mkdirs": {"type": "boolean"},
-                             "from": {"type": "string"}, **THREAD_PROPS}},
+                             "from": {"type": "string"}, **THREAD_PROPS, **APPROVAL_PROPS}},
             max_body=file_body_max, tags=["capabilities"],
         ),
         Route(
@@ -724,7 +740,7 @@ def register_routes(hub):
                         "usual JSON error objects, a failure after it cuts the response short of its "
                         "`Content-Length`. HEAD answers the headers without reading the file.",
             query_schema={"type": "object", "additionalProperties": False, "required": ["target", "path"],
-                          "properties": {"target": NAME, "path": PATH, **THREAD_PROPS}},
+                          "properties": {"target": NAME, "path": PATH, **THREAD_PROPS, **APPROVAL_PROPS}},
             response_media_type="application/octet-stream", tags=["capabilities"],
         ),
         Route(
@@ -742,7 +758,7 @@ def register_routes(hub):
                                        "x-pattern-help": "be an octal mode like 0644"},
                               "uid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
                               "gid": {"type": "integer", "minimum": 0, "maximum": 4294967294},
-                              "mkdirs": {"type": "boolean"}, **THREAD_PROPS}},
+                              "mkdirs": {"type": "boolean"}, **THREAD_PROPS, **APPROVAL_PROPS}},
             response_schema={"type": "object", "properties": {
                 "ok": {"const": True}, "path": {"type": "string"}, "size": {"type": "integer"}}},
             body_media_type="application/octet-stream", tags=["capabilities"],
