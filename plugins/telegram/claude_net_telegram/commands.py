@@ -9,6 +9,7 @@ plugin and recorded in the activity feed with ``via="telegram"``.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import re
 from collections.abc import Sequence
@@ -24,7 +25,8 @@ from .render import clip, esc, pre_messages, utf16_len
 USAGE: dict[str, str] = {
     "status": "status — every node, one line each",
     "permissions": "permissions [effective] — the permissions matrix",
-    "permit": "permit SOURCE TARGET [read|write|exec ...] [for 2h] — grant a pathway (all = every node)",
+    "permit": "permit SOURCE TARGET [read|write|exec [ask] ...] [for 2h] — grant a pathway (all = every node; "
+              "ask after a capability: each use waits for an admin's approval)",
     "revoke": "revoke SOURCE TARGET — deny a pathway (revoke SOURCE all: remove every rule of SOURCE)",
     "start": "start NAME — start a container",
     "stop": "stop NAME [force] — stop a container",
@@ -32,6 +34,9 @@ USAGE: dict[str, str] = {
     "snapshots": "snapshots NAME — list a container's snapshots",
     "restore": "restore NAME SNAPSHOT — restore a container to a snapshot",
     "activity": "activity [hours] — the newest activity (default: last 24 hours)",
+    "approvals": "approvals — the approval requests waiting for a decision",
+    "approve": "approve ID [for 1h] — approve a request once (or allow the pathway for a while)",
+    "deny": "deny ID — deny a request",
     "help": "help — this list",
 }
 ALIASES = {"machines": "status", "nodes": "status", "perms": "permissions", "log": "activity"}
@@ -214,7 +219,14 @@ def _permissions_module(hub):
     return module
 
 
-def _parse_grant(args: Sequence[str]) -> tuple[list[str] | None, str | None]:
+CAPABILITY_WORDS = {"read": "file_read", "write": "file_write", "read-only": "file_read", "readonly": "file_read",
+                    "ro": "file_read"}
+
+
+def _parse_grant(args: Sequence[str]) -> tuple[list[str] | None, str | None, list[str] | None]:
+    """``(capabilities, expires, ask)``: ``ask`` after a capability word makes the capabilities of
+    that word ask-level (``exec ask``, ``all ask``); a bare ``ask`` with no capability before it
+    asks for every capability granted."""
     rest = list(args)
     expires = None
     if "for" in (a.lower() for a in rest):
@@ -224,27 +236,44 @@ def _parse_grant(args: Sequence[str]) -> tuple[list[str] | None, str | None]:
         expires = rest[at + 1]
         rest = rest[:at] + rest[at + 2:]
     caps: list[str] = []
+    ask: list[str] = []
+    asked_all = False
+    last: list[str] = []
     for word in rest:
         word = word.lower()
-        if word in ("read-only", "readonly", "ro"):
-            caps.append("file_read")
-        elif word in ("all", "rwx"):
-            caps += ["exec", "file_read", "file_write"]
+        if word in ("ask", "asks", "approval"):
+            if last:
+                ask += [c for c in last if c not in ask]
+            else:
+                asked_all = True
+            continue
+        if word in ("all", "rwx"):
+            last = ["exec", "file_read", "file_write"]
         else:
-            caps += [w for w in word.split(",") if w]
-    return (caps or None), expires
+            last = [CAPABILITY_WORDS.get(w, w) for w in word.split(",") if w]
+        caps += last
+    if asked_all:
+        ask = list(dict.fromkeys(caps or ["exec", "file_read", "file_write"]))
+    return (caps or None), expires, (ask or None)
 
 
 async def cmd_permit(hub, actor, args, ctx) -> list[str]:
     if len(args) < 2:
         return [usage("permit")]
     perms = _permissions_module(hub)
-    caps, expires = _parse_grant(args[2:])
+    caps, expires, ask = _parse_grant(args[2:])
+    extra: dict[str, Any] = {}
+    if ask:
+        if "ask" not in inspect.signature(perms.set_permission).parameters:
+            raise NotSupported("this hub's permissions plugin has no ask level (approvals)", code="no_ask_level")
+        extra["ask"] = ask
     rule = await perms.set_permission(hub, actor, _node(args[0]), _node(args[1]), allow=True,
-                                      capabilities=caps, expires=expires, aliases=True)
+                                      capabilities=caps, expires=expires, aliases=True, **extra)
     until = f" until {esc(rule['expires_at'])}" if rule.get("expires_at") else ""
+    asked = [c for c in rule.get("ask") or () if c in rule["capabilities"]]
+    caps_text = ", ".join(f"{c} (ask)" if c in asked else c for c in rule["capabilities"])
     return [f"🔑 permitted <b>{esc(_everyone(rule['source']))}</b> → <b>{esc(_everyone(rule['target']))}</b>: "
-            f"{esc(', '.join(rule['capabilities']))}{until}"]
+            f"{esc(caps_text)}{until}"]
 
 
 async def cmd_revoke(hub, actor, args, ctx) -> list[str]:
@@ -367,7 +396,62 @@ async def cmd_activity(hub, actor, args, ctx) -> list[str]:
     return pre_messages(title, [_activity_line(r, hours > 24) for r in rows], footer)
 
 
+def _approvals_service(hub):
+    module = _plugin(hub, "claude_net_approvals")
+    if module is None:
+        raise NotSupported("the approvals plugin (claude-net-approvals) is not installed on this hub",
+                           code="no_approvals_plugin")
+    return importlib.import_module("claude_net_approvals.service")
+
+
+def approval_line(a: dict[str, Any]) -> str:
+    p = a.get("particulars") or {}
+    what = p.get("command") or p.get("path") or p.get("tool_name") or a.get("action") or "?"
+    return f"{a.get('id')} {a.get('requester')} {a.get('action') or a.get('kind')} → {a.get('target') or '-'}: {what}"
+
+
+async def cmd_approvals(hub, actor, args, ctx) -> list[str]:
+    if args:
+        return [usage("approvals")]
+    service = _approvals_service(hub)
+    pending = await service.list_approvals(hub, state="pending")
+    if not pending:
+        return ["🙋 no approval requests are waiting"]
+    return pre_messages(f"🙋 <b>approvals</b> waiting ({len(pending)})", [approval_line(a) for a in pending],
+                        "decide: <code>approve ID</code> · <code>approve ID for 1h</code> · <code>deny ID</code>")
+
+
+async def _decide(hub, actor, args, ctx, decision: str) -> list[str]:
+    span = None
+    if decision == "approve" and len(args) == 3 and args[1].lower() == "for":
+        span = args[2].lower()
+    elif len(args) != 1:
+        return [usage(decision)]
+    service = _approvals_service(hub)
+    try:
+        approval = await service.decide(hub, actor, args[0], decision, for_=span, via="telegram",
+                                        telegram_user=ctx.get("telegram_user"))
+    except HubError as exc:
+        state = exc.extra.get("state") if exc.code == "already_decided" else None
+        if state:
+            return [f"⚠️ approval <code>{esc(args[0])}</code> is already {esc(state)}; nothing changed"]
+        raise
+    if approval.get("state") == "denied":
+        return [f"⛔ denied <code>{esc(approval['id'])}</code>: {esc(approval_line(approval))}"]
+    span_text = f"for {approval['for']}" if approval.get("for") else "once"
+    return [f"✅ approved {esc(span_text)} <code>{esc(approval['id'])}</code>: {esc(approval_line(approval))}"]
+
+
+async def cmd_approve(hub, actor, args, ctx) -> list[str]:
+    return await _decide(hub, actor, args, ctx, "approve")
+
+
+async def cmd_deny(hub, actor, args, ctx) -> list[str]:
+    return await _decide(hub, actor, args, ctx, "deny")
+
+
 HANDLERS = {
+    "approvals": cmd_approvals, "approve": cmd_approve, "deny": cmd_deny,
     "help": cmd_help, "status": cmd_status, "permit": cmd_permit, "revoke": cmd_revoke,
     "permissions": cmd_permissions, "start": cmd_start, "stop": cmd_stop, "snapshot": cmd_snapshot,
     "snapshots": cmd_snapshots, "restore": cmd_restore, "activity": cmd_activity,

@@ -126,6 +126,10 @@ class Outbox:
         wait = self.interval if seconds is None else seconds
         self.next_send_at = max(self.next_send_at, time.monotonic() + wait)
 
+    async def wait_turn(self) -> None:
+        """Wait until the chat may receive the next message (cards share the echoes' pacing)."""
+        await self._wait_turn()
+
     async def _wait_turn(self) -> None:
         while not self.draining:
             delay = self.next_send_at - time.monotonic()

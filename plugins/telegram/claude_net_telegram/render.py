@@ -146,7 +146,8 @@ def format_event(event, *, output_chars: int = 300) -> tuple[str, bool]:
         return f"{icon} <b>hub</b>: <code>{esc(clip(event.detail or '', 600))}</code>", result != "ok"
     if kind == "telegram" and result == "denied":
         reason = esc(data.get("reason_text") or data.get("reason") or "refused")
-        return (f"⛔ <b>Telegram command refused</b>: {reason} "
+        what = "button press" if data.get("update") == "callback_query" else "command"
+        return (f"⛔ <b>Telegram {what} refused</b>: {reason} "
                 f"(user {esc(data.get('user_id', '?'))}, chat {esc(data.get('chat_id', '?'))})\n"
                 f"<code>{esc(clip(event.detail or '', COMMAND_CHARS))}</code>"), True
     target = f" → {esc(event.target)}" if event.target else ""

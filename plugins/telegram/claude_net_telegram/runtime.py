@@ -22,14 +22,15 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
-from telegram import Bot, LinkPreviewOptions, ReplyParameters, Update
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions, ReplyParameters, Update
 from telegram.constants import ParseMode
 from telegram.request import HTTPXRequest
 
-from claude_net import (Actor, BadRequest, Event, Forbidden, PayloadTooLarge, Unauthorized, Unavailable,
+from claude_net import (Actor, BadRequest, Event, Forbidden, HubError, PayloadTooLarge, Unauthorized, Unavailable,
                         validate_node_name)
 
-from . import commands
+from . import buttons, commands
+from .cards import Buttons, Cards
 from .outbox import Outbox, plain, retry_after_seconds
 from .redact import Redactor, redact
 from .render import clip, esc, format_event, safe
@@ -38,12 +39,14 @@ from .settings import TelegramSettings, admin_node
 log = logging.getLogger("claude_net.telegram")
 #: bus channel carrying echoes from every replica to the one that talks to Telegram
 ECHO_CHANNEL = "telegram:echo"
+#: bus channel carrying card updates (approvals, jobs, restore offers) to that replica
+CARD_CHANNEL = "telegram:card"
 
 # Opt in to python-telegram-bot's coming timedelta periods (RetryAfter.retry_after, ...): without
 # it, every 429 prints a deprecation warning. We read both forms (see outbox.retry_after_seconds).
 os.environ.setdefault("PTB_TIMEDELTA", "true")
 
-ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "edited_channel_post"]
+ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "edited_channel_post", "callback_query"]
 #: senders that stand for a chat rather than a person (anonymous admins, channels, Telegram itself)
 GROUP_ANONYMOUS_BOT = 1087968824
 CHANNEL_BOT = 136817688
@@ -81,18 +84,22 @@ class TelegramRuntime:
         self.outbox = Outbox(self._send_echo, maxsize=settings.outbox_size, interval=interval,
                              retry_initial=settings.retry_initial, retry_max=settings.retry_max,
                              secrets=self._secrets)
+        self.cards = Cards(send=self._card_send, edit=self._card_edit, turn=self.outbox.wait_turn,
+                           pace=self.outbox.pace, edit_interval=settings.edit_interval,
+                           retry_initial=settings.retry_initial, retry_max=settings.retry_max,
+                           secrets=self._secrets)
         self.updates: asyncio.Queue[Update] = asyncio.Queue(maxsize=256)
         self.ready = asyncio.Event()
         self.bot: Bot | None = None
         self.username = ""
         self.tasks: list[asyncio.Task[Any]] = []
         #: replicas: echoes waiting to be published to the replica that talks to Telegram
-        self._forward: asyncio.Queue[tuple[str, bool]] = asyncio.Queue(settings.outbox_size)
+        self._forward: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(settings.outbox_size)
         self._seen_ids: deque[int] = deque(maxlen=1024)
         self._echo_types = frozenset(settings.echo_types)
         self._echo_results = frozenset(settings.echo_results) - {"pending"}
         self._failing: dict[str, float] = {}
-        self.counters = {"commands": 0, "refused": 0, "updates": 0, "replies_failed": 0}
+        self.counters = {"commands": 0, "refused": 0, "updates": 0, "replies_failed": 0, "presses": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -128,9 +135,9 @@ class TelegramRuntime:
     async def _lead(self) -> None:
         self.ready.clear()
         bot = self.bot = self._make_bot()
-        work = [self._connect_and_listen(), self._dispatch_forever(), self.outbox.run()]
+        work = [self._connect_and_listen(), self._dispatch_forever(), self.outbox.run(), self.cards.run()]
         if self._replicated:
-            work.append(self._collect_echoes())
+            work += [self._collect_echoes(), self._collect_cards()]
         tasks = [asyncio.ensure_future(w) for w in work]
         try:
             await asyncio.gather(*tasks)
@@ -150,8 +157,8 @@ class TelegramRuntime:
     async def _forward_echoes(self) -> None:
         """With replicas, every replica forwards its echoes over the bus to the one that sends."""
         while True:
-            text, loud = await self._forward.get()
-            await self.hub.bus.publish(ECHO_CHANNEL, {"text": text, "loud": loud})
+            channel, payload = await self._forward.get()
+            await self.hub.bus.publish(channel, payload)
 
     async def _collect_echoes(self) -> None:
         async with self.hub.bus.subscribe(ECHO_CHANNEL, maxsize=self.s.outbox_size) as sub:
@@ -159,6 +166,16 @@ class TelegramRuntime:
                 item = await sub.get()
                 if item is not None and isinstance(item.get("text"), str):
                     self.outbox.put(item["text"], bool(item.get("loud")))
+
+    async def _collect_cards(self) -> None:
+        async with self.hub.bus.subscribe(CARD_CHANNEL, maxsize=self.s.outbox_size) as sub:
+            while True:
+                item = await sub.get()
+                if isinstance(item, dict) and item.get("kind"):
+                    try:
+                        buttons.apply(self, item)
+                    except Exception:  # one odd update must not stop the cards of every other
+                        log.exception("telegram: cannot apply a %s card update", item.get("kind"))
 
     def _spawn(self, work, name: str) -> None:
         self.tasks.append(self.hub.spawn(work, name=name))
@@ -199,7 +216,8 @@ class TelegramRuntime:
             "task": task or {"state": "stopped"}, "runs_here": running and self.hub.runs_singleton(TASK_NAME),
             "bot": f"@{self.username}" if self.username else None, "chat_id": self.s.chat_id,
             "admin_node": self.admin_node or None, "admin_ids": sorted(self.admin_ids),
-            "self_hosted_api": bool(self.s.base_url), "outbox": self.outbox.stats(), **self.counters,
+            "self_hosted_api": bool(self.s.base_url), "outbox": self.outbox.stats(), "cards": self.cards.stats(),
+            **self.counters,
         }
 
     # -- talking to the Bot API -----------------------------------------------------------------
@@ -307,6 +325,48 @@ class TelegramRuntime:
     async def _send_echo(self, text: str, quiet: bool, as_html: bool) -> None:
         await self._send(self.s.chat_id, text, quiet=quiet, as_html=as_html)
 
+    @staticmethod
+    def _markup(rows: Buttons) -> InlineKeyboardMarkup | None:
+        if not rows:
+            return None
+        return InlineKeyboardMarkup([[InlineKeyboardButton(text, callback_data=data) for text, data in row]
+                                     for row in rows])
+
+    async def _card_send(self, text: str, rows: Buttons, quiet: bool) -> int:
+        await self.ready.wait()
+        assert self.bot is not None
+        message = await self.bot.send_message(
+            chat_id=self.s.chat_id, text=safe(text), parse_mode=ParseMode.HTML, disable_notification=quiet,
+            link_preview_options=LinkPreviewOptions(is_disabled=True), reply_markup=self._markup(rows))
+        return message.message_id
+
+    async def _card_edit(self, message_id: int, text: str, rows: Buttons) -> None:
+        await self.ready.wait()
+        assert self.bot is not None
+        # an empty keyboard removes the buttons (omitting reply_markup would leave them)
+        await self.bot.edit_message_text(
+            chat_id=self.s.chat_id, message_id=message_id, text=safe(text), parse_mode=ParseMode.HTML,
+            link_preview_options=LinkPreviewOptions(is_disabled=True),
+            reply_markup=self._markup(rows) or InlineKeyboardMarkup([]))
+
+    async def answer_press(self, query_id: str, text: str, *, alert: bool = False) -> None:
+        """Answer a button press (the small notice the presser sees); a press is answered once."""
+        await self.ready.wait()
+        assert self.bot is not None
+        for _ in range(3):
+            try:
+                await self.bot.answer_callback_query(query_id, text=clip(plain(text), 190), show_alert=alert)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if type(exc).__name__ == "RetryAfter":
+                    await asyncio.sleep(min(retry_after_seconds(exc), 10.0))
+                    continue
+                log.warning("telegram: answering a button press failed: %s",
+                            redact(f"{type(exc).__name__}: {exc}", self._secrets))
+                return
+
     async def reply(self, message, text: str) -> bool:
         """Answer a command (directly, not through the outbox); a few quick retries."""
         as_html = True
@@ -378,6 +438,9 @@ class TelegramRuntime:
 
     async def handle_update(self, update: Update) -> None:
         self.counters["updates"] += 1
+        if update.callback_query is not None:
+            await buttons.handle_press(self, update.callback_query)
+            return
         for kind in ALLOWED_UPDATES:
             message = getattr(update, kind, None)
             if message is not None:
@@ -409,7 +472,8 @@ class TelegramRuntime:
         await self.hub.emit(Event("telegram", self.actor.name, None, clip(text, 500), "ok", via="telegram",
                                   data=data))
         log.info("telegram: user %s runs %r as %s", data["user_id"], parsed.verb, self.actor.name)
-        replies = await commands.run(self.hub, self.actor, parsed, admin_node=self.admin_node)
+        replies = await commands.run(self.hub, self.actor, parsed, admin_node=self.admin_node,
+                                     telegram_user=data["user_id"])
         for html in replies:
             await self.reply(message, html)
 
@@ -537,6 +601,15 @@ class TelegramRuntime:
 
     def on_event(self, event) -> None:
         """The hub's ``on_event``: format and ``put_nowait`` — nothing that can wait or fail."""
+        try:
+            card = buttons.card_update(self, event)
+        except Exception:
+            log.exception("telegram: cannot make a card of the %s event %s", event.type, event.id)
+            card = None
+        if card is not None:
+            if card.get("kind") != "none":
+                self.send_card(card)
+            return
         if not self.wants(event):
             return
         try:
@@ -555,4 +628,14 @@ class TelegramRuntime:
             self.outbox.dropped_full += 1
             self.outbox.dropped_total += 1
         else:
-            self._forward.put_nowait((text, loud))
+            self._forward.put_nowait((ECHO_CHANNEL, {"text": text, "loud": loud}))
+
+    def send_card(self, update: dict[str, Any]) -> None:
+        """A card update from this replica's events: applied here, or sent to the replica that
+        talks to Telegram (which keeps every card's message id)."""
+        if not self._replicated:
+            buttons.apply(self, update)
+        elif self._forward.full():
+            self.cards.failed += 1
+        else:
+            self._forward.put_nowait((CARD_CHANNEL, update))

@@ -49,6 +49,13 @@ class TelegramSettings:
     retry_initial: float = help_field(1.0, "First back-off after a failed send, in seconds (doubles each time).")
     retry_max: float = help_field(60.0, "Longest back-off between retries, in seconds.")
     shutdown_drain: float = help_field(2.0, "Seconds the hub waits at shutdown for queued echoes to go out.")
+    approval_buttons: bool = help_field(True, "Post each approval request to the admin chat with Approve once / "
+                                              "Approve for 1 h / Deny buttons, and edit it to the outcome.")
+    job_echo: bool = help_field(True, "Echo each background job as one message edited as its output arrives, "
+                                      "with a Cancel button.")
+    edit_interval: float = help_field(3.0, "Least seconds between two edits of one message while a job runs "
+                                           "(final states are shown at once, within the chat's pacing).")
+    job_output_chars: int = help_field(800, "Characters of a running job's latest output shown in its message.")
 
 
 #: X-Telegram-Bot-Api-Secret-Token: 1-256 characters, only A-Z, a-z, 0-9, _ and -
@@ -66,7 +73,7 @@ def idle_reason(settings: TelegramSettings) -> str | None:
             return "webhook mode needs [telegram] webhook_url, the public https URL of /api/telegram/webhook"
         if settings.webhook_secret and not SECRET_RE.fullmatch(settings.webhook_secret):
             return "[telegram] webhook_secret must be 1-256 characters of A-Z, a-z, 0-9, '_' and '-'"
-    for name in ("poll_timeout", "request_timeout", "outbox_size", "retry_initial", "retry_max"):
+    for name in ("poll_timeout", "request_timeout", "outbox_size", "retry_initial", "retry_max", "edit_interval"):
         if getattr(settings, name) <= 0:
             return f"[telegram] {name} must be positive"
     return None

@@ -27,7 +27,7 @@ async def test_webhook_mode_with_good_and_bad_secrets(tg_hub, caplog):
         await eventually(lambda: h.api.webhook is not None)
         assert h.api.webhook["url"] == URL and h.api.webhook["secret_token"] == SECRET
         assert h.api.webhook["allowed_updates"] == ["message", "edited_message", "channel_post",
-                                                    "edited_channel_post"]
+                                                    "edited_channel_post", "callback_query"]
         assert h.api.calls_of("getUpdates") == []  # no polling in webhook mode
 
         good = update(h.api, "@chasclaude permit managerclaude all", 9001)
