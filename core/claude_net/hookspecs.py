@@ -135,6 +135,22 @@ def register_asgi_apps(hub: Hub) -> Sequence[tuple[str, Any]]:
     """
 
 
+@hookspec(firstresult=True)
+def authenticate_request(hub: Hub, request: Any) -> Awaitable[Actor | None] | Actor | None:
+    """Identify the caller of an API request that carries no ``Authorization`` header. Stops at first non-None result.
+
+    Consulted only for routes that need authentication and only when no bearer token was sent
+    (a bearer token always wins, and a wrong one is never retried here). ``request`` is Quart's
+    request (headers, cookies, method, path; do not read the body). Return ``None``
+    synchronously when the request holds no credential of yours, else an awaitable of the
+    :class:`Actor` (``via`` names the channel, e.g. ``"dashboard"``) or of ``None`` (the request
+    then counts as unauthenticated: 401). Raise a :class:`claude_net.HubError` (e.g.
+    :class:`claude_net.Forbidden` for a missing CSRF token on a state change) to refuse it, after
+    recording the refusal. The actor then goes through the same rate limit, admin check and
+    policy as a bearer-token caller.
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Nodes and policy
 # ---------------------------------------------------------------------------------------------

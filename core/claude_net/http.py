@@ -8,6 +8,7 @@ a generic 500 that never leaks internals.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import re
@@ -180,6 +181,11 @@ def error_response(exc: HubError, request_id: str | None = None) -> Response:
     return json_response(exc.to_json(), exc.status, headers)
 
 
+async def _plugin_actor(hub: Hub) -> Actor | None:
+    found = hub.pm.hook.authenticate_request(hub=hub, request=request)
+    return await found if inspect.isawaitable(found) else found
+
+
 def _bearer(header: str | None) -> str | None:
     if not header:
         return None
@@ -258,7 +264,13 @@ class RouteView:
         # messaging (opt-in) needs the body first, to learn the name from its `from` field.
         token = _bearer(request.headers.get("Authorization")) if route.auth else None
         actor: Actor | None = None
-        if token is not None:
+        if token is None and route.auth:  # another credential a plugin knows (the dashboard's session)
+            actor = await _plugin_actor(hub)
+        if actor is not None:
+            who["actor"] = actor
+            if hub.rate_limiter.enabled:
+                await self._rate_limit(actor)
+        elif token is not None:
             # In-process callers (the MCP endpoint calling this API for its tools) label their channel
             # in the ASGI scope, which no network client can set; everyone else is "http".
             actor = await hub.authenticate(token, via=request.scope.get(VIA_SCOPE_KEY) or "http")
