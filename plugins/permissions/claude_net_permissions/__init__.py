@@ -13,6 +13,8 @@ from claude_net import Command, Migration, hookimpl
 from . import service
 from .model import ACTIONS, CAPABILITIES, Decision
 from .service import (
+    allow_for,
+    list_allowances,
     list_permissions,
     permissions_view,
     resolve_permission,
@@ -23,6 +25,8 @@ from .service import (
 __all__ = [
     "CAPABILITIES",
     "Decision",
+    "allow_for",
+    "list_allowances",
     "list_permissions",
     "permissions_view",
     "resolve_permission",
@@ -51,7 +55,26 @@ def migrations():
                 " PRIMARY KEY (source, target))",
             ],
             description="exec_permissions matrix",
-        )
+        ),
+        Migration(
+            PLUGIN, 2,
+            [
+                # the ask level: granted only with an admin's approval of each request. The seed
+                # columns stay False for such a capability, so they keep meaning "granted outright"
+                # (an older reader of the table sees a deny, never a plain grant).
+                "ALTER TABLE exec_permissions ADD COLUMN ask_exec BOOLEAN NOT NULL DEFAULT FALSE",
+                "ALTER TABLE exec_permissions ADD COLUMN ask_read BOOLEAN NOT NULL DEFAULT FALSE",
+                "ALTER TABLE exec_permissions ADD COLUMN ask_write BOOLEAN NOT NULL DEFAULT FALSE",
+                # 'before': snapshot the target container before exec / file_write
+                "ALTER TABLE exec_permissions ADD COLUMN snapshot TEXT",
+                # "approve for 1 h": lifts the ask of one pair and capability until it expires
+                "CREATE TABLE IF NOT EXISTS permission_allowances ("
+                " source TEXT NOT NULL, target TEXT NOT NULL, capability TEXT NOT NULL,"
+                " expires_at TEXT NOT NULL, granted_by TEXT, granted_at TEXT NOT NULL, approval_id TEXT,"
+                " PRIMARY KEY (source, target, capability))",
+            ],
+            description="ask level, snapshot before, approved-for-a-while allowances",
+        ),
     ]
 
 
@@ -82,6 +105,11 @@ def _configure_permit(p) -> None:
     narrow.add_argument("--capabilities", "--caps", metavar="CAPS",
                         help="comma-separated subset of exec,file_read,file_write (also x,r,w,read,write); "
                              "default: all three")
+    p.add_argument("--ask", metavar="CAPS",
+                   help="comma-separated capabilities (of those granted) that need an admin's approval of each "
+                        "request, e.g. exec,file_write (see docs/approvals.md)")
+    p.add_argument("--snapshot-before", action="store_true",
+                   help="snapshot the target container before every exec and file write (LXD targets only)")
     p.add_argument("--expires", metavar="WHEN",
                    help="'30m', '2h', '7d', '1w' from now, or an ISO 8601 time (default: never)")
     p.add_argument("--json", action="store_true", help="print the stored rule as JSON")

@@ -15,8 +15,8 @@ from claude_net import printable
 
 from . import model, service
 
-LEGEND = ("x exec, r file read, w file write; '-' explicit deny; '.' no rule (broader rules apply); "
-          "'~' expires; '*' every node")
+LEGEND = ("x exec, r file read, w file write (capital: only with an admin's approval); '-' explicit deny; "
+          "'.' no rule (broader rules apply); '@' snapshot before; '~' expires; '*' every node")
 
 
 def _print_change(permission: Mapping[str, Any], as_json: bool) -> None:
@@ -31,7 +31,9 @@ def _print_change(permission: Mapping[str, Any], as_json: bool) -> None:
         print(f"removed {removed} rule(s): {what}")
     elif permission["allow"]:
         until = f" until {printable(permission['expires_at'])}" if permission.get("expires_at") else ""
-        print(f"permitted {source} -> {target}: {printable(', '.join(permission['capabilities']))}{until}")
+        caps = ", ".join(f"{c} (ask)" if c in permission.get("ask", ()) else c for c in permission["capabilities"])
+        snap = f", snapshot {printable(permission['snapshot'])}" if permission.get("snapshot") else ""
+        print(f"permitted {source} -> {target}: {printable(caps)}{snap}{until}")
     else:
         print(f"revoked {source} -> {target} (explicit deny; beats broader grants)")
 
@@ -41,7 +43,8 @@ async def run_permit(args, ctx) -> int:
     async with ctx.hub() as hub:
         permission = await service.set_permission(
             hub, ctx.cli_actor(), args.source, args.target, allow=True,
-            capabilities=capabilities, expires=args.expires, aliases=True)
+            capabilities=capabilities, expires=args.expires, aliases=True, ask=args.ask,
+            snapshot="before" if args.snapshot_before else None)
     _print_change(permission, args.json)
     return 0
 
@@ -79,7 +82,8 @@ def render_rules(rules: Sequence[Mapping[str, Any]]) -> list[str]:
             row = [source]
             for target in targets:
                 rule = by_key.get((source, target))
-                row.append(model.cell(rule["capabilities"], expiring=bool(rule["expires_at"]))
+                row.append(model.cell(rule["capabilities"], expiring=bool(rule["expires_at"]),
+                                      ask=rule.get("ask", ()), snapshot=bool(rule.get("snapshot")))
                            if rule else model.cell((), rule_exists=False))
             rows.append(row)
         lines += _table(["SOURCE \\ TARGET", *targets], rows)
@@ -92,15 +96,23 @@ def render_rules(rules: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def render_effective(matrix: Mapping[str, Mapping[str, Sequence[str]]]) -> list[str]:
+def render_effective(matrix: Mapping[str, Mapping[str, Sequence[str]]],
+                     ask: Mapping[str, Mapping[str, Sequence[str]]] | None = None) -> list[str]:
     """The resolved matrix for known nodes: what each source may do on each target right now."""
     names = list(matrix)
     if not names:
         return ["no known nodes"]
-    rows = [[s, *("".join(model.LETTERS[c] for c in model.CAPABILITIES if c in matrix[s][t]) or "-"
-                  for t in names)] for s in names]
+    ask = ask or {}
+
+    def letters(s: str, t: str) -> str:
+        asked = ask.get(s, {}).get(t, ())
+        return "".join(model.LETTERS[c].upper() if c in asked else model.LETTERS[c]
+                       for c in model.CAPABILITIES if c in matrix[s][t]) or "-"
+
+    rows = [[s, *(letters(s, t) for t in names)] for s in names]
     return _table(["SOURCE \\ TARGET", *names], rows) + [
-        "legend: x exec, r file read, w file write, '-' denied (admins may do everything regardless)"]
+        "legend: x exec, r file read, w file write (capital: only with an admin's approval), '-' denied "
+        "(admins may do everything regardless)"]
 
 
 async def run_permissions(args, ctx) -> int:
@@ -109,7 +121,11 @@ async def run_permissions(args, ctx) -> int:
     if args.json:
         print(json.dumps(view, indent=2))
         return 0
-    lines = render_effective(view["effective"]) if args.effective else render_rules(view["permissions"])
+    lines = (render_effective(view["effective"], view.get("effective_ask")) if args.effective
+             else render_rules(view["permissions"]))
+    for a in view.get("allowances") or ():
+        lines.append(f"{a['source']} -> {a['target']}: {a['capability']} without asking until {a['expires_at']} "
+                     f"(approved by {a['granted_by']})")
     print("\n".join(printable(line) for line in lines))
     for backend, error in (view.get("unavailable") or {}).items():
         print(f"(backend {printable(backend)} unavailable: {printable(error)})")

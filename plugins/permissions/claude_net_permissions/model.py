@@ -31,6 +31,13 @@ WILDCARD_WORDS = frozenset({"*", "all"})
 CAPABILITIES: tuple[str, ...] = ("exec", "file_read", "file_write")
 COLUMNS: Mapping[str, str] = {"exec": "can_exec", "file_read": "can_read", "file_write": "can_write"}
 LETTERS: Mapping[str, str] = {"exec": "x", "file_read": "r", "file_write": "w"}
+#: the columns marking a capability as granted only with an admin's approval (the ``ask`` level);
+#: the seed columns (``can_exec``...) stay False for it, so they keep meaning "granted outright"
+ASK_COLUMNS: Mapping[str, str] = {"exec": "ask_exec", "file_read": "ask_read", "file_write": "ask_write"}
+#: the capabilities a ``snapshot: before`` rule snapshots the target for
+SNAPSHOT_CAPABILITIES = ("exec", "file_write")
+#: the values of a rule's ``snapshot`` (None: no snapshot)
+SNAPSHOT_WHEN = ("before",)
 #: extra spellings accepted by the CLI (the HTTP API takes the canonical names only)
 ALIASES: Mapping[str, str] = {
     "x": "exec", "execute": "exec", "r": "file_read", "read": "file_read",
@@ -105,7 +112,13 @@ def parse_expires(value: object, *, now: datetime | None = None) -> str | None:
 
 
 def granted(row: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(c for c in CAPABILITIES if row[COLUMNS[c]])
+    """Every capability the rule grants, outright or with approval."""
+    return tuple(c for c in CAPABILITIES if row[COLUMNS[c]] or row.get(ASK_COLUMNS[c]))
+
+
+def asked(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """The capabilities the rule grants only with an admin's approval (the ``ask`` level)."""
+    return tuple(c for c in CAPABILITIES if row.get(ASK_COLUMNS[c]))
 
 
 def is_expired(row: Mapping[str, Any], now_iso: str) -> bool:
@@ -138,10 +151,15 @@ class Decision:
     allowed: bool | None
     #: the deciding rule as ``(source, target)``, None when no rule applies
     rule: tuple[str, str] | None = None
+    #: allowed only with an admin's approval of each request (the ``ask`` level)
+    ask: bool = False
+    #: the target is snapshotted before the action (``snapshot: before``)
+    snapshot_before: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"source": self.source, "target": self.target, "capability": self.capability,
-                "allowed": self.allowed, "rule": list(self.rule) if self.rule else None}
+                "allowed": self.allowed, "rule": list(self.rule) if self.rule else None,
+                "ask": self.ask, "snapshot_before": self.snapshot_before}
 
 
 def decide(rules: Mapping[tuple[str, str], Mapping[str, Any]], source: str, target: str,
@@ -149,7 +167,10 @@ def decide(rules: Mapping[tuple[str, str], Mapping[str, Any]], source: str, targ
     rule = most_specific(rules, source, target)
     if rule is None:
         return Decision(source, target, capability, None)
-    return Decision(source, target, capability, bool(rule[COLUMNS[capability]]), (rule["source"], rule["target"]))
+    ask = bool(rule.get(ASK_COLUMNS[capability]))
+    allowed = bool(rule[COLUMNS[capability]]) or ask
+    snapshot = allowed and rule.get("snapshot") == "before" and capability in SNAPSHOT_CAPABILITIES
+    return Decision(source, target, capability, allowed, (rule["source"], rule["target"]), ask, snapshot)
 
 
 def effective(rules: Mapping[tuple[str, str], Mapping[str, Any]], sources: Sequence[str],
@@ -162,6 +183,18 @@ def effective(rules: Mapping[tuple[str, str], Mapping[str, Any]], sources: Seque
             rule = most_specific(rules, source, target)
             row[target] = list(granted(rule)) if rule is not None else []
         out[source] = row
+    return out
+
+
+def effective_ask(rules: Mapping[tuple[str, str], Mapping[str, Any]], sources: Sequence[str],
+                  targets: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """``{source: {target: [capabilities granted only with approval]}}``, pairs with none left out."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for source in sources:
+        for target in targets:
+            rule = most_specific(rules, source, target)
+            if rule is not None and asked(rule):
+                out.setdefault(source, {})[target] = list(asked(rule))
     return out
 
 
@@ -179,23 +212,31 @@ def rule_json(row: Mapping[str, Any], now_iso: str) -> dict[str, Any]:
         "granted_at": row["granted_at"],
         "expires_at": row["expires_at"],
         "expired": is_expired(row, now_iso),
+        "ask": list(asked(row)),
+        "snapshot": row.get("snapshot"),
     }
 
 
-def cell(capabilities: Sequence[str], *, rule_exists: bool = True, expiring: bool = False) -> str:
-    """Matrix cell: letters of the granted capabilities (x exec, r read, w write), '-' for a rule that
-    grants nothing (explicit deny), '.' for no rule; '~' marks a rule with an expiry."""
+def cell(capabilities: Sequence[str], *, rule_exists: bool = True, expiring: bool = False,
+         ask: Sequence[str] = (), snapshot: bool = False) -> str:
+    """Matrix cell: letters of the granted capabilities (x exec, r read, w write; a capital letter
+    when it needs an admin's approval), '-' for a rule that grants nothing (explicit deny), '.' for
+    no rule; '@' marks a snapshot before, '~' a rule with an expiry."""
     if not rule_exists:
         return "."
-    text = "".join(LETTERS[c] for c in CAPABILITIES if c in capabilities) or "-"
-    return text + ("~" if expiring else "")
+    text = "".join(LETTERS[c].upper() if c in ask else LETTERS[c]
+                   for c in CAPABILITIES if c in capabilities) or "-"
+    return text + ("@" if snapshot else "") + ("~" if expiring else "")
 
 
 def describe(source: str, target: str, *, allow: bool, capabilities: Sequence[str] = (),
-             expires_at: str | None = None, inherit: bool = False) -> str:
+             expires_at: str | None = None, inherit: bool = False, ask: Sequence[str] = (),
+             snapshot: str | None = None) -> str:
     """The sentence recorded in the activity feed for a change."""
     if allow:
-        text = f"permit {source} -> {target}: {', '.join(capabilities)}"
+        text = f"permit {source} -> {target}: " + ", ".join(f"{c} (ask)" if c in ask else c for c in capabilities)
+        if snapshot:
+            text += f", snapshot {snapshot}"
         return text + (f" until {expires_at}" if expires_at else "")
     if inherit:
         return f"revoke {source} -> {target}: remove this rule (broader rules apply again)"

@@ -16,7 +16,9 @@ PERMISSION = {"type": "object", "properties": {
     "capabilities": {"type": "array", "items": {"type": "string", "enum": list(model.CAPABILITIES)}},
     "granted_by": {"type": ["string", "null"]}, "granted_at": {"type": "string"},
     "expires_at": {"type": ["string", "null"]}, "expired": {"type": "boolean"},
-    "stored": {"type": "boolean"}, "removed": {"type": "integer"}}}
+    "stored": {"type": "boolean"}, "removed": {"type": "integer"},
+    "ask": {"type": "array", "items": {"type": "string", "enum": list(model.CAPABILITIES)}},
+    "snapshot": {"type": ["string", "null"], "enum": [*model.SNAPSHOT_WHEN, None]}}}
 
 
 async def permit(ctx):
@@ -25,6 +27,7 @@ async def permit(ctx):
         ctx.hub, ctx.actor, body["source"], body["target"],
         allow=body.get("allow", True), capabilities=body.get("capabilities"),
         expires=body.get("expires"), inherit=body.get("inherit", False),
+        ask=body.get("ask"), snapshot=body.get("snapshot"),
     )
     return {"permission": permission}
 
@@ -42,7 +45,9 @@ def routes() -> list[Route]:
                 "`target` (and `source`) may be a node name, `*` or `all` (every node). "
                 "`allow: true` stores the rule granting `capabilities` (default all of exec, file_read, "
                 "file_write; e.g. `[\"file_read\"]` for read-only), optionally until `expires` "
-                "('30m', '2h', '7d', '1w' or an ISO 8601 time). `allow: false` on a node stores an explicit "
+                "('30m', '2h', '7d', '1w' or an ISO 8601 time). `ask` (a subset of the granted capabilities) makes "
+                "those need an admin's approval of each request; `snapshot: \"before\"` snapshots an LXD "
+                "target before every exec and file write (refused for a node without snapshots). `allow: false` on a node stores an explicit "
                 "deny that beats broader grants; on `*`/`all` it deletes every rule of `source`; with "
                 "`inherit: true` it deletes only this pair's rule. Takes effect on the next call. "
                 "Non-admins get 403 and the attempt is recorded."
@@ -57,6 +62,9 @@ def routes() -> list[Route]:
                                      "items": {"type": "string", "enum": list(model.CAPABILITIES)}},
                     "expires": {"type": ["string", "null"], "maxLength": 64},
                     "inherit": {"type": "boolean"},
+                    "ask": {"type": "array", "maxItems": 3, "uniqueItems": True,
+                            "items": {"type": "string", "enum": list(model.CAPABILITIES)}},
+                    "snapshot": {"type": ["string", "null"], "enum": [*model.SNAPSHOT_WHEN, None]},
                     "from": {"type": "string"},
                 },
             },
@@ -71,6 +79,7 @@ def routes() -> list[Route]:
                           "properties": {"effective": {"type": "boolean"}}},
             response_schema={"type": "object", "properties": {
                 "ok": {"const": True}, "permissions": {"type": "array", "items": PERMISSION},
+                "allowances": {"type": "array", "items": {"type": "object"}}, "effective_ask": {"type": "object"},
                 "nodes": {"type": "array", "items": {"type": "string"}},
                 "capabilities": {"type": "array", "items": {"type": "string"}},
                 "effective": {"type": "object"}, "unavailable": {"type": "object"}}},
