@@ -290,7 +290,8 @@ async function permissionsPage() {
         if (effective) {
           if (target === "*") return el("td", {}, "");
           const caps = (view.effective[source] || {})[target] || [];
-          return el("td", { "aria-label": describe(source, target, caps, [], null) }, ...cellContent(caps, [], null));
+          const asks = ((view.effective_ask || {})[source] || {})[target] || [];
+          return el("td", { "aria-label": describe(source, target, caps, asks, null) }, ...cellContent(caps, asks, null));
         }
         const rule = rules.get(`${source}|${target}`);
         const caps = rule && !rule.expired ? rule.capabilities : [];
@@ -312,7 +313,10 @@ async function permissionsPage() {
   async function edit(source, target, rule) {
     const form = $("#edit-form");
     $("#edit-title").textContent = `${source} → ${target}`;
-    for (const box of form.elements.cap) box.checked = rule ? rule.capabilities.includes(box.value) && !rule.expired : false;
+    const live = rule && !rule.expired;
+    for (const box of form.elements.cap) box.checked = live ? rule.capabilities.includes(box.value) : false;
+    for (const box of form.elements.ask) box.checked = live ? ruleAsks(rule).includes(box.value) : false;
+    form.elements.snapshot.checked = !!(live && rule.snapshot === "before");
     form.elements.expires.value = "";
     $("#edit-inherit").hidden = !rule;
     dialog.returnValue = "";
@@ -320,7 +324,10 @@ async function permissionsPage() {
     await new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
     const choice = dialog.returnValue;
     if (choice !== "save" && choice !== "inherit") return;
-    const caps = [...form.elements.cap].filter((b) => b.checked).map((b) => b.value);
+    const asks = [...form.elements.ask].filter((b) => b.checked).map((b) => b.value);
+    // asking first is a way of granting: an ask-level capability is granted too
+    const caps = [...form.elements.cap].filter((b) => b.checked || asks.includes(b.value)).map((b) => b.value);
+    const snapshot = form.elements.snapshot.checked;
     const expires = form.elements.expires.value.trim();
     let body, sentence;
     if (choice === "inherit") {
@@ -331,8 +338,13 @@ async function permissionsPage() {
       sentence = target === "*" ? `Revoke every rule of ${source}?` : `Deny ${source} → ${target} everything?`;
     } else {
       body = { source, target, allow: true, capabilities: caps };
+      if (asks.length) body.ask = asks;
+      if (snapshot) body.snapshot = "before";
       if (expires) body.expires = expires;
-      sentence = `Grant ${source} → ${target}: ${caps.join(", ")}${expires ? ` until ${expires}` : ""}?`;
+      const plain = caps.filter((c) => !asks.includes(c));
+      sentence = `Grant ${source} → ${target}: ${plain.length ? plain.join(", ") : "nothing outright"}`
+        + `${asks.length ? `; ask first for ${asks.join(", ")}` : ""}${snapshot ? "; snapshot before each action" : ""}`
+        + `${expires ? ` until ${expires}` : ""}?`;
     }
     if (!(await confirmAction("Change a pathway", sentence, "Apply"))) { say("Nothing changed."); return; }
     const data = await act(`${source} → ${target}`, "POST", "/api/permit", body);
