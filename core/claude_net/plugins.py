@@ -26,6 +26,7 @@ DEFAULT_PLUGINS = (
     "claude_net.builtin.roles",
     "claude_net.builtin.messaging",
     "claude_net.builtin.capabilities",
+    "claude_net.builtin.jobs",
     "claude_net.builtin.meta",
     "claude_net.builtin.enroll",
 )

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import fnmatch
 import hashlib
 import inspect
 import re
@@ -21,6 +22,7 @@ from claude_net import (
     FileStream,
     GatewayTimeout,
     HubError,
+    NotFound,
     NotSupported,
     PayloadTooLarge,
     ReadOptions,
@@ -46,6 +48,8 @@ PATH = {"type": "string", "minLength": 1, "maxLength": 4096, "allOf": [
      "x-pattern-help": "not contain '..' components or NUL bytes"}]}
 #: NUL cannot be passed to a process (argument vectors and environments are C strings)
 NO_NUL = r"^[^\u0000]*$"
+#: a fan-out's ``targets`` pattern: node-name characters and fnmatch's wildcards
+FANOUT_PATTERN_RE = re.compile(r"^[a-z0-9*?\[\]!-]{1,128}$")
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 #: characters of one env value, and of all of them, an exec's audit row keeps (the row's data is bounded)
 ENV_RECORD_VALUE = 1024
@@ -142,15 +146,48 @@ def _dispatch(hub, hook_name: str, node, **kwargs):
 
 async def exec_(ctx):
     hub, actor, body = ctx.hub, ctx.actor, ctx.body
+    spec = _exec_spec(hub, body)
+    command = spec["command"]
+    if "targets" in body:
+        if "target" in body:
+            raise BadRequest("give either target (one node) or targets (several), not both", code="invalid_field",
+                             field="targets")
+        return await fanout(hub, actor, body, spec)
+    if "target" not in body:
+        raise BadRequest("target (a node name) or targets (names, or a pattern) is required", code="invalid_field",
+                         field="target")
+    target = body["target"]
+    threading = await resolve_thread(hub, actor, body, event_type="exec", target=target, detail=command)
+    if spec["background"]:
+        from claude_net.http import json_response
+
+        from . import jobs
+
+        job = await jobs.start(hub, actor, target, command=command, timeout=spec["timeout"], cwd=spec["cwd"],
+                               env=spec["env"], recorded={**spec["recorded"], **threading}, threading=threading,
+                               guard_kwargs=approval_of(body))
+        return json_response({"ok": True, "job": job, **threading}, 202)
+    return await run_exec(hub, actor, target, spec, threading, approval_of(body))
+
+
+def _exec_spec(hub, body) -> dict:
+    """What an exec body asks for, checked: command, timeout, cwd, env, background, and the audit data."""
     limits = hub.settings.limits
-    target, command = body["target"], body["command"]
+    command = body["command"]
     if "\x00" in command:
         raise BadRequest("command must not contain NUL bytes", code="invalid_field", field="command")
+    background = bool(body.get("background", False))
+    if background:  # a job's own default and maximum ([jobs]): it is not tied to a request
+        jobs_cfg = hub.settings.section("jobs")
+        default, most, where = jobs_cfg.timeout, jobs_cfg.timeout_max, "[jobs] timeout_max"
+    else:
+        default, most, where = limits.exec_timeout, limits.exec_timeout_max, "[limits] exec_timeout_max"
     # the configured default never exceeds the configured maximum
-    timeout = float(body.get("timeout", min(limits.exec_timeout, limits.exec_timeout_max)))
-    if timeout > limits.exec_timeout_max:
-        raise BadRequest(f"timeout must be at most {limits.exec_timeout_max:g} seconds", code="invalid_field",
-                         field="timeout")
+    timeout = float(body.get("timeout", min(default, most)))
+    if timeout > most:
+        raise BadRequest(f"timeout must be at most {most:g} seconds ({where})"
+                         + ("" if background else "; a longer command can run as a job (\"background\": true)"),
+                         code="invalid_field", field="timeout")
     cwd = body.get("cwd")
     if cwd is not None:
         validate_remote_path(cwd, field_name="cwd")
@@ -158,10 +195,6 @@ async def exec_(ctx):
     for value in env.values():
         if "\x00" in value:
             raise BadRequest("env values must not contain NUL bytes", code="invalid_field", field="env")
-    options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=limits.exec_max_output,
-                          source=share_of(actor))
-    threading = await resolve_thread(hub, actor, body, event_type="exec", target=target, detail=command)
-    request = {"command": command, "cwd": cwd}
     # the audit row shows what ran: the command (detail), and where and with which environment
     recorded: dict = {}
     if cwd is not None:
@@ -170,7 +203,18 @@ async def exec_(ctx):
         recorded["env"], cut = recorded_env(env)
         if cut:
             recorded["env_truncated"] = True
-    recorded.update(threading)
+    return {"command": command, "timeout": timeout, "cwd": cwd, "env": env, "background": background,
+            "recorded": recorded}
+
+
+async def run_exec(hub, actor, target: str, spec: dict, threading: dict, approval: dict | None = None) -> dict:
+    """A foreground exec of ``spec`` (see :func:`_exec_spec`) on ``target``: the exec answer's fields."""
+    limits = hub.settings.limits
+    command, timeout, cwd = spec["command"], spec["timeout"], spec["cwd"]
+    options = ExecOptions(timeout=timeout, cwd=cwd, env=spec["env"], max_output=limits.exec_max_output,
+                          source=share_of(actor))
+    request = {"command": command, "cwd": cwd}
+    recorded = {**spec["recorded"], **threading}
 
     async def run():
         node = await hub.nodes.get(target)
@@ -198,7 +242,7 @@ async def exec_(ctx):
 
     result = await hub.guarded(
         actor, action="exec", event_type="exec", target=target, detail=command, run=run,
-        request=request, data=recorded, **approval_of(body),
+        request=request, data=recorded, **(approval or {}),
         result_data=lambda r: {"exit_code": r.exit_code, "truncated": r.truncated},
         result_transient=lambda r: {"stdout": _decode(r.stdout[:EVENT_OUTPUT]),
                                     "stderr": _decode(r.stderr[:EVENT_OUTPUT]),
@@ -214,6 +258,70 @@ async def exec_(ctx):
         out["truncated"] = True
     out.update(threading)
     return out
+
+
+# -- fan-out ------------------------------------------------------------------------------------
+# One exec to many nodes: each target takes the whole path of a single exec (its own permission,
+# activity rows, exec slot, job), so a target the caller may not use is one denied result among
+# the others, never a failure of the call.
+
+#: codes of a result that the summary counts as denied (a refusal of permission, not a failure)
+DENIED_CODES = frozenset({"denied", "revoked", "approval_denied", "approval_expired", "relay_refused"})
+
+
+async def resolve_targets(hub, targets) -> list[str]:
+    """The node names a fan-out runs on, in order, without repeats: the names given, or every node that
+    can run commands whose name matches the pattern (sorted)."""
+    limit = hub.settings.section("jobs").fanout_max_targets
+    if isinstance(targets, str):
+        if not FANOUT_PATTERN_RE.fullmatch(targets):
+            raise BadRequest("targets must be a list of node names or a pattern of lowercase letters, digits, '-' "
+                             "and the wildcards '*', '?' and [...]", code="invalid_field", field="targets")
+        nodes, _errors = await hub.nodes.all()
+        names = [n.name for n in nodes if "exec" in n.capabilities and fnmatch.fnmatchcase(n.name, targets)]
+        if not names:
+            raise NotFound(f"no node that can run commands matches {targets!r}", code="no_matching_nodes",
+                           field="targets")
+    else:
+        names = list(dict.fromkeys(targets))
+    if len(names) > limit:
+        raise BadRequest(f"{len(names)} targets; one fan-out may have at most {limit} ([jobs] fanout_max_targets)",
+                         code="too_many_targets", field="targets")
+    return names
+
+
+async def fanout(hub, actor, body, spec: dict) -> dict:
+    if body.get("approval") is not None:
+        raise BadRequest("an approval covers one action on one target: use it with target, not targets",
+                         code="invalid_field", field="approval")
+    names = await resolve_targets(hub, body["targets"])
+    command = spec["command"]
+    threading = await resolve_thread(hub, actor, body, event_type="exec", target=None, detail=command)
+    approval = {**approval_of(body), "approval": None}
+    slots = asyncio.Semaphore(max(1, hub.settings.section("jobs").fanout_concurrency))
+
+    async def one(name: str) -> dict:
+        async with slots:
+            try:
+                if spec["background"]:
+                    from . import jobs
+
+                    job = await jobs.start(hub, actor, name, command=command, timeout=spec["timeout"],
+                                           cwd=spec["cwd"], env=spec["env"],
+                                           recorded={**spec["recorded"], **threading, "fanout": True},
+                                           threading=threading, guard_kwargs=approval)
+                    return {"target": name, "ok": True, "job": job}
+                out = await run_exec(hub, actor, name, {**spec, "recorded": {**spec["recorded"], "fanout": True}},
+                                     threading, approval)
+                return {"target": name, "ok": True, **out}
+            except HubError as exc:
+                return {"target": name, **exc.to_json(), "status": exc.status}
+
+    results = await asyncio.gather(*(one(name) for name in names))
+    denied = sum(1 for r in results if not r["ok"] and r.get("code") in DENIED_CODES)
+    ok = sum(1 for r in results if r["ok"])
+    return {"results": list(results), "summary": {"ok": ok, "failed": len(results) - ok - denied, "denied": denied},
+            **threading}
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -677,16 +785,25 @@ def register_routes(hub):
     return [
         Route(
             "POST", "/api/exec", exec_,
-            summary="Run a shell command on a node (needs the exec pathway actor -> target)",
+            summary="Run a shell command on a node, or on several (needs the exec pathway actor -> target)",
             description="Runs `[shell, -c, command]` inside the target. Non-zero exit codes are still `ok`; "
-                        "a timeout answers 504 with the partial output.",
+                        "a timeout answers 504 with the partial output. `background: true` starts a job and "
+                        "answers 202 `{job}` at once (docs/jobs.md). `targets` (names, or a pattern such as "
+                        "`web-*`) instead of `target` runs it on each: 200 `{results, summary}`, one result per "
+                        "target in order, each allowed or denied on its own.",
             body_schema={
-                "type": "object", "additionalProperties": False, "required": ["target", "command"],
+                "type": "object", "additionalProperties": False, "required": ["command"],
                 "properties": {
                     "target": NAME,
+                    # a list of names, or one pattern (each keyword applies to its own type)
+                    "targets": {"type": ["array", "string"], "items": NAME, "minItems": 1, "maxItems": 1024,
+                                "minLength": 1, "maxLength": 128, "pattern": FANOUT_PATTERN_RE.pattern,
+                                "x-pattern-help": "be a pattern of node-name characters and the wildcards * ? [...]"},
+                    "background": {"type": "boolean"},
                     "command": {"type": "string", "minLength": 1, "maxLength": 131072, "pattern": NO_NUL,
                                 "x-pattern-help": "not contain NUL bytes"},
-                    "timeout": {"type": "number", "minimum": 0.1, "maximum": limits.exec_timeout_max},
+                    "timeout": {"type": "number", "minimum": 0.1,
+                                "maximum": max(limits.exec_timeout_max, hub.settings.section("jobs").timeout_max)},
                     "cwd": PATH,
                     "env": {"type": "object", "maxProperties": 64,
                             "additionalProperties": {"type": "string", "maxLength": 32768, "pattern": NO_NUL,

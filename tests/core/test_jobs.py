@@ -1,0 +1,205 @@
+"""Background jobs and fan-out through the core request path (TestBox backend; the real backends are
+exercised in tests/plugins/lxd_backend/test_jobs_lxd.py and tests/plugins/ssh_backend/test_jobs_ssh.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from claude_net import ExecResult, Node, hookimpl
+from claude_net.testing import eventually
+
+from .testbox import Allow, Recorder, TestBox
+
+
+class Ticker:
+    """A backend whose node ``tick`` prints ``line N`` every ``interval`` seconds through ``on_output``
+    (the way LXD and SSH hand over live output) and stops when cancelled."""
+
+    __name__ = "ticker"
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.cancelled = 0
+
+    @hookimpl
+    def list_nodes(self):
+        return [Node("tick", "ticker", "running", frozenset({"exec"}))]
+
+    @hookimpl
+    def execute(self, node, command, options):
+        if node.backend != "ticker":
+            return None
+
+        async def run():
+            count = int(command.split()[1])
+            out = b""
+            try:
+                for i in range(count):
+                    line = f"line {i}\n".encode()
+                    out += line
+                    if options.on_output:
+                        options.on_output("stdout", line)
+                    await asyncio.sleep(self.interval)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            return ExecResult(exit_code=0, stdout=out)
+
+        return run()
+
+
+class AllowOther(Allow):
+    __name__ = "allow_other"
+
+
+@pytest.fixture
+def box():
+    return TestBox()
+
+
+async def _job(h, token, status_wanted=202, **body):
+    status, answer = await h.call("POST", "/api/exec", token, {"background": True, **body})
+    assert status == status_wanted, answer
+    return answer
+
+
+async def _ended(h, token, job_id, timeout=10.0):
+    async def check():
+        status, body = await h.call("GET", f"/api/jobs/{job_id}", token)
+        assert status == 200, body
+        return body["job"] if body["job"]["state"] != "running" else None
+
+    return await eventually(check, timeout=timeout)
+
+
+async def test_background_job_answers_202_and_ends_with_output(hub_harness, box):
+    rec = Recorder()
+    async with hub_harness(plugins=[box, rec, Allow("agent", "box1")]) as h:
+        tok = await h.token("agent")
+        answer = await _job(h, tok, target="box1", command="echo hi", thread="t-1")
+        job = answer["job"]
+        assert set(job) >= {"id", "owner", "target", "command", "state", "exit_code", "started_at", "ended_at",
+                            "output_bytes", "truncated", "thread"}
+        assert job["owner"] == "agent" and job["target"] == "box1" and job["thread"] == "t-1"
+        done = await _ended(h, tok, job["id"])
+        assert done["state"] == "exited" and done["exit_code"] == 0 and done["ended_at"]
+        status, body = await h.call("GET", f"/api/jobs/{job['id']}", tok)
+        assert body["job"]["output"] == "box1: echo hi\n"
+        status, body = await h.call("GET", f"/api/jobs/{job['id']}/output?offset=6", tok)
+        assert status == 200 and body["text"] == "echo hi\n" and body["next_offset"] == len("box1: echo hi\n")
+        # the exec's own rows carry the job id; the final job event is recorded
+        execs = [d for t, r, d in rec.details if t == "exec"]
+        assert execs and all(d.get("job_id") == job["id"] for d in execs)
+        finals = [d for t, r, d in rec.details if t == "job" and r == "ok"]
+        assert finals and finals[-1]["state"] == "exited" and finals[-1]["exit_code"] == 0
+
+
+async def test_denied_background_exec_makes_no_job(hub_harness, box):
+    async with hub_harness(plugins=[box, Allow("agent", "box1")]) as h:
+        tok = await h.token("agent")
+        status, body = await h.call("POST", "/api/exec", tok, {"target": "box2", "command": "id", "background": True})
+        assert status == 403 and body["code"] == "denied"
+        status, body = await h.call("GET", "/api/jobs", tok)
+        assert body["jobs"] == []
+
+
+async def test_another_agents_job_is_invisible_and_uncancellable(hub_harness, box):
+    async with hub_harness(plugins=[box, Allow("agent", "box1"), AllowOther("other", "box1")]) as h:
+        tok, other, boss = await h.token("agent"), await h.token("other"), await h.token("boss", admin=True)
+        job = (await _job(h, tok, target="box1", command="sleep 30"))["job"]
+        for method, path in (("GET", f"/api/jobs/{job['id']}"), ("GET", f"/api/jobs/{job['id']}/output"),
+                             ("POST", f"/api/jobs/{job['id']}/cancel")):
+            status, body = await h.call(method, path, other)
+            assert status == 404 and body["code"] == "unknown_job", (path, body)
+        status, body = await h.call("GET", "/api/jobs", other)
+        assert body["jobs"] == []
+        status, body = await h.call("GET", "/api/jobs?state=running", boss)
+        assert [j["id"] for j in body["jobs"]] == [job["id"]]
+        status, body = await h.call("POST", f"/api/jobs/{job['id']}/cancel", boss)
+        assert status == 200 and body["job"]["state"] == "cancelled" and body["job"]["ended_by"] == "boss"
+        status, body = await h.call("POST", f"/api/jobs/{job['id']}/cancel", tok)
+        assert status == 409 and body["code"] == "job_not_running"
+
+
+async def test_follow_streams_lines_as_they_come_and_ends_with_the_job(hub_harness):
+    ticker = Ticker(0.05)
+    async with hub_harness(plugins=[ticker]) as h:
+        boss = await h.token("boss", admin=True)
+        job = (await _job(h, boss, target="tick", command="tick 10"))["job"]
+        response = await h.client.get(f"/api/jobs/{job['id']}/output?follow=1",
+                                      headers={"Authorization": f"Bearer {boss}"})
+        assert response.status_code == 200
+        assert response.content_type.startswith("text/event-stream")
+        raw = (await response.get_data()).decode()
+        events = [block for block in raw.split("\n\n") if block.startswith("event:")]
+        texts = [json.loads(b.split("data: ", 1)[1]) for b in events if b.startswith("event: output")]
+        assert "".join(t["text"] for t in texts) == "".join(f"line {i}\n" for i in range(10))
+        assert len(texts) >= 3  # it arrived in pieces, while the job ran
+        offsets = [t["offset"] for t in texts]
+        assert offsets == sorted(offsets) and offsets[0] == 0
+        end = json.loads(events[-1].split("data: ", 1)[1])
+        assert events[-1].startswith("event: end") and end["state"] == "exited"
+
+
+async def test_output_cap_marks_truncated(hub_harness):
+    ticker = Ticker(0.0)
+    async with hub_harness(plugins=[ticker], jobs={"max_output": 20}) as h:
+        boss = await h.token("boss", admin=True)
+        job = (await _job(h, boss, target="tick", command="tick 10"))["job"]
+        done = await _ended(h, boss, job["id"])
+        assert done["truncated"] is True and done["output_bytes"] == 20
+        _, body = await h.call("GET", f"/api/jobs/{job['id']}", boss)
+        assert body["job"]["output"].startswith("line 0\nline 1\nline 2\n"[:20])
+        assert "output truncated at 20 bytes" in body["job"]["output"]
+
+
+async def test_job_limits_answer_429(hub_harness, box):
+    async with hub_harness(plugins=[box], jobs={"max_per_node": 1, "max_total": 2}) as h:
+        boss = await h.token("boss", admin=True)
+        await _job(h, boss, target="box1", command="sleep 30")
+        status, body = await h.call("POST", "/api/exec", boss,
+                                    {"target": "box1", "command": "sleep 30", "background": True})
+        assert status == 429 and body["code"] == "too_many_jobs" and "max_per_node" in body["error"]
+        await _job(h, boss, target="box2", command="sleep 30")
+        status, body = await h.call("POST", "/api/exec", boss,
+                                    {"target": "boxoff", "command": "true", "background": True})
+        assert status == 429 and "max_total" in body["error"]
+
+
+async def test_timeout_gives_timed_out(hub_harness, box):
+    async with hub_harness(plugins=[box]) as h:
+        boss = await h.token("boss", admin=True)
+        job = (await _job(h, boss, target="box1", command="sleep 30", timeout=0.3))["job"]
+        done = await _ended(h, boss, job["id"])
+        assert done["state"] == "timed_out"
+
+
+async def test_fanout_mixed_permitted_and_denied_in_order(hub_harness, box):
+    rec = Recorder()
+    async with hub_harness(plugins=[box, rec, Allow("agent", "box1")]) as h:
+        tok = await h.token("agent")
+        status, body = await h.call("POST", "/api/exec", tok, {"targets": ["box2", "box1", "nosuch"],
+                                                                "command": "echo hi"})
+        assert status == 200, body
+        assert [r["target"] for r in body["results"]] == ["box2", "box1", "nosuch"]
+        assert body["results"][0]["ok"] is False and body["results"][0]["code"] == "denied"
+        assert body["results"][1]["ok"] is True and body["results"][1]["stdout"] == "box1: echo hi\n"
+        assert body["results"][2]["code"] in ("denied", "unknown_node")
+        assert body["summary"]["ok"] == 1 and body["summary"]["ok"] + body["summary"]["denied"] \
+            + body["summary"]["failed"] == 3
+        assert ("exec", "denied") in [(t, r) for t, r, d in rec.details]
+        # a pattern over node names; background: each result carries its job
+        status, body = await h.call("POST", "/api/exec", tok, {"targets": "box*", "command": "echo hi",
+                                                                "background": True})
+        assert status == 200, body
+        assert [r["target"] for r in body["results"]] == ["box1", "box2", "boxoff"]
+        assert body["results"][0]["ok"] and body["results"][0]["job"]["state"] in ("running", "exited")
+        assert body["summary"]["denied"] == 2
+        status, body = await h.call("POST", "/api/exec", tok, {"targets": "zz*", "command": "x"})
+        assert status == 404 and body["code"] == "no_matching_nodes"
+        status, body = await h.call("POST", "/api/exec", tok, {"targets": ["box1"], "target": "box1",
+                                                                "command": "x"})
+        assert status == 400
