@@ -49,7 +49,7 @@ def card_update(rt, event) -> dict[str, Any] | None:
             return {"kind": "none"}  # progress notices are never plain echoes
         tail = event.transient.get("output_tail")
         job = {"id": data["job_id"], "owner": event.actor, "target": event.target, "command": event.detail or None,
-               "state": data.get("state"), "truncated": data.get("truncated")}
+               "state": data.get("state"), "truncated": data.get("truncated"), "ended_by": data.get("ended_by")}
         if "exit_code" in data:
             job["exit_code"] = data["exit_code"]
         return {"kind": "job", "job": job,
@@ -57,11 +57,14 @@ def card_update(rt, event) -> dict[str, Any] | None:
     if data.get("job_id") and event.type == "exec" and event.result != "denied":
         if not s.job_echo or not s.echo:
             return {"kind": "none"}
-        if event.via == "telegram" and not event.transient.get("echo"):
-            return {"kind": "none"}
-        return {"kind": "job", "from_exec": True,
-                "job": {"id": data["job_id"], "owner": event.actor, "target": event.target,
-                        "command": event.detail, "state": "running"}}
+        job = {"id": data["job_id"], "owner": event.actor, "target": event.target, "command": event.detail}
+        if event.result == "pending":
+            return {"kind": "job", "from_exec": True, "job": {**job, "state": "running"}}
+        if event.result == "error":
+            # the command is over; a refusal before the job existed (a limit, a stopped node) has
+            # no job event of its own, and the job's final event (cancelled, ...) refines this
+            return {"kind": "job", "job": {**job, "state": "failed", "error": data.get("error")}}
+        return {"kind": "none"}  # ok: the job's final event, right behind, says how it ended
     snapshot = data.get("snapshot")
     if isinstance(snapshot, str) and snapshot and event.target and event.result in ("ok", "error") and rt.wants(event):
         text, loud = format_event(event, output_chars=s.echo_output_chars)

@@ -35,9 +35,9 @@ CALLBACK_LIMIT = 64
 
 APPROVAL_ICONS = {"requested": "🙋", "pending": "🙋", "approved": "✅", "denied": "⛔", "expired": "⌛",
                   "cancelled": "🚫"}
-JOB_ICONS = {"running": "⏳", "cancelled": "🛑", "timed_out": "⌛", "interrupted": "⚠️"}
+JOB_ICONS = {"running": "⏳", "cancelled": "🛑", "timed_out": "⌛", "interrupted": "⚠️", "failed": "❗"}
 FINAL_APPROVAL = frozenset({"approved", "denied", "expired", "cancelled"})
-FINAL_JOB = frozenset({"exited", "cancelled", "timed_out", "interrupted"})
+FINAL_JOB = frozenset({"exited", "cancelled", "timed_out", "interrupted", "failed"})
 
 
 @dataclass
@@ -305,6 +305,8 @@ def job_card(job: Mapping[str, Any], tail: str, *, tail_chars: int) -> tuple[str
     else:
         icon = JOB_ICONS.get(state, "•")
         status = {"timed_out": "timed out"}.get(state, state)
+        if state == "cancelled" and job.get("ended_by"):
+            status += f" by {job['ended_by']}"
     who = f"{esc(job.get('owner') or '?')} → {esc(job.get('target') or '?')}"
     lines = [f"{icon} <b>job</b> {who} · {esc(status)}",
              f"<code>$ {esc(clip(str(job.get('command') or ''), COMMAND_CHARS))}</code>"]
@@ -315,6 +317,8 @@ def job_card(job: Mapping[str, Any], tail: str, *, tail_chars: int) -> tuple[str
         lines.append(f"<pre>{esc_block(tail)}</pre>")
     if job.get("truncated"):
         lines.append("(output capped by the hub)")
+    if final and state in ("failed", "interrupted") and job.get("error"):
+        lines.append(f"⚠️ {esc(clip(str(job['error']), 300))}")
     lines.append(f"job <code>{esc(job.get('id') or '?')}</code>")
     text = "\n".join(lines)
     if utf16_len(text) > MAX_ITEM:
@@ -324,27 +328,6 @@ def job_card(job: Mapping[str, Any], tail: str, *, tail_chars: int) -> tuple[str
     if any(len(data.encode()) > CALLBACK_LIMIT for row in buttons for _, data in row):
         buttons = []
     return text, buttons, final
-
-
-def job_from_event(event, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    data = event.data or {}
-    job = dict(previous or {})
-    job.update({"id": data.get("job_id"), "owner": event.actor, "target": event.target})
-    if event.type == "job" and event.detail:
-        job["command"] = event.detail
-    elif "command" not in job:
-        job["command"] = event.detail
-    if event.type == "job":
-        state = data.get("state")
-        if state:
-            job["state"] = state
-        if "exit_code" in data:
-            job["exit_code"] = data.get("exit_code")
-        if data.get("truncated") is not None:
-            job["truncated"] = bool(data.get("truncated"))
-    else:
-        job.setdefault("state", "running")
-    return job
 
 
 # -- snapshot before: the Restore button -----------------------------------------------------------
