@@ -47,7 +47,7 @@ def startup(hub):
     settings = hub.settings.section("mcp")
     if not settings.enabled or getattr(hub, "app", None) is None:
         return None  # no HTTP app (e.g. a hub opened by the CLI): nothing to serve
-    from .runtime import HubMcpRuntime  # imports the MCP SDK and httpx
+    from .runtime import HubMcpRuntime  # imports the MCP SDK
 
     runtime = HubMcpRuntime(hub, settings)
 

@@ -3,8 +3,11 @@ and an in-process client onto the hub's HTTP API.
 
 Tools on ``/mcp`` act exactly like the stdio server's: each is a request to the hub's API with
 the caller's bearer token, made in-process through ``hub.app`` (no network hop, no port to
-know), labelled ``via: mcp`` so the activity feed shows the channel. Authorization, validation
-and recording are the API's, unchanged.
+know, no HTTP client: :class:`~claude_net_mcp.exchange.InProcessClient`), labelled ``via: mcp`` so
+the activity feed shows the channel. Authorization, validation and recording are the API's,
+unchanged. In stateless mode a plain tool call is answered in one exchange
+(:class:`~claude_net_mcp.exchange.ToolCallExchange`); everything else goes to the SDK's session
+managers.
 """
 
 from __future__ import annotations
@@ -16,20 +19,18 @@ import json
 import logging
 from typing import Any
 
-import httpx
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.transport_security import TransportSecuritySettings
 
 from claude_net import Actor, Event
 
-from .client import HubClient
+from .exchange import InProcessClient, ToolCallExchange, skip_absent_sniffio
 from .sessions import SessionCap, SessionLimitReached
 from .settings import McpSettings
 from .tools import Caller, ToolHost, build_server
 
 log = logging.getLogger("claude_net_mcp")
-VIA_SCOPE_KEY = "claude_net.via"  # claude_net.http.VIA_SCOPE_KEY (kept literal: http imports Quart)
 
 
 class HubMcpRuntime:
@@ -40,7 +41,7 @@ class HubMcpRuntime:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
-        self.http: httpx.AsyncClient | None = None
+        self.exchange: ToolCallExchange | None = None
         self.servers: dict[bool, Any] = {}
         #: stateful mode: the per-node session cap (None: stateless, nothing is kept between requests)
         self.sessions: SessionCap | None = None
@@ -48,19 +49,12 @@ class HubMcpRuntime:
             self.sessions = SessionCap(max(1, settings.max_sessions_per_node), settings.session_idle_timeout,
                                        prefix=settings.path)
 
-    async def _labelled_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await self.hub.app({**scope, VIA_SCOPE_KEY: "mcp"}, receive, send)
-
     async def start(self) -> None:
         if self.hub.app is None:
             raise RuntimeError("the hub has no HTTP app (hub.app); the MCP endpoint needs create_app")
         limits = self.hub.settings.limits
-        self.http = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self._labelled_app, client=("127.0.0.1", 0)),
-            base_url="http://claude-net.internal", timeout=self.settings.request_timeout,
-        )
-        client = HubClient(self.http, url="(in-process)", timeout=self.settings.request_timeout,
-                           where="the hub's own API")
+        skip_absent_sniffio()  # the hub's other httpx users (Telegram) gain too
+        client = InProcessClient(self.hub.app, timeout=self.settings.request_timeout)
         host = ToolHost(client=client, via="http", max_output=self.settings.max_output, limits={
             "execTimeout": limits.exec_timeout, "execTimeoutMax": limits.exec_timeout_max,
             "execMaxOutput": limits.exec_max_output, "fileMaxBytes": limits.file_max_bytes,
@@ -76,6 +70,8 @@ class HubMcpRuntime:
                 max_request_body_size=max(4 * 1024 * 1024, limits.file_max_bytes * 4 // 3 + 65536),
             )
             self.servers[admin] = server
+        if self.settings.stateless:
+            self.exchange = ToolCallExchange(self.servers, host)
         self._task = self.hub.spawn(self._run_session_managers(), name="mcp-session-managers")
         self.hub.spawn(self._stop_with_hub(), name="mcp-stop-with-hub")
         await self._ready.wait()
@@ -111,7 +107,10 @@ class HubMcpRuntime:
         scope = {**scope, "user": user, "claude_net.mcp.caller": caller}
         manager = self.servers[actor.admin].session_manager
         if self.sessions is None:
-            await manager.handle_request(scope, receive, send)
+            if self.exchange is not None:
+                await self.exchange.handle(actor.admin, scope, receive, send, manager.handle_request)
+            else:
+                await manager.handle_request(scope, receive, send)
             return
 
         async def evicted(_session_id: str, cap: int) -> None:
@@ -140,8 +139,6 @@ class HubMcpRuntime:
         if self._task is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(self._task), 10)
-        if self.http is not None:
-            await self.http.aclose()
 
 
 async def _refuse(send: Any, message: str) -> None:

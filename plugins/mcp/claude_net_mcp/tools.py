@@ -757,6 +757,9 @@ def build_server(host: ToolHost, *, admin: bool) -> MCPServer:
     """An MCP server with the agents' six tools, plus the admin tools when ``admin``."""
     from claude_net_mcp import __version__
 
+    from .exchange import skip_absent_sniffio
+
+    skip_absent_sniffio()  # both transports reach the hub through httpx (the stdio server) or beside it
     server = MCPServer(
         "claude-net",
         title="claude-net",
