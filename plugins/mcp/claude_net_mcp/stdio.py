@@ -5,6 +5,10 @@ the hub who the token belongs to (``GET /api/whoami``), and offers the six agent
 thirteen when the token is an admin's. Every tool call is a request to the hub's HTTP API with
 that token over one pooled connection; the hub authorizes and records it.
 
+It is also a Claude Code *channel* (:mod:`.channel`): it declares ``claude/channel`` and pushes the
+node's messages into the session as they arrive (``--no-channel`` turns that off), and, with
+``--permission-relay``, relays Claude Code's tool-approval prompts to the hub's admin (:mod:`.relay`).
+
 stdout carries the MCP protocol; diagnostics go to stderr.
 """
 
@@ -15,6 +19,7 @@ import os
 import sys
 
 DEFAULT_URL = "http://127.0.0.1:8765"
+TRUE = ("1", "true", "yes", "on")
 
 
 def _say(text: str) -> None:
@@ -37,12 +42,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="how long a tool waits for the hub (exec: its own timeout plus 15 s; "
                              "default %(default)s)")
+    parser.add_argument("--no-channel", action="store_true",
+                        help="do not push this node's messages into the session (no claude/channel capability)")
+    parser.add_argument("--channel-wait", type=float, default=25.0, metavar="SECONDS",
+                        help="how long each wait for new messages stays open on the hub (at most the hub's "
+                             "[messaging] max_wait; lower it below an idle timeout of a proxy in between; "
+                             "default %(default)s)")
+    parser.add_argument("--permission-relay", action="store_true",
+                        default=os.environ.get("CLAUDE_NET_PERMISSION_RELAY", "").strip().lower() in TRUE,
+                        help="relay Claude Code's permission prompts to the hub's admin (declares "
+                             "claude/channel/permission; also CLAUDE_NET_PERMISSION_RELAY=1)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
     token = os.environ.get("CLAUDE_NET_TOKEN", "").strip()
     if not token:
         _say("CLAUDE_NET_TOKEN is not set. Set it to this node's hub token (an admin creates one on the hub "
              "host with `claude-net token create NODE`).")
+        return 2
+    if not 1 <= args.channel_wait <= 3600:
+        _say("--channel-wait must be between 1 and 3600 seconds")
         return 2
     if args.max_output < 200:
         _say("--max-output must be at least 200 characters")
@@ -51,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     import anyio
 
     try:
-        return anyio.run(_serve, args.url.rstrip("/"), token, args.max_output, args.timeout)
+        return anyio.run(_serve, args.url.rstrip("/"), token, args.max_output, args.timeout,
+                         not args.no_channel, args.permission_relay, args.channel_wait)
     except KeyboardInterrupt:
         return 130
 
@@ -77,7 +96,8 @@ async def _whoami(client) -> tuple[dict | None, str | None]:
         return {}, err.message
 
 
-async def _serve(url: str, token: str, max_output: int, timeout: float) -> int:
+async def _serve(url: str, token: str, max_output: int, timeout: float, push: bool = True,
+                 relay: bool = False, channel_wait: float = 25.0) -> int:
     import httpx
 
     from .client import HubClient
@@ -99,8 +119,85 @@ async def _serve(url: str, token: str, max_output: int, timeout: float) -> int:
         host = ToolHost(client=client, via="stdio", caller=caller,
                         limits={**DEFAULT_LIMITS, **(who.get("limits") or {})}, max_output=max_output)
         server = build_server(host, admin=caller.admin)
-        await server.run_stdio_async()
+        if not push and not relay:
+            await server.run_stdio_async()
+        else:
+            await _serve_channel(server, client, push=push, relay=relay, wait=channel_wait)
     return 0
+
+
+async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float) -> None:
+    """The MCP server over stdio with the channel's capabilities, its push loop and its relay.
+
+    The SDK's ``MCPServer`` runs stdio only with its own streams and no experimental capabilities,
+    so this drives its low-level server on streams whose writer reports each channel notification
+    once it is flushed to the client: a message is acknowledged on the hub only after that.
+    """
+    import anyio
+    from mcp.shared.message import SessionMessage
+    from mcp_types import JSONRPCNotification
+
+    from .channel import (CHANNEL_CAPABILITY, CHANNEL_INSTRUCTIONS, CHANNEL_METHOD, PERMISSION_CAPABILITY,
+                          PERMISSION_REQUEST_METHOD, WRITE_TIMEOUT, ChannelPump, stdio_streams)
+    from .relay import PermissionRelay
+
+    initialized = anyio.Event()
+    written: dict[str, anyio.Event] = {}
+
+    def on_written(params: dict) -> None:
+        event = written.get(str((params.get("meta") or {}).get("message_id")))
+        if event is not None:
+            event.set()
+
+    async def middleware(ctx, call_next):
+        if ctx.method == PERMISSION_REQUEST_METHOD:
+            if relay and initialized.is_set():
+                relayer.submit(ctx.params)
+            return None  # not the SDK's to handle
+        result = await call_next(ctx)
+        if ctx.method == "notifications/initialized":
+            initialized.set()
+        return result
+
+    server.middleware.append(middleware)
+    lowlevel = server._lowlevel_server  # noqa: SLF001 - see the docstring; mcp is pinned below 3
+    experimental = {CHANNEL_CAPABILITY: {}}
+    if relay:
+        experimental[PERMISSION_CAPABILITY] = {}
+    options = lowlevel.create_initialization_options(experimental_capabilities=experimental)
+    if push:
+        options = options.model_copy(update={"instructions": (options.instructions or "") + CHANNEL_INSTRUCTIONS})
+
+    async with stdio_streams(on_written) as (read_stream, write_stream):
+        async def notify(method: str, params: dict) -> None:
+            await write_stream.send(SessionMessage(JSONRPCNotification(jsonrpc="2.0", method=method, params=params)))
+
+        async def push_one(params: dict) -> None:
+            key = params["meta"]["message_id"]
+            written[key] = done = anyio.Event()
+            try:
+                await notify(CHANNEL_METHOD, params)
+                with anyio.fail_after(WRITE_TIMEOUT):
+                    await done.wait()
+            finally:
+                written.pop(key, None)
+
+        relayer = PermissionRelay(client, notify)
+
+        async def pump() -> None:
+            await initialized.wait()
+            try:
+                await ChannelPump(client, push_one, wait=wait).run()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError, TimeoutError):
+                pass  # the client went away: the session is ending
+
+        async with anyio.create_task_group() as tg:
+            relayer.task_group = tg
+            if push:
+                tg.start_soon(pump)
+            await lowlevel.run(read_stream, write_stream, options)
+            await relayer.cancel_all()
+            tg.cancel_scope.cancel()
 
 
 if __name__ == "__main__":  # pragma: no cover
