@@ -50,8 +50,17 @@ async def run_approvals(args, ctx) -> int:
 
 
 async def run_restore_before(args, ctx) -> int:
-    """Restore the target of an action to the snapshot taken just before it (a recorded container action)."""
-    async with ctx.hub() as hub:
+    """Restore the target of an action to the snapshot taken just before it (a recorded container action).
+
+    The hub is started in this process (as ``claude-net enroll`` does) so the backends can act,
+    without the Telegram bot, which must not poll beside the serving hub's."""
+    from claude_net.hub import Hub
+    from claude_net.plugins import make_plugin_manager
+
+    settings = ctx.settings
+    hub = Hub(settings, make_plugin_manager(allow=settings.plugins.allow, deny=[*settings.plugins.deny, "telegram"]))
+    await hub.start()
+    try:
         key = args.activity_id.strip()
         if key.isdigit():  # the row's id as the feed shows it, or the action's event id
             row = await hub.db.fetch_one("SELECT id, target, data FROM activity_log WHERE id = :id", {"id": int(key)})
@@ -67,5 +76,7 @@ async def run_restore_before(args, ctx) -> int:
         if row is None or not snapshot:
             raise NotFound(f"activity {args.activity_id!r} has no snapshot taken before it", code="no_snapshot")
         result = await hub.run_container_op(ctx.cli_actor(), "restore", row["target"], {"snapshot": snapshot})
+    finally:
+        await hub.stop()
     print(json.dumps(result, indent=2) if args.json else printable(f"restored {row['target']} to {snapshot}"))
     return 0
