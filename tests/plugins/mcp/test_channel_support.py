@@ -34,7 +34,7 @@ class RestartableHub(HubProcess):
 
 @contextlib.contextmanager
 def channel_hub(config: str, database_url: str):
-    hub = RestartableHub("[lxd]\nenabled = false\n" + config, database_url=database_url,
+    hub = RestartableHub(config + "\n[lxd]\nenabled = false\n", database_url=database_url,
                          workdir=tempfile.mkdtemp(prefix="cn-channel-"))
     try:
         yield hub.start(timeout=120)

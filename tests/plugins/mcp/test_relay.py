@@ -1,0 +1,126 @@
+"""The permission relay: Claude Code's permission prompts, filed by ``claude-net-mcp --permission-relay``
+as agent_tool approvals on a real hub (the approvals plugin, SQLite and PostgreSQL), decided by the
+admin (HTTP API, or a button in the Telegram stand-in), answered back to the client as
+``notifications/claude/channel/permission``. Docs: docs/mcp.md "Permission relay"."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+
+from test_channel_support import api, channel_hub, channel_session
+
+REQUEST = "notifications/claude/channel/permission_request"
+#: seconds a pending approval lives on the test hub (short, for the expiry case)
+EXPIRY = 6
+
+
+def prompt(request_id: str, command: str = "ls -la /etc") -> dict:
+    """What Claude Code 2.1.197 sends: a 5-letter id, the tool, its description, a JSON preview."""
+    return {"request_id": request_id, "tool_name": "Bash", "description": f"Run {command}",
+            "input_preview": '{"command": "' + command + '"}'}
+
+
+@pytest.fixture(scope="module")
+def hub(package_db_kind, tmp_path_factory):
+    from claude_net.testing import database_for
+
+    config = (f'admins = ["chasclaude"]\n[approvals]\nexpiry = {EXPIRY}\nrelay = ["alpha", "beta", "delta"]\n')
+    with database_for(package_db_kind, tmp_path_factory.mktemp("relay-db")) as url:
+        with channel_hub(config, url) as h:
+            h.tokens = {name: h.token(name) for name in ("chasclaude", "alpha", "beta", "gamma", "delta")}
+            yield h
+
+
+async def until(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s")
+        await anyio.sleep(0.02)
+    return result
+
+
+def approvals(hub, request_id: str, state: str | None = None) -> list[dict]:
+    status, body = api(hub.url, "GET", "/api/approvals" + (f"?state={state}" if state else ""),
+                       hub.tokens["chasclaude"])
+    assert status == 200, body
+    return [a for a in body["approvals"] if a.get("request_id") == request_id]
+
+
+def decide(hub, approval_id: str, decision: str) -> dict:
+    status, body = api(hub.url, "POST", f"/api/approvals/{approval_id}", hub.tokens["chasclaude"],
+                       {"decision": decision})
+    assert status == 200, body
+    return body["approval"]
+
+
+def feed(hub, approval_id: str) -> list[tuple[str, str]]:
+    status, body = api(hub.url, "GET", "/api/activity?hours=1&type=approval&limit=500", hub.tokens["chasclaude"])
+    assert status == 200, body
+    return [(e["result"], (e.get("data") or {}).get("state") or "") for e in body["events"]
+            if (e.get("data") or {}).get("approval_id") == approval_id]
+
+
+@pytest.mark.parametrize("decision, behavior", [("approve", "allow"), ("deny", "deny")])
+async def test_the_admins_decision_comes_back_as_the_verdict(hub, decision, behavior):
+    request_id = "abcd" + decision[0]
+    async with channel_session(hub.url, hub.tokens["beta"], "--permission-relay") as ch:
+        await ch.notify(REQUEST, prompt(request_id))
+        [pending] = await until(lambda: approvals(hub, request_id, "pending"), 10, "the pending approval")
+        assert pending["kind"] == "agent_tool" and pending["requester"] == "beta"
+        assert pending["particulars"]["tool_name"] == "Bash"
+        assert pending["particulars"]["input_preview"] == '{"command": "ls -la /etc"}'
+        assert ch.tap.permission == []  # nothing is answered before the admin decides
+        decide(hub, pending["id"], decision)
+        await until(lambda: ch.tap.permission, 10, "the verdict")
+        await anyio.sleep(0.5)
+    assert ch.tap.permission == [{"request_id": request_id, "behavior": behavior}]
+    states = [s for _, s in feed(hub, pending["id"])]
+    assert "requested" in states and ("approved" if decision == "approve" else "denied") in states
+
+
+async def test_an_undecided_prompt_expires_and_is_denied(hub):
+    request_id = "expzz"
+    async with channel_session(hub.url, hub.tokens["alpha"], "--permission-relay") as ch:
+        await ch.notify(REQUEST, prompt(request_id, "rm -rf /tmp/x"))
+        [pending] = await until(lambda: approvals(hub, request_id, "pending"), 10, "the pending approval")
+        started = time.monotonic()
+        await until(lambda: ch.tap.permission, EXPIRY + 20, "the verdict after expiry")
+        assert time.monotonic() - started >= EXPIRY - 2  # not before it expired
+    assert ch.tap.permission == [{"request_id": request_id, "behavior": "deny"}]
+    assert approvals(hub, request_id)[0]["state"] == "expired"
+
+
+async def test_a_node_the_admin_does_not_let_relay_is_denied_at_once_and_recorded(hub):
+    request_id = "refus"
+    async with channel_session(hub.url, hub.tokens["gamma"], "--permission-relay") as ch:
+        await ch.notify(REQUEST, prompt(request_id))
+        await until(lambda: ch.tap.permission, 5, "the immediate deny")
+        stderr = ch.stderr()
+    assert ch.tap.permission == [{"request_id": request_id, "behavior": "deny"}]
+    assert approvals(hub, request_id) == []
+    assert "the hub refused to relay permission prompt refus (Bash)" in stderr and "answered deny" in stderr
+    status, body = api(hub.url, "GET", "/api/activity?hours=1&type=approval&result=denied&limit=200",
+                       hub.tokens["chasclaude"])
+    assert any((e.get("data") or {}).get("code") == "relay_refused" and e["from"] == "gamma" for e in body["events"])
+
+
+async def test_relay_off_on_the_agent_side_files_nothing(hub):
+    request_id = "offzz"
+    async with channel_session(hub.url, hub.tokens["delta"]) as ch:
+        assert "claude/channel/permission" not in (ch.init.capabilities.experimental or {})
+        await ch.notify(REQUEST, prompt(request_id))
+        await anyio.sleep(2.0)
+        assert ch.tap.permission == []
+    assert approvals(hub, request_id) == []
+
+
+async def test_a_session_that_ends_cancels_its_pending_prompts(hub):
+    request_id = "gonez"
+    async with channel_session(hub.url, hub.tokens["delta"], "--permission-relay") as ch:
+        await ch.notify(REQUEST, prompt(request_id))
+        await until(lambda: approvals(hub, request_id, "pending"), 10, "the pending approval")
+    await until(lambda: approvals(hub, request_id)[0]["state"] == "cancelled", 10, "the cancellation")
