@@ -25,8 +25,8 @@ from .render import clip, esc, pre_messages, utf16_len
 USAGE: dict[str, str] = {
     "status": "status — every node, one line each",
     "permissions": "permissions [effective] — the permissions matrix",
-    "permit": "permit SOURCE TARGET [read|write|exec [ask] ...] [for 2h] — grant a pathway (all = every node; "
-              "ask after a capability: each use waits for an admin's approval)",
+    "permit": "permit SOURCE TARGET [read|write|exec [ask] ...] [snapshot-before] [for 2h] — grant a pathway "
+              "(all = every node; ask after a capability: each use waits for an admin's approval)",
     "revoke": "revoke SOURCE TARGET — deny a pathway (revoke SOURCE all: remove every rule of SOURCE)",
     "start": "start NAME — start a container",
     "stop": "stop NAME [force] — stop a container",
@@ -223,10 +223,11 @@ CAPABILITY_WORDS = {"read": "file_read", "write": "file_write", "read-only": "fi
                     "ro": "file_read"}
 
 
-def _parse_grant(args: Sequence[str]) -> tuple[list[str] | None, str | None, list[str] | None]:
-    """``(capabilities, expires, ask)``: ``ask`` after a capability word makes the capabilities of
-    that word ask-level (``exec ask``, ``all ask``); a bare ``ask`` with no capability before it
-    asks for every capability granted."""
+def _parse_grant(args: Sequence[str]) -> tuple[list[str] | None, str | None, list[str] | None, bool]:
+    """``(capabilities, expires, ask, snapshot_before)``: ``ask`` after a capability word makes the
+    capabilities of that word ask-level (``exec ask``, ``all ask``); a bare ``ask`` with no
+    capability before it asks for every capability granted; ``snapshot-before`` snapshots the
+    target before each exec or file write."""
     rest = list(args)
     expires = None
     if "for" in (a.lower() for a in rest):
@@ -237,10 +238,13 @@ def _parse_grant(args: Sequence[str]) -> tuple[list[str] | None, str | None, lis
         rest = rest[:at] + rest[at + 2:]
     caps: list[str] = []
     ask: list[str] = []
-    asked_all = False
+    asked_all = snapshot = False
     last: list[str] = []
     for word in rest:
         word = word.lower()
+        if word in ("snapshot-before", "snapshot_before", "snapshot"):
+            snapshot = True
+            continue
         if word in ("ask", "asks", "approval"):
             if last:
                 ask += [c for c in last if c not in ask]
@@ -254,24 +258,31 @@ def _parse_grant(args: Sequence[str]) -> tuple[list[str] | None, str | None, lis
         caps += last
     if asked_all:
         ask = list(dict.fromkeys(caps or ["exec", "file_read", "file_write"]))
-    return (caps or None), expires, (ask or None)
+    return (caps or None), expires, (ask or None), snapshot
 
 
 async def cmd_permit(hub, actor, args, ctx) -> list[str]:
     if len(args) < 2:
         return [usage("permit")]
     perms = _permissions_module(hub)
-    caps, expires, ask = _parse_grant(args[2:])
+    caps, expires, ask, snapshot = _parse_grant(args[2:])
     extra: dict[str, Any] = {}
+    accepted = inspect.signature(perms.set_permission).parameters
     if ask:
-        if "ask" not in inspect.signature(perms.set_permission).parameters:
+        if "ask" not in accepted:
             raise NotSupported("this hub's permissions plugin has no ask level (approvals)", code="no_ask_level")
         extra["ask"] = ask
+    if snapshot:
+        if "snapshot" not in accepted:
+            raise NotSupported("this hub's permissions plugin cannot snapshot before actions", code="no_snapshot")
+        extra["snapshot"] = "before"
     rule = await perms.set_permission(hub, actor, _node(args[0]), _node(args[1]), allow=True,
                                       capabilities=caps, expires=expires, aliases=True, **extra)
     until = f" until {esc(rule['expires_at'])}" if rule.get("expires_at") else ""
     asked = [c for c in rule.get("ask") or () if c in rule["capabilities"]]
     caps_text = ", ".join(f"{c} (ask)" if c in asked else c for c in rule["capabilities"])
+    if rule.get("snapshot") == "before":
+        caps_text += "; snapshot before each exec and file write"
     return [f"🔑 permitted <b>{esc(_everyone(rule['source']))}</b> → <b>{esc(_everyone(rule['target']))}</b>: "
             f"{esc(caps_text)}{until}"]
 

@@ -343,11 +343,11 @@ class TelegramRuntime:
     async def _card_edit(self, message_id: int, text: str, rows: Buttons) -> None:
         await self.ready.wait()
         assert self.bot is not None
-        # an empty keyboard removes the buttons (omitting reply_markup would leave them)
+        # an edit without reply_markup removes the buttons (what Telegram does; an empty keyboard
+        # is refused as unparsable)
         await self.bot.edit_message_text(
             chat_id=self.s.chat_id, message_id=message_id, text=safe(text), parse_mode=ParseMode.HTML,
-            link_preview_options=LinkPreviewOptions(is_disabled=True),
-            reply_markup=self._markup(rows) or InlineKeyboardMarkup([]))
+            link_preview_options=LinkPreviewOptions(is_disabled=True), reply_markup=self._markup(rows))
 
     async def answer_press(self, query_id: str, text: str, *, alert: bool = False) -> None:
         """Answer a button press (the small notice the presser sees); a press is answered once."""

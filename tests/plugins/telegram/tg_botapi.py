@@ -411,6 +411,7 @@ class FakeBotAPI:
         return markup, None
 
     def _edit(self, params, *, text: bool) -> tuple[int, dict[str, Any]]:
+        """Like Telegram: an edit without ``reply_markup`` leaves the message without buttons."""
         message = self.messages.get(params.get("message_id"))
         if message is None or message["chat_id"] != params.get("chat_id"):
             return self._error(400, "Bad Request: message to edit not found")
