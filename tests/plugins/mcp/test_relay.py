@@ -124,3 +124,42 @@ async def test_a_session_that_ends_cancels_its_pending_prompts(hub):
         await ch.notify(REQUEST, prompt(request_id))
         await until(lambda: approvals(hub, request_id, "pending"), 10, "the pending approval")
     await until(lambda: approvals(hub, request_id)[0]["state"] == "cancelled", 10, "the cancellation")
+
+
+async def test_the_admin_approves_with_the_telegram_button(database_url, tmp_path):
+    """The issue's end-to-end case: a permission_request from the client becomes an approval card in the
+    admin chat (the real python-telegram-bot against the local Bot API stand-in), the admin presses
+    *Approve once*, and the client receives ``behavior: allow`` with the same request_id."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "telegram"))
+    from tg_botapi import FakeBotAPI
+    from tg_helpers import ADMIN_ID, CHAT_ID, TOKEN
+
+    bot = FakeBotAPI(TOKEN)
+    await bot.start()
+    config = ('admins = ["chasclaude"]\n[approvals]\nexpiry = 60\n'
+              f'[telegram]\ntoken = "{TOKEN}"\nchat_id = {CHAT_ID}\nadmin_ids = [{ADMIN_ID}]\n'
+              f'base_url = "{bot.base_url}"\npoll_timeout = 2\nrequest_timeout = 3.0\nretry_initial = 0.05\n'
+              'retry_max = 0.4\nedit_interval = 0.2\n')
+    try:
+        cm = channel_hub(config, database_url)
+        hub = await anyio.to_thread.run_sync(cm.__enter__)
+        try:
+            token = await anyio.to_thread.run_sync(hub.token, "seanclaude")
+            async with channel_session(hub.url, token, "--permission-relay") as ch:
+                await ch.notify(REQUEST, prompt("tgokz", "make deploy"))
+                card = await bot.wait_sent(lambda m: "make deploy" in m["plain"] and m.get("markup"), timeout=20)
+                assert "Bash" in card["plain"] and "seanclaude" in card["plain"]
+                bot.press(card["message_id"], "✅ Approve once", user_id=ADMIN_ID)
+                await until(lambda: ch.tap.permission, 15, "the verdict from the button")
+                await bot.wait_message(card["message_id"], lambda m: not m["markup"], timeout=15)
+            assert ch.tap.permission == [{"request_id": "tgokz", "behavior": "allow"}]
+            status, body = api(hub.url, "GET", "/api/activity?hours=1&type=approval&limit=50",
+                               await anyio.to_thread.run_sync(hub.token, "chasclaude"))
+            assert any((e.get("data") or {}).get("decided_via") == "telegram" for e in body["events"]), body
+        finally:
+            await anyio.to_thread.run_sync(cm.__exit__, None, None, None)
+    finally:
+        await bot.stop()
