@@ -176,17 +176,25 @@ class Job:
         self.delivered[stream] = self.delivered.get(stream, 0) + len(data)
         room = self.max_output - self.output_bytes
         if room <= 0:
+            self.mark_truncated()
             return
-        if len(data) > room:
+        cut = len(data) > room
+        if cut:
             data = data[:room]
-            self.truncated = True
         self.output_bytes += len(data)
         self._append(self.decoders[stream].decode(data))
+        if cut:
+            self.mark_truncated()
+
+    def mark_truncated(self) -> None:
+        """Past the cap: say so once, in the output itself and on the job."""
         if self.truncated:
-            for decoder in self.decoders.values():
-                self._append(decoder.decode(b"", final=True))
-            self._append(f"\n[claude-net: output truncated at {self.max_output} bytes ([jobs] max_output); "
-                         "the command keeps running]\n")
+            return
+        self.truncated = True
+        for decoder in self.decoders.values():
+            self._append(decoder.decode(b"", final=True))
+        self._append(f"\n[claude-net: output truncated at {self.max_output} bytes ([jobs] max_output); "
+                     "the rest was dropped]\n")
 
     def text_from(self, offset: int, limit: int | None = None) -> str:
         if offset >= self.length:
@@ -305,7 +313,8 @@ async def start(hub, actor, target: str, *, command: str, timeout: float, cwd: s
     job = Job(hub, owner=actor.name, target=target, command=redact_secrets(command), via=actor.via,
               thread=threading.get("thread"), reply_to=threading.get("reply_to"), timeout=timeout,
               max_output=cfg.max_output)
-    options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=cfg.max_output,
+    # one byte past the cap per stream, so that the job sees there was more
+    options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=cfg.max_output + 1,
                           source=None if actor.admin else actor.name, on_output=job.on_output)
     request = {"command": command, "cwd": cwd, "background": True}
 
@@ -339,6 +348,8 @@ async def start(hub, actor, target: str, *, command: str, timeout: float, cwd: s
         for stream, data in (("stdout", result.stdout), ("stderr", result.stderr)):
             if len(data) > job.delivered.get(stream, 0):
                 job.on_output(stream, data[job.delivered.get(stream, 0):])
+        if result.truncated:
+            job.mark_truncated()
         job.result = result
         if result.timed_out:
             raise GatewayTimeout(f"the command did not finish within {timeout:g}s and was stopped",

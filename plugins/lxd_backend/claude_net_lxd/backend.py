@@ -78,6 +78,10 @@ CHORE_THREADS = 4
 MAX_CHORES_BACKLOG = 256
 #: seconds granted, after a timeout, for the kill and the operation to wind down
 KILL_GRACE = 3.0
+#: seconds between two looks at a running exec's recorded output when it is followed live
+TAIL_SECONDS = 0.1
+#: bytes of one stream read per look
+TAIL_READ = 256 * 1024
 #: the exit status of :data:`scripts.IN_CWD` when the working directory cannot be entered
 NO_CWD_STATUS = 125
 #: calls of one agent that may wait for a worker thread; past that they are refused (429)
@@ -129,6 +133,9 @@ class ExecPlan:
     #: the nonce that wrapper prints when it cannot enter it
     workdir: str | None = None
     cwd_nonce: str | None = None
+    #: called (in the worker thread) with the operation id once LXD has started the command, for
+    #: the live output tail (:meth:`LxdBackend.tail`)
+    on_start: Any = None
 
 
 def lxd_message(exc: BaseException) -> str:
@@ -482,16 +489,80 @@ class LxdBackend:
         if workdir:  # LXD's own cwd would run the command in / when the directory is missing
             nonce = uuid.uuid4().hex
             argv = [scripts.SH, "-c", scripts.IN_CWD, "claude-net-cwd", workdir, nonce, *argv]
+        on_output = getattr(options, "on_output", None)
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[str] | None = None
+        on_start = None
+        if on_output is not None and self.log_dir(node.name) is not None:
+            started = loop.create_future()
+
+            def on_start(op_id: str) -> None:
+                loop.call_soon_threadsafe(lambda: started.done() or started.set_result(op_id))
+
         plan = ExecPlan(name=node.name, argv=argv, shell=shell, env=env, cwd=None,
                         uid=uid, gid=gid, timeout=options.timeout, max_output=options.max_output,
-                        marker=marker, workdir=workdir, cwd_nonce=nonce)
+                        marker=marker, workdir=workdir, cwd_nonce=nonce, on_start=on_start)
+        finished = asyncio.Event()
+        tail = (asyncio.ensure_future(self.tail(node.name, started, on_output, options.max_output, finished))
+                if started is not None else None)
         try:
-            return await self.run(self.exec_sync, plan, pool=self.waits, name=node.name)
+            result = await self.run(self.exec_sync, plan, pool=self.waits, name=node.name)
         except asyncio.CancelledError:
-            # the caller went away (or the core gave up): do not leave the command running
-            with contextlib.suppress(RuntimeError):
-                self.waits.submit(self.kill_sync, node.name, marker)
+            # the caller went away, the core gave up, or a job was cancelled: end every process of
+            # the command (found by its marker) before saying so, so a cancel means it is gone
+            if tail is not None:
+                tail.cancel()
+            try:
+                kill = self.waits.submit(self.kill_sync, node.name, marker)
+            except RuntimeError:
+                raise asyncio.CancelledError() from None
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(kill)), KILL_GRACE + 2)
             raise
+        except BaseException:
+            if tail is not None:
+                tail.cancel()
+            raise
+        if tail is not None:  # its last look; what it misses the core takes from the result
+            finished.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(tail, 2.0)
+        return result
+
+    async def tail(self, name: str, started: asyncio.Future[str], on_output, limit: int,
+                   finished: asyncio.Event) -> None:
+        """Hand a running exec's recorded output to ``on_output`` as LXD writes it (local daemon only).
+
+        LXD records the command's stdout and stderr in two files on the host while it runs; they are
+        read from where the last look stopped, every ``TAIL_SECONDS``, on the event loop (a read of a
+        local file that is being appended to does not block). At most ``limit`` bytes per stream.
+        """
+        op_id = await started
+        folder = self.log_dir(name)
+        if folder is None:
+            return
+        logs = self.log_names({}, op_id)
+        offsets = [0, 0]
+        while True:
+            last = finished.is_set()
+            for i, stream in enumerate(("stdout", "stderr")):
+                if offsets[i] >= limit:
+                    continue
+                try:
+                    fd = os.open(os.path.join(folder, logs[i]), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    continue  # not there yet, or already cleaned up: the result has it
+                try:
+                    data = os.pread(fd, min(TAIL_READ, limit - offsets[i]), offsets[i])
+                finally:
+                    os.close(fd)
+                if data:
+                    offsets[i] += len(data)
+                    on_output(stream, data)
+            if last:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(finished.wait(), TAIL_SECONDS)
 
     def start_exec(self, name: str, argv: list[str], env: dict[str, str], cwd: str | None = None,
                    uid: int = 0, gid: int = 0, record: bool = True) -> str:
@@ -506,6 +577,8 @@ class LxdBackend:
     def exec_sync(self, plan: ExecPlan) -> ExecResult:
         started = time.monotonic()
         op_id = self.start_exec(plan.name, plan.argv, plan.env, plan.cwd, plan.uid, plan.gid)
+        if plan.on_start is not None:
+            plan.on_start(op_id)
         timed_out = False
         watched = Running(plan.name, op_id, plan.marker, started, self.log_names({}, op_id))
         self.running[op_id] = watched

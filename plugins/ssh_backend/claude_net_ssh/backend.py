@@ -63,10 +63,11 @@ class SshBackend:
     async def _emit(self, event: Event) -> None:
         await self.hub.emit(event)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def node(self, name: str) -> NodeConnection:
         try:

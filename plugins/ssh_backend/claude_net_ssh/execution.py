@@ -10,6 +10,7 @@ KILL) — closing the channel alone would leave the command running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import shlex
@@ -87,8 +88,11 @@ def signal_exit_code(name: str | None) -> int | None:
 class ExecSession(asyncssh.SSHClientSession[bytes]):
     """Collects a command's output in bytes, capped per stream, and learns its PID from the marker."""
 
-    def __init__(self, cap: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, cap: int, loop: asyncio.AbstractEventLoop,
+                 on_output: Callable[[str, bytes], None] | None = None) -> None:
         self.cap = cap
+        #: ``ExecOptions.on_output``: what is kept is handed over as it arrives (a job's live output)
+        self.on_output = on_output
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.truncated = False
@@ -102,11 +106,14 @@ class ExecSession(asyncssh.SSHClientSession[bytes]):
         room = self.cap - len(buffer)
         if len(data) > room:
             # Keep reading (and dropping) the rest: a stalled channel would block the command.
-            if room > 0:
-                buffer += data[:room]
+            data = data[:max(room, 0)]
             self.truncated = True
-        else:
-            buffer += data
+        buffer += data
+        if data and self.on_output is not None:
+            try:
+                self.on_output("stderr" if buffer is self.stderr else "stdout", data)
+            except Exception:  # a subscriber's failure must not break the session
+                log.exception("on_output failed")
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
@@ -165,7 +172,8 @@ async def execute(node: NodeConnection, command: str, options: ExecOptions, *, s
     loop = asyncio.get_running_loop()
     async with node.channel(options.source):
         started = loop.time()
-        channel, session = await node.open_session(lambda: ExecSession(options.max_output, loop), line)
+        channel, session = await node.open_session(
+            lambda: ExecSession(options.max_output, loop, getattr(options, "on_output", None)), line)
         timed_out = False
         try:
             channel.write_eof()  # no stdin: commands that read it see EOF instead of hanging
@@ -175,11 +183,15 @@ async def execute(node: NodeConnection, command: str, options: ExecOptions, *, s
             except TimeoutError:
                 timed_out = True
                 await stop(node, session, kill_grace)
-        except BaseException:
-            # Cancelled (the caller went away, or the hub's deadline passed) or broken: never leave
-            # the command running on the node.
+        except BaseException as exc:
+            # Cancelled (the caller went away, the hub's deadline passed, a job was cancelled) or
+            # broken: never leave the command running on the node. A cancel waits (bounded) until the
+            # process group is gone, so a cancelled job's command is gone when the cancel answers.
             if not session.done.done() and session.pid is not None:
-                spawn(node.run_quiet(kill_command(session.pid, kill_grace), kill_grace + node.open_timeout))
+                kill = spawn(node.run_quiet(kill_command(session.pid, kill_grace), kill_grace + node.open_timeout))
+                if isinstance(exc, asyncio.CancelledError) and kill is not None:
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(asyncio.shield(kill), kill_grace + node.open_timeout + 1)
             raise
         finally:
             channel.close()
