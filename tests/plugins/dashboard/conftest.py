@@ -78,6 +78,23 @@ def shot(page, tmp_path: Path, name: str, *, full_page: bool = True) -> Path:
 
 
 @pytest.fixture
+def database_url(db_kind, tmp_path):
+    """The testing plugin's fresh database, made and dropped in a worker thread: Playwright's sync
+    API keeps an event loop running in this one, where ``asyncio.run`` (PostgreSQL setup) cannot."""
+    import concurrent.futures
+
+    from claude_net.testing import database_for
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        made = database_for(db_kind, tmp_path)
+        url = pool.submit(made.__enter__).result()
+        try:
+            yield url
+        finally:
+            pool.submit(made.__exit__, None, None, None).result()
+
+
+@pytest.fixture
 def served(make_settings):
     """``with served(plugins=..., **settings) as hub:`` a hub with every installed plugin (the dashboard,
     permissions, activity, ...) served by Hypercorn on a loopback port."""

@@ -459,7 +459,9 @@ async function containersPage() {
     box.replaceChildren(...(containers.length ? containers.map(card) : [el("p", {}, "No containers.")]));
   }
   await load();
-  live("type=container", debounce(load, 300));
+  // listing snapshots is itself recorded as a container row: reacting to those would loop
+  const reload = debounce(load, 300);
+  live("type=container", (row) => { if (!(row.detail || "").startsWith("list_snapshots")) reload(); });
 }
 
 const PAGES = { machines: machinesPage, activity: activityPage, permissions: permissionsPage,
