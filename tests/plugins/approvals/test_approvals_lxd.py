@@ -45,21 +45,21 @@ async def test_exec_under_ask_waits_runs_after_approval_and_denied_never_runs(hu
         assert status == 200, body
 
         waiting = asyncio.ensure_future(h.call("POST", "/api/exec", alpha, {
-            "target": name, "command": "echo approved-output; hostname", "approval_wait": 30}))
+            "target": name, "command": "echo approved-output; hostname", "approval_wait": 90}))
         pending = await eventually(lambda: _pending(h, chas))
         await asyncio.sleep(0.3)
         assert not waiting.done()  # it waits for the decision
         status, _ = await h.call("POST", f"/api/approvals/{pending[0]['id']}", chas, {"decision": "approve"})
         assert status == 200
-        status, body = await asyncio.wait_for(waiting, 20)
+        status, body = await asyncio.wait_for(waiting, 80)
         assert status == 200, body
         assert body["stdout"] == f"approved-output\n{name}\n" and body["exitCode"] == 0
 
         waiting = asyncio.ensure_future(h.call("POST", "/api/exec", alpha, {
-            "target": name, "command": "touch /root/marker", "approval_wait": 30}))
+            "target": name, "command": "touch /root/marker", "approval_wait": 90}))
         pending = await eventually(lambda: _pending(h, chas))
         status, _ = await h.call("POST", f"/api/approvals/{pending[0]['id']}", chas, {"decision": "deny"})
-        status, body = await asyncio.wait_for(waiting, 20)
+        status, body = await asyncio.wait_for(waiting, 80)
         assert status == 403 and body["code"] == "approval_denied", body
         await asyncio.sleep(0.5)
         assert not exists(name, "/root/marker")  # the denied command never ran
