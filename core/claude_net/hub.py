@@ -731,5 +731,8 @@ def deny_sentence(actor: Actor, action: str, target: str | None) -> str:
         return f"denied: {action} is an admin-only action and {actor.name} is not an admin"
     verb = _VERBS.get(action, action)
     where = target or "that target"
+    if action == "message":
+        return (f"denied: {actor.name} may not send messages to {where}: a message rule forbids it; ask an admin "
+                f"(e.g. `claude-net permit {actor.name} {where} --message allow`)")
     return (f"denied: {actor.name} may not {verb} {where}; ask an admin to grant the pathway "
             f"{actor.name} -> {where} (e.g. `claude-net permit {actor.name} {where}`)")

@@ -75,14 +75,29 @@ def migrations():
             ],
             description="ask level, snapshot before, approved-for-a-while allowances",
         ),
+        Migration(
+            PLUGIN, 3,
+            [
+                # who may message whom: apart from the exec/file rules, so that a message rule never
+                # changes what an exec rule decides, and no message rule at all leaves messaging open
+                "CREATE TABLE IF NOT EXISTS message_rules ("
+                " source TEXT NOT NULL, target TEXT NOT NULL, allow BOOLEAN NOT NULL,"
+                " granted_by TEXT, granted_at TEXT NOT NULL, PRIMARY KEY (source, target))",
+            ],
+            description="message rules",
+        ),
     ]
 
 
 @hookimpl
 def authorize(hub, actor, action, target):
     """Exec and file actions only; admins are left to the roles policy (which allows them)."""
+    if action == "message":
+        if actor.admin or actor.unauthenticated:
+            return None  # admins message anyone; legacy v1 messaging has its own switch
+        return service.authorize_message(hub, actor, target)
     if action not in ACTIONS:
-        return None  # messaging, admin-only actions, ...: not this policy's business
+        return None  # admin-only actions, ...: not this policy's business
     if actor.unauthenticated:
         return False  # legacy token-less v1 callers never reach exec or files
     if actor.admin:
@@ -110,6 +125,9 @@ def _configure_permit(p) -> None:
                         "request, e.g. exec,file_write (see docs/approvals.md)")
     p.add_argument("--snapshot-before", action="store_true",
                    help="snapshot the target container before every exec and file write (LXD targets only)")
+    p.add_argument("--message", choices=["allow", "deny", "inherit"],
+                   help="instead of the exec/file pathway: may SOURCE send messages to TARGET (a message rule; "
+                        "'inherit' removes it). Without any message rule messaging is open")
     p.add_argument("--expires", metavar="WHEN",
                    help="'30m', '2h', '7d', '1w' from now, or an ISO 8601 time (default: never)")
     p.add_argument("--json", action="store_true", help="print the stored rule as JSON")

@@ -40,6 +40,17 @@ def _print_change(permission: Mapping[str, Any], as_json: bool) -> None:
 
 async def run_permit(args, ctx) -> int:
     capabilities = ["file_read"] if args.read_only else args.capabilities
+    if args.message:
+        allow = {"allow": True, "deny": False, "inherit": None}[args.message]
+        async with ctx.hub() as hub:
+            rule = await service.set_message_rule(hub, ctx.cli_actor(), args.source, args.target, allow)
+        if args.json:
+            print(json.dumps(rule, indent=2))
+        else:
+            word = {True: "may send messages to", False: "may not send messages to",
+                    None: "follows broader message rules for"}[allow]
+            print(f"{printable(rule['source'])} {word} {printable(rule['target'])}")
+        return 0
     async with ctx.hub() as hub:
         permission = await service.set_permission(
             hub, ctx.cli_actor(), args.source, args.target, allow=True,

@@ -23,6 +23,15 @@ PERMISSION = {"type": "object", "properties": {
 
 async def permit(ctx):
     body = ctx.body
+    if "message" in body:
+        others = sorted(k for k in ("capabilities", "ask", "snapshot", "expires", "inherit", "allow") if k in body)
+        if others:
+            from claude_net import BadRequest
+
+            raise BadRequest(f"message sets a message rule on its own; send {', '.join(others)} in another permit",
+                             code="invalid_field", field="message")
+        rule = await service.set_message_rule(ctx.hub, ctx.actor, body["source"], body["target"], body["message"])
+        return {"message_rule": rule}
     permission = await service.set_permission(
         ctx.hub, ctx.actor, body["source"], body["target"],
         allow=body.get("allow", True), capabilities=body.get("capabilities"),
@@ -47,7 +56,9 @@ def routes() -> list[Route]:
                 "file_write; e.g. `[\"file_read\"]` for read-only), optionally until `expires` "
                 "('30m', '2h', '7d', '1w' or an ISO 8601 time). `ask` (a subset of the granted capabilities) makes "
                 "those need an admin's approval of each request; `snapshot: \"before\"` snapshots an LXD "
-                "target before every exec and file write (refused for a node without snapshots). `allow: false` on a node stores an explicit "
+                "target before every exec and file write (refused for a node without snapshots). `message` "
+                "(true/false; null removes it), sent alone, stores a message rule instead: who may message whom "
+                "(no message rule at all: messaging is open). `allow: false` on a node stores an explicit "
                 "deny that beats broader grants; on `*`/`all` it deletes every rule of `source`; with "
                 "`inherit: true` it deletes only this pair's rule. Takes effect on the next call. "
                 "Non-admins get 403 and the attempt is recorded."
@@ -65,6 +76,7 @@ def routes() -> list[Route]:
                     "ask": {"type": "array", "maxItems": 3, "uniqueItems": True,
                             "items": {"type": "string", "enum": list(model.CAPABILITIES)}},
                     "snapshot": {"type": ["string", "null"], "enum": [*model.SNAPSHOT_WHEN, None]},
+                    "message": {"type": ["boolean", "null"]},
                     "from": {"type": "string"},
                 },
             },

@@ -183,6 +183,55 @@ async def set_permission(
     )
 
 
+_MESSAGE_RULES = ("SELECT source, target, allow FROM message_rules"
+                  " WHERE source IN (:source, '*') AND target IN (:target, '*')")
+
+
+async def authorize_message(hub, actor: Actor, target: Any) -> bool | None:
+    """Who may message whom: the most specific message rule decides; none is no opinion (open)."""
+    target = target if isinstance(target, str) and target not in ("all", "") else WILDCARD
+    rows = await hub.db.fetch_all(_MESSAGE_RULES, {"source": actor.name, "target": target})
+    if not rows:
+        return None
+    rule = model.most_specific({(r["source"], r["target"]): r for r in rows}, actor.name, target)
+    return None if rule is None else bool(rule["allow"])
+
+
+async def set_message_rule(hub, actor: Actor, source: str, target: str, allow: bool | None) -> dict[str, Any]:
+    """Store (allow True/False) or remove (None) the message rule ``source -> target``; a recorded permit."""
+    source = model.normalize_name(source, "source")
+    target = model.normalize_name(target, "target")
+    if allow is not None and not isinstance(allow, bool):
+        raise BadRequest("message must be true, false or null", code="invalid_field", field="message")
+    word = {True: "may send messages to", False: "may not send messages to", None: "message rule removed for"}[allow]
+    detail = f"permit {source} -> {target}: {word} {target}" if allow is not None else \
+        f"permit {source} -> {target}: message rule removed (broader message rules apply again)"
+
+    async def run() -> dict[str, Any]:
+        now = isotime()
+        if allow is None:
+            removed = await hub.db.fetch_all("DELETE FROM message_rules WHERE source = :source AND target = :target"
+                                             " RETURNING target", {"source": source, "target": target})
+            return {"source": source, "target": target, "message": None, "removed": len(removed)}
+        await hub.db.execute(
+            "INSERT INTO message_rules (source, target, allow, granted_by, granted_at)"
+            " VALUES (:source, :target, :allow, :by, :now) ON CONFLICT (source, target) DO UPDATE SET"
+            " allow = excluded.allow, granted_by = excluded.granted_by, granted_at = excluded.granted_at",
+            {"source": source, "target": target, "allow": allow, "by": actor.name, "now": now})
+        return {"source": source, "target": target, "message": allow, "granted_by": actor.name, "granted_at": now}
+
+    return await hub.guarded(
+        actor, action="permit", event_type="permit", target=source, detail=detail, run=run,
+        request={"source": source, "target": target, "message": allow},
+        result_data=lambda r: {"source": source, "target": target, "message": allow})
+
+
+async def list_message_rules(hub) -> list[dict[str, Any]]:
+    rows = await hub.db.fetch_all("SELECT source, target, allow, granted_by, granted_at FROM message_rules"
+                                  " ORDER BY source, target")
+    return [{**r, "allow": bool(r["allow"])} for r in rows]
+
+
 async def _check_snapshot(hub, target: str, snapshot: object, caps) -> None:
     """``snapshot: before`` needs exec or file_write and a target that has snapshots."""
     if snapshot not in model.SNAPSHOT_WHEN:
@@ -294,7 +343,7 @@ async def permissions_view(hub, *, effective: bool = False) -> dict[str, Any]:
     names, errors = await known_nodes(hub)
     names = sorted(set(names) | {r[k] for r in rules for k in ("source", "target")} - {WILDCARD})
     out: dict[str, Any] = {"permissions": rules, "nodes": names, "capabilities": list(model.CAPABILITIES),
-                           "allowances": await list_allowances(hub)}
+                           "allowances": await list_allowances(hub), "message_rules": await list_message_rules(hub)}
     if errors:
         out["unavailable"] = errors
     if effective:
