@@ -13,16 +13,21 @@ pytestmark = pytest.mark.lxd
 
 #: the optional thread arguments of send, exec and the file tools (docs/mcp.md)
 THREADING = {"thread": "string", "reply_to": "integer"}
+#: what exec and the file tools take for an action that needs an admin's approval (docs/mcp.md)
+APPROVAL = {"approval": "string", "approval_wait": "number"}
 #: tool -> (properties, required); no tool takes a `from` argument: identity is the token's
 SCHEMAS = {
     "claude_net_send": ({"to": "string", "message": "string", **THREADING}, {"to", "message"}),
     "claude_net_inbox": ({"limit": "integer", "ack": "boolean"}, set()),
     "claude_net_machines": ({}, set()),
-    "claude_net_exec": ({"target": "string", "command": "string", "timeout": "number", **THREADING},
-                        {"target", "command"}),
-    "claude_net_file_read": ({"target": "string", "path": "string", **THREADING}, {"target", "path"}),
-    "claude_net_file_write": ({"target": "string", "path": "string", "content": "string", **THREADING},
+    "claude_net_exec": ({"target": "string", "targets": "array", "command": "string", "timeout": "number",
+                         "background": "boolean", **THREADING, **APPROVAL}, {"command"}),
+    "claude_net_file_read": ({"target": "string", "path": "string", **THREADING, **APPROVAL}, {"target", "path"}),
+    "claude_net_file_write": ({"target": "string", "path": "string", "content": "string", **THREADING, **APPROVAL},
                               {"target", "path", "content"}),
+    "claude_net_job_status": ({"job": "string"}, set()),
+    "claude_net_job_output": ({"job": "string", "offset": "integer", "wait": "number"}, {"job"}),
+    "claude_net_job_cancel": ({"job": "string"}, {"job"}),
     "claude_net_permit": ({"source": "string", "target": "string", "allow": "boolean"}, {"source", "target", "allow"}),
     "claude_net_permissions": ({}, set()),
     "claude_net_container_start": ({"name": "string"}, {"name"}),
@@ -32,8 +37,9 @@ SCHEMAS = {
     "claude_net_activity": ({"hours": "number"}, {"hours"}),
 }
 READ_ONLY = {"claude_net_inbox", "claude_net_machines", "claude_net_permissions", "claude_net_activity",
-             "claude_net_file_read"}
-DESTRUCTIVE = {"claude_net_exec", "claude_net_file_write", "claude_net_container_stop", "claude_net_container_restore"}
+             "claude_net_file_read", "claude_net_job_status", "claude_net_job_output"}
+DESTRUCTIVE = {"claude_net_exec", "claude_net_file_write", "claude_net_container_stop", "claude_net_container_restore",
+               "claude_net_job_cancel"}
 
 
 def _type(schema: dict) -> str:
@@ -125,7 +131,7 @@ async def test_agent_and_admin_tools(hub, session_for, transport):
         # a timeout is an error that keeps the partial output and says what to do
         result = await call(me, "claude_net_exec", {"target": box, "command": "echo started; sleep 10",
                                                     "timeout": 1}, error=True)
-        assert "did not finish within 1s" in text(result) and "started" in text(result) and "nohup" in text(result)
+        assert "did not finish within 1s" in text(result) and "started" in text(result) and "background=true" in text(result)
 
         # every failure is a tool error that says what to do next
         result = await call(me, "claude_net_exec", {"target": "no-such-node", "command": "true"}, error=True)
@@ -143,8 +149,8 @@ async def test_agent_and_admin_tools(hub, session_for, transport):
         assert "mkdir -p /no-dir" in text(result)
         result = await call(me, "claude_net_exec", {"target": box}, error=True)  # missing argument
         assert text(result) == ("invalid arguments for claude_net_exec: command: Field required. It takes "
-                                "(target, command, timeout?, thread?, reply_to?; ? = optional). Fix the arguments "
-                                "and call again.")
+                                "(command, target?, targets?, timeout?, background?, thread?, reply_to?, approval?, "
+                                "approval_wait?; ? = optional). Fix the arguments and call again.")
         result = await call(me, "claude_net_inbox", {"limit": 0}, error=True)
         assert text(result).startswith("invalid arguments for claude_net_inbox: limit: Input should be greater")
         result = await call(me, "claude_net_send", {"to": "Not A Node", "message": "x"}, error=True)
