@@ -83,3 +83,50 @@ def test_kill_9_mid_job_gives_interrupted_after_restart(database_url, tmp_path, 
         call(hub, "POST", "/api/exec", admin, {"target": "ser-8", "command": "pkill -f 'sleep 48[.]75'; true"})
     finally:
         hub.stop()
+
+
+@pytest.mark.db("postgresql")
+def test_a_follower_and_a_cancel_on_another_replica(database_url, tmp_path, sshd):
+    """PostgreSQL, two replicas: the job runs on A; B follows its output live (the table, woken by A's
+    NOTIFY after each batch) and cancels it (passed to A through the row and the bus)."""
+    import http.client
+
+    node = sshd.node_config()
+    config = ('[plugins]\nallow = ["ssh", "activity"]\n'
+              '[ssh.nodes.ser-8]\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in node.items()))
+    hubs = []
+    try:
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            hubs.append(HubProcess(config, database_url=database_url, workdir=str(tmp_path / name)).start())
+        a, b = hubs
+        admin = a.token("boss", admin=True)
+        status, body = call(a, "POST", "/api/exec", admin, {"target": "ser-8", "background": True,
+                                                            "command": "for i in 1 2 3; do echo tick $i; sleep 0.7; "
+                                                                       "done; sleep 49.25"})
+        assert status == 202, body
+        job_id = body["job"]["id"]
+        conn = http.client.HTTPConnection("127.0.0.1", b.port, timeout=20)
+        conn.request("GET", f"/api/jobs/{job_id}/output?follow=1", headers={"Authorization": f"Bearer {admin}"})
+        response = conn.getresponse()
+        assert response.status == 200
+        started, seen, text = time.monotonic(), {}, ""
+        while len(seen) < 3:
+            line = response.readline().decode()
+            assert line, "the stream ended early"
+            if line.startswith("data: ") and '"text"' in line:
+                text += json.loads(line[6:])["text"]
+                for done in text.splitlines():
+                    seen.setdefault(done, time.monotonic() - started)
+        assert list(seen)[:3] == ["tick 1", "tick 2", "tick 3"]
+        assert seen["tick 3"] - seen["tick 1"] > 0.8, seen  # live, not at the end
+        status, body = call(b, "POST", f"/api/jobs/{job_id}/cancel", admin)
+        assert status == 200 and body["job"]["state"] == "cancelled" and body["job"]["ended_by"] == "boss", body
+        rest = response.read().decode()  # the stream ends with the job
+        assert "event: end" in rest and '"cancelled"' in rest
+        status, body = call(a, "POST", "/api/exec", admin,
+                            {"target": "ser-8", "command": "pgrep -f 'sleep 49[.]25' || echo none"})
+        assert body["stdout"] == "none\n", body
+    finally:
+        for hub in hubs:
+            hub.stop()
