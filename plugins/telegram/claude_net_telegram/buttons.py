@@ -63,7 +63,7 @@ def card_update(rt, event) -> dict[str, Any] | None:
         if event.result == "error":
             # the command is over; a refusal before the job existed (a limit, a stopped node) has
             # no job event of its own, and the job's final event (cancelled, ...) refines this
-            return {"kind": "job", "job": {**job, "state": "failed", "error": data.get("error")}}
+            return {"kind": "job", "tentative": True, "job": {**job, "state": "failed", "error": data.get("error")}}
         return {"kind": "none"}  # ok: the job's final event, right behind, says how it ended
     snapshot = data.get("snapshot")
     if isinstance(snapshot, str) and snapshot and event.target and event.result in ("ok", "error") and rt.wants(event):
@@ -79,7 +79,8 @@ def apply(rt, update: dict[str, Any]) -> None:
     if kind == "approval":
         show_approval(rt, update["approval"])
     elif kind == "job":
-        show_job(rt, update["job"], update.get("tail"), from_exec=bool(update.get("from_exec")))
+        show_job(rt, update["job"], update.get("tail"), from_exec=bool(update.get("from_exec")),
+                 tentative=bool(update.get("tentative")))
     elif kind == "action":
         event_id = str(update["event_id"])
         rt.cards.update(f"rs:{event_id}", f"{update['html']}\n{restore_note(update['target'], update['snapshot'])}",
@@ -97,8 +98,12 @@ def show_approval(rt, approval: dict[str, Any], *, message_id: int | None = None
     rt.cards.update(key, text, rows, loud=not final, final=final, meta={"approval": approval})
 
 
+#: seconds a job card waits for the job's own final event before it shows the exec's failure
+TENTATIVE_HOLD = 2.0
+
+
 def show_job(rt, job: dict[str, Any], tail: str | None, *, from_exec: bool = False,
-             message_id: int | None = None) -> None:
+             message_id: int | None = None, tentative: bool = False) -> None:
     key = f"job:{job.get('id')}"
     card = rt.cards.get(key)
     if from_exec and card is not None:
@@ -112,7 +117,12 @@ def show_job(rt, job: dict[str, Any], tail: str | None, *, from_exec: bool = Fal
         tail = card.meta.get("tail", "") if card is not None else ""
     text, rows, final = job_card(merged, tail, tail_chars=rt.s.job_output_chars)
     failed = final and not (merged.get("state") == "exited" and merged.get("exit_code") == 0)
-    rt.cards.update(key, text, rows, loud=failed, final=final, meta={"job": merged, "tail": tail})
+    if tentative and card is not None and card.final:
+        return
+    # tentative: the exec failed; a job that had started ends with its own event right after
+    # (cancelled, timed out, ...), which replaces this before it is shown
+    rt.cards.update(key, text, rows, loud=failed, final=final and not tentative,
+                    meta={"job": merged, "tail": tail}, hold=TENTATIVE_HOLD if tentative else 0.0)
 
 
 # -- presses --------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class Card:
     message_id: int | None = None
     shown: tuple[str, Buttons] | None = None
     last_edit: float = 0.0
+    #: a tentative state waits until then for a better one (monotonic; 0: no wait)
+    hold_until: float = 0.0
 
     @property
     def dirty(self) -> bool:
@@ -80,9 +82,10 @@ class Cards:
         return self.cards.get(key)
 
     def update(self, key: str, text: str, buttons: Buttons, *, loud: bool = False, final: bool = False,
-               meta: Mapping[str, Any] | None = None, create: bool = True) -> Card | None:
+               meta: Mapping[str, Any] | None = None, create: bool = True, hold: float = 0.0) -> Card | None:
         """Set what card ``key`` should show. A final card does not go back to a non-final state
-        (a late progress notice cannot undo a job's end)."""
+        (a late progress notice cannot undo a job's end). ``hold``: a tentative state, shown only
+        if nothing replaces it within that many seconds."""
         card = self.cards.get(key)
         if card is None:
             if not create:
@@ -94,6 +97,7 @@ class Cards:
                 card.meta.update(meta)
             return card
         card.text, card.buttons, card.loud, card.final = text, buttons, loud or card.loud, final
+        card.hold_until = time.monotonic() + hold if hold > 0 else 0.0
         if meta:
             card.meta.update(meta)
         self._wake.set()
@@ -117,8 +121,8 @@ class Cards:
     def _due(self, card: Card, now: float) -> float:
         """When ``card`` may next be sent or edited (monotonic)."""
         if card.message_id is None or card.final:
-            return now
-        return card.last_edit + self.edit_interval
+            return max(now, card.hold_until)
+        return max(card.last_edit + self.edit_interval, card.hold_until)
 
     async def run(self) -> None:
         while True:
