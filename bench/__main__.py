@@ -199,6 +199,21 @@ def idle_memory(quick: bool) -> list[Row]:
                 "plugins: " + ", ".join(r["plugins"]), r)]
 
 
+def approvals(quick: bool) -> list[Row]:
+    import bench_approvals
+
+    r = bench_approvals.run(n=10 if quick else 50, say=log)
+    return [
+        Row("", f"approval decision -> exec start p50 ({r['n']} approvals)", r["decision_to_action_p50_ms"],
+            r["plain_p50_ms"], "ms", "plain exec p50", r["ratio"], f"<= {r['target_ratio']:.2f}x", _ok(r["pass"]),
+            f"p99 {r['decision_to_action_p99_ms']} ms (plain p99 {r['plain_p99_ms']} ms)", r),
+        Row("", "approval decision -> exec answer p50 (client side)", r["decision_to_answer_p50_ms"],
+            r["plain_p50_ms"], "ms", "plain exec p50",
+            round(r["decision_to_answer_p50_ms"] / r["plain_p50_ms"], 2) if r["plain_p50_ms"] else None, "", "info",
+            f"p99 {r['decision_to_answer_p99_ms']} ms"),
+    ]
+
+
 BENCHMARKS = [
     Benchmark("messaging-sqlite", "send+inbox vs GET /api/health, SQLite, 1 hub", ("wrk",), messaging("sqlite", 1)),
     Benchmark("messaging-pg", "send+inbox vs GET /api/health, PostgreSQL, 1 hub", ("wrk", "postgresql"),
@@ -211,6 +226,7 @@ BENCHMARKS = [
     Benchmark("files", "50 MiB through the hub vs lxc file push/pull, hub RSS growth", ("lxd",), files),
     Benchmark("loop-stall", "event-loop lag during 20 concurrent execs vs idle", ("lxd",), loop_stall),
     Benchmark("idle-memory", "idle RSS with every plugin vs core only", (), idle_memory),
+    Benchmark("approvals", "admin decision to the waiting exec starting vs a plain exec", ("lxd",), approvals),
 ]
 
 

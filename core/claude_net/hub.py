@@ -576,6 +576,7 @@ class Hub:
             approved = await self._approved(actor, action, target, detail, request or {}, approval,
                                             approval_wait, event)
             event.data["approval_id"] = approved["id"]
+            event.time = isotime()  # the action starts now, after the wait: its row says so
             held = APPROVED.set((actor.name, action, target))
         try:
             await self.emit(event)
