@@ -40,9 +40,13 @@ def run_id_tg():
     return RUN_ID
 
 
+def is_card(message, job_id):
+    return message["plain"].splitlines()[-1] == f"job {job_id}"
+
+
 def job_card(h, job_id):
     for message in h.api.sent:
-        if f"job {job_id}" in message["plain"]:
+        if is_card(message, job_id):
             return message
     return None
 
@@ -82,7 +86,7 @@ async def test_a_job_is_one_message_edited_as_output_arrives_and_cancel_ends_it_
         assert len(edits) >= 2
         gaps = [b["at"] - a["at"] for a, b in zip(edits, edits[1:])]
         assert all(gap >= 0.95 for gap in gaps), gaps  # at most one edit per edit_interval
-        assert len([m for m in h.api.sent if f"job {job['id']}" in m["plain"]]) == 1
+        assert len([m for m in h.api.sent if is_card(m, job["id"])]) == 1
         assert "sleep 0.4" in in_container_ps(lxd_box)
 
         # a stranger's Cancel changes nothing
@@ -110,7 +114,7 @@ async def test_a_job_is_one_message_edited_as_output_arrives_and_cancel_ends_it_
             ("callback_query", OTHER_ID, "not_admin"), ("callback_query", ADMIN_ID, None)]
         cancels = await activity_rows(h.hub, type="job_cancel")
         assert [(r["from_machine"], r["via"], r["result"]) for r in cancels] == [("chasclaude", "telegram", "ok")]
-        assert len([m for m in h.api.sent if f"job {job['id']}" in m["plain"]]) == 1
+        assert len([m for m in h.api.sent if is_card(m, job["id"])]) == 1
 
 
 async def test_a_job_that_ends_shows_its_exit_code_and_output(tg_hub):
