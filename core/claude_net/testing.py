@@ -16,6 +16,7 @@ This module is public API for plugins' tests (docs/writing-plugins.md, "Testing"
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -73,6 +74,10 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "in a pass of their own after the parallel one)")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _pg_drop_made()  # an xdist worker may end without running atexit handlers
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     if config.getoption("--serial") == "run" and _parallel(config):
         return ("serial tests are left out of this parallel run; run them alone with --serial only "
@@ -111,12 +116,14 @@ def pg_url_template() -> str:
     return os.environ.get("CLAUDE_NET_TEST_PG", PG_DEFAULT)
 
 
-async def _pg_admin(sql: str) -> None:
+def _pg_dsn(db: str) -> str:
+    return pg_url_template().format(db=db).replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _pg_admin(sql: str, db: str = "postgres") -> None:
     import asyncpg
 
-    template = pg_url_template()
-    url = template.format(db="postgres").replace("postgresql+asyncpg://", "postgresql://")
-    conn = await asyncpg.connect(url, timeout=5)
+    conn = await asyncpg.connect(_pg_dsn(db), timeout=5)
     try:
         await conn.execute(sql)
     finally:
@@ -169,18 +176,75 @@ def database_for(kind: str, directory: Path):
         yield url
 
 
-@contextlib.contextmanager
-def scratch_pg_database(prefix: str):
-    """A fresh PostgreSQL database on the server of ``pg_url_template()``, dropped afterwards."""
+#: scratch databases of this process, by prefix: those that are empty and free for the next test,
+#: and every one it made (dropped when the process exits). PostgreSQL forces a checkpoint for each
+#: DROP DATABASE (and CREATE DATABASE copies a template): 0.3-3 s a test once several test processes
+#: share the server, where emptying a used database again takes milliseconds.
+_PG_FREE: dict[str, list[str]] = {}
+_PG_MADE: set[str] = set()
+
+
+async def _pg_empty(name: str) -> None:
+    """Make a used scratch database as empty as a new one: its settings reset (a test may have made it
+    read-only), every other session ended, and every object the test role owns in it dropped
+    (tables, sequences, types, functions, schemas, large objects)."""
+    import asyncpg
+
+    await _pg_admin(f'ALTER DATABASE "{name}" RESET ALL')
+    await _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+                    " AND pid <> pg_backend_pid()")
+    conn = await asyncpg.connect(_pg_dsn(name), timeout=5)
+    try:
+        await conn.execute("SET lock_timeout = '10s'")
+        await conn.execute("DROP OWNED BY CURRENT_USER")
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'")
+        if left:
+            raise RuntimeError(f"{left} relations are left in {name}")
+    finally:
+        await conn.close()
+
+
+def _pg_drop_made() -> None:
     import asyncio
 
-    name = f"{prefix}_{secrets.token_hex(6)}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    for name in sorted(_PG_MADE):
+        with contextlib.suppress(Exception):
+            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    _PG_MADE.clear()
+    _PG_FREE.clear()
+
+
+@contextlib.contextmanager
+def scratch_pg_database(prefix: str):
+    """A fresh, empty PostgreSQL database on the server of ``pg_url_template()``.
+
+    Afterwards it is emptied and kept for this process's next call (dropped instead when emptying
+    fails), and every database made is dropped when the process exits.
+    """
+    import asyncio
+
+    free = _PG_FREE.setdefault(prefix, [])
+    if free:
+        name = free.pop()
+    else:
+        name = f"{prefix}_{secrets.token_hex(6)}"
+        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        if not _PG_MADE:
+            atexit.register(_pg_drop_made)
+        _PG_MADE.add(name)
     try:
         yield pg_url_template().format(db=name)
     finally:
-        with contextlib.suppress(Exception):
-            asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        try:
+            asyncio.run(_pg_empty(name))
+        except Exception:  # noqa: BLE001 - a database that cannot be emptied is not reused
+            _PG_MADE.discard(name)
+            with contextlib.suppress(Exception):
+                asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        else:
+            free.append(name)
 
 
 @pytest.fixture
