@@ -187,6 +187,25 @@ def loop_stall(quick: bool) -> list[Row]:
     ]
 
 
+# -- jobs and fan-out ---------------------------------------------------------------------------------
+
+
+def jobs(quick: bool) -> list[Row]:
+    import bench_jobs
+
+    r = bench_jobs.run(n=10 if quick else 30, rounds=2 if quick else 5, lines=8 if quick else 20, say=log)
+    single, fan, floor, live = r["single_ms"], r["fanout_ms"], r["floor_ms"], r["live_delay_ms"]
+    return [
+        Row("", f"fan-out of `true` to {r['targets']} containers, wall p50", fan["p50"], single["p50"], "ms",
+            "one exec p50", r["fanout_ratio"], f"<= {r['fanout_target']:g}x", _ok(r["fanout_ratio"] <= r["fanout_target"]),
+            "", r),
+        Row("", f"fan-out to {r['targets']} containers vs the same execs sent at once to LXD REST", fan["p50"],
+            floor["p50"], "ms", "LXD REST, 20 threads", r["fanout_vs_floor"], "", "info"),
+        Row("", "live job output: line written in the container -> following client, p50", live["p50"], None, "ms",
+            "", None, "", "info", f"p99 {live['p99']} ms over {live['lines']} lines"),
+    ]
+
+
 # -- memory -------------------------------------------------------------------------------------------
 
 
@@ -225,6 +244,7 @@ BENCHMARKS = [
     Benchmark("activity", "GET /api/activity on 1,000,000 rows vs the same SQL", (), activity),
     Benchmark("files", "50 MiB through the hub vs lxc file push/pull, hub RSS growth", ("lxd",), files),
     Benchmark("loop-stall", "event-loop lag during 20 concurrent execs vs idle", ("lxd",), loop_stall),
+    Benchmark("jobs", "fan-out to 20 containers vs one exec; live job output delay", ("lxd",), jobs),
     Benchmark("idle-memory", "idle RSS with every plugin vs core only", (), idle_memory),
     Benchmark("approvals", "admin decision to the waiting exec starting vs a plain exec", ("lxd",), approvals),
 ]
