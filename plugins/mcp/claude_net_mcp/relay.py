@@ -154,9 +154,12 @@ class PermissionRelay:
 
     async def cancel_all(self) -> None:
         """The session is ending: nothing will read a verdict, so the admin need not give one."""
-        ids = [a for a in self.pending.values() if a]
         with anyio.move_on_after(5.0):
-            for approval_id in ids:
+            # a prompt whose filing is still in flight gets its id first (the hub may have stored it)
+            while any(a is None for a in self.pending.values()):
+                await anyio.sleep(0.05)
+        with anyio.move_on_after(5.0):
+            for approval_id in [a for a in self.pending.values() if a]:
                 try:
                     await self.client.call("POST", f"/api/approvals/{approval_id}/cancel", json={}, timeout=3.0)
                 except HubCallError:

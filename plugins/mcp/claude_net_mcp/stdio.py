@@ -133,6 +133,8 @@ async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float
     so this drives its low-level server on streams whose writer reports each channel notification
     once it is flushed to the client: a message is acknowledged on the hub only after that.
     """
+    import signal
+
     import anyio
     from mcp.shared.message import SessionMessage
     from mcp_types import JSONRPCNotification
@@ -191,13 +193,25 @@ async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, TimeoutError):
                 pass  # the client went away: the session is ending
 
+        async def stop_on_sigterm(scope) -> None:
+            # MCP clients stop a stdio server by closing stdin, then SIGTERM after a short grace:
+            # either way the pending relays are withdrawn on the hub before the process ends
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    scope.cancel()
+                    return
+
         async with anyio.create_task_group() as tg:
             relayer.task_group = tg
             if push:
                 tg.start_soon(pump)
-            await lowlevel.run(read_stream, write_stream, options)
-            await relayer.cancel_all()
-            tg.cancel_scope.cancel()
+            tg.start_soon(stop_on_sigterm, tg.cancel_scope)
+            try:
+                await lowlevel.run(read_stream, write_stream, options)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await relayer.cancel_all()
+                tg.cancel_scope.cancel()
 
 
 if __name__ == "__main__":  # pragma: no cover
