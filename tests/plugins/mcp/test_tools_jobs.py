@@ -99,13 +99,11 @@ async def test_background_job_status_output_cancel(jhub, transport):
     _, token = jhub.token("jobs-agent")
     _, other_token = jhub.token("jobs-other")
     async with session(jhub, transport, token) as me, session(jhub, transport, other_token) as other:
-        # a job that prints over six seconds: answered at once, followed to its end
-        t0 = time.monotonic()
+        # a job that prints over three seconds: answered while it runs, then followed to its end
         result = await call(me, "claude_net_exec", {"target": box, "background": True,
-                                                    "command": "echo first; sleep 6; echo second"})
-        assert time.monotonic() - t0 < 5.0, "a background exec must not wait for the command"
+                                                    "command": "echo first; sleep 3; echo second"})
         job = result.structured_content["job"]
-        assert job["state"] == "running" and job["target"] == box
+        assert job["state"] == "running" and job["ended_at"] is None and job["target"] == box
         assert f'claude_net_job_output(job="{job["id"]}")' in text(result)
         seen, offset, state = "", 0, "running"
         deadline = time.monotonic() + 30
