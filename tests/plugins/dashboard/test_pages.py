@@ -109,6 +109,11 @@ def test_a_live_activity_row_appears_after_an_api_exec(served, page, tmp_path, b
         assert row.count() == 1  # the pending row was replaced by the final one, not added twice
         assert row.locator("td").nth(1).inner_text() == "managerclaude"
         shot(page, tmp_path, "activity")
+        # on a phone's width nothing but the tables' own scrollers is wider than the screen
+        page.set_viewport_size({"width": 390, "height": 844})
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        shot(page, tmp_path, "activity-phone")
+        page.set_viewport_size({"width": 1280, "height": 800})
         row.click()
         details = page.locator("#details")
         details.wait_for()
