@@ -2,7 +2,11 @@
 
 * ``database_url`` — parametrized over SQLite and PostgreSQL (``--db sqlite|postgresql|both``
   or ``CLAUDE_NET_TEST_DB``; ``@pytest.mark.db("sqlite")`` pins a test or module); PostgreSQL gets a fresh database per test from the server at
-  ``CLAUDE_NET_TEST_PG`` (default: the local socket ``/var/run/postgresql``).
+  ``CLAUDE_NET_TEST_PG`` (default: the local socket ``/var/run/postgresql``): an empty one, recycled
+  within the test process (emptied, not dropped: each DROP DATABASE forces a server checkpoint).
+* ``@pytest.mark.serial`` — a test that stops something every other test shares (the LXD daemon);
+  ``--serial run|skip|only``. Under pytest-xdist serial tests are left out: run them after, alone,
+  with ``--serial only`` (the repository's ``scripts/test`` runs both passes).
 * ``make_settings(**overrides)`` — validated :class:`Settings` on that database.
 * ``hub_harness`` — ``async with hub_harness(plugins=[...]) as h:`` a started app with a Quart
   test client; ``await h.token("name", admin=True)`` and ``await h.call("POST", path, token, json)``.
