@@ -356,7 +356,7 @@ async def decide(hub, actor, approval_id: str, decision: str, *, for_: str | Non
     """
     row = await store.get(hub.db, approval_id) if isinstance(approval_id, str) else None
     if not actor.admin:
-        await hub.emit(Event("approval", actor.name, row["target"] if row else None,
+        await hub.emit(Event("request", actor.name, row["target"] if row else None,
                              f"{actor.name} tried to decide approval {_short(approval_id, 40)} but is not an admin",
                              "denied", via=via, data={"approval_id": approval_id if row else None,
                                                       "code": "admin_only", "decision": _short(decision, 20)}))
@@ -364,6 +364,8 @@ async def decide(hub, actor, approval_id: str, decision: str, *, for_: str | Non
     if decision not in DECISIONS:
         raise BadRequest("decision must be 'approve' or 'deny'", code="invalid_field", field="decision")
     if row is None:
+        await _refused(hub, actor, None, approval_id, decision, via, "unknown_approval",
+                       f"{actor.name} tried to {decision} approval {_short(approval_id, 40)!r}, which does not exist")
         raise NotFound(f"there is no approval {_short(approval_id, 40)!r}", code="unknown_approval")
     if for_ is not None and decision != "approve":
         raise BadRequest("for goes with approve only", code="invalid_field", field="for")
@@ -381,6 +383,9 @@ async def decide(hub, actor, approval_id: str, decision: str, *, for_: str | Non
     if decided is None:
         current = await store.get(hub.db, approval_id)
         now_state = current["state"] if current else "unknown"
+        await _refused(hub, actor, row, approval_id, decision, via, "already_decided",
+                       f"{actor.name} tried to {decision} approval {approval_id}, which is already {now_state}",
+                       state_now=now_state)
         raise Conflict(f"approval {approval_id} is no longer pending: it is {now_state}"
                        + (f" (decided by {current['decided_by']})" if current and current["decided_by"] else ""),
                        code="already_decided", state=now_state, approval=store.to_json(current) if current else None)
@@ -391,6 +396,17 @@ async def decide(hub, actor, approval_id: str, decision: str, *, for_: str | Non
         await allow_for(hub, actor, decided["requester"], decided["target"], decided["action"], for_,
                         approval_id=approval_id)
     return store.to_json(decided)
+
+
+async def _refused(hub, actor, row, approval_id, decision: str, via: str, code: str, detail: str,
+                   state_now: str | None = None) -> None:
+    """A decision that changed nothing (unknown id, already decided): recorded, never silent."""
+    data = {"approval_id": row["id"] if row else None, "code": code, "decision": _short(decision, 20),
+            "refused": True}
+    if state_now is not None:
+        data["current_state"] = state_now
+    await hub.emit(Event("request", actor.name, row["target"] if row else None, detail, "denied", via=via,
+                         data=data))
 
 
 async def cancel(hub, actor, approval_id: str, *, via: str) -> dict[str, Any]:
@@ -422,7 +438,7 @@ async def file_agent_tool(hub, actor, *, tool_name: str, description: str, input
                           request_id: str | None) -> tuple[dict[str, Any], bool]:
     """An agent's own permission prompt relayed to the admin (``kind: agent_tool``)."""
     if not relay_allowed(hub, actor.name):
-        await hub.emit(Event("approval", actor.name, None,
+        await hub.emit(Event("request", actor.name, None,
                              f"{actor.name} may not relay tool approvals ({_short(tool_name, 80)})", "denied",
                              via=actor.via, data={"code": "relay_refused", "kind": "agent_tool",
                                                   "tool_name": _short(tool_name, 80)}))
@@ -433,7 +449,7 @@ async def file_agent_tool(hub, actor, *, tool_name: str, description: str, input
         row, new = await file(hub, actor, kind="agent_tool", action="agent_tool", target=actor.name,
                               particulars=particulars, request_id=request_id)
     except RateLimited as exc:
-        await hub.emit(Event("approval", actor.name, actor.name, f"{actor.name}: tool approval refused: "
+        await hub.emit(Event("request", actor.name, actor.name, f"{actor.name}: tool approval refused: "
                              f"{exc.message}"[:400], "denied", via=actor.via,
                              data={"code": exc.code, "kind": "agent_tool"}))
         raise

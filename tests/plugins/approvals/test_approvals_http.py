@@ -167,6 +167,8 @@ async def test_hostile_decisions_agent_token_junk_unknown(hub_harness, box):
             assert status == 400 and body["ok"] is False and body["code"], (junk, body)
         status, body = await h.call("POST", "/api/approvals/zzzz9999", chas, {"decision": "approve"})
         assert status == 404 and body["code"] == "unknown_approval"
+        refused = [(r, d["code"]) for t, r, d in await _feed(h, "request")]
+        assert ("denied", "unknown_approval") in refused  # a decision that changed nothing is recorded too
         status, body = await h.call("POST", "/api/approvals/NOT-AN-ID", chas, {"decision": "approve"})
         assert status == 400
         status, body = await h.call("GET", "/api/approvals/zzzz9999", alpha)
@@ -225,7 +227,7 @@ async def test_cancel_and_agent_tool_approvals_with_relay(hub_harness, box, make
         assert status == 200 and again["coalesced"] is True and again["approval"]["id"] == aid
         status, body = await h.call("POST", "/api/approvals", beta, tool)
         assert status == 403 and body["code"] == "relay_refused"
-        assert [d.get("code") for t, r, d in await _feed(h, "approval") if r == "denied"] == ["relay_refused"]
+        assert [d.get("code") for t, r, d in await _feed(h, "request") if r == "denied"] == ["relay_refused"]
 
         waiter = asyncio.ensure_future(h.call("GET", f"/api/approvals/{aid}?wait=20", alpha))
         await asyncio.sleep(0.3)
