@@ -160,7 +160,7 @@ async def test_unknown_and_malformed_commands_get_a_hint(tg_hub):
         reply, _ = await command(h, "@chasclaude frobnicate box1")
         assert reply["plain"] == "❓ unknown command frobnicate; send help for the list"
         reply, _ = await command(h, "@chasclaude permit onlyone")
-        assert reply["plain"] == "usage: permit SOURCE TARGET [read|write|exec [ask] ...] [for 2h]"
+        assert reply["plain"] == "usage: permit SOURCE TARGET [read|write|exec [ask] ...] [snapshot-before] [for 2h]"
         reply, _ = await command(h, "@chasclaude permit Bad_Name all")
         assert "is not a valid node name" in reply["plain"]
         reply, _ = await command(h, "/start")  # Telegram's greeting command shows the help
