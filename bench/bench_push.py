@@ -110,13 +110,16 @@ class ArrivalTap:
 async def agent(url: str, token: str):
     from mcp import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp_types import Implementation
 
     params = StdioServerParameters(command=mcp_command(), args=[],
                                    env={"CLAUDE_NET_URL": url, "CLAUDE_NET_TOKEN": token})
     with open(os.devnull, "w") as errlog:
         async with stdio_client(params, errlog=errlog) as (read, write):
             tap = ArrivalTap(read)
-            async with ClientSession(tap, write) as session:
+            # introduced as Claude Code, the client claude-net-mcp pushes to by default
+            async with ClientSession(tap, write, client_info=Implementation(name="claude-code", version="2.1.197")) \
+                    as session:
                 await session.initialize()
                 yield tap
 

@@ -98,6 +98,26 @@ def channel_params(m: Mapping[str, Any]) -> dict[str, Any]:
     return {"content": f"{header}:\n{quoted(str(m.get('message', '')))}", "meta": meta}
 
 
+#: the clientInfo name Claude Code sends (2.1.x); it registers channel notifications when started with
+#: the channel flags, and drops them silently otherwise
+CLAUDE_CODE = "claude-code"
+
+
+def takes_pushes(initialize_params: Mapping[str, Any] | None) -> bool:
+    """Whether the client that sent these ``initialize`` params can take channel pushes.
+
+    A pushed message is marked read on the hub, so pushing to a client that drops the notification
+    (every MCP client but Claude Code today) would hide the message from ``claude_net_inbox`` for
+    good. Claude Code, or a client that declares ``claude/channel`` among its own experimental
+    capabilities, gets pushes; any other client reads its messages with ``claude_net_inbox``.
+    """
+    params = initialize_params if isinstance(initialize_params, Mapping) else {}
+    info = params.get("clientInfo") if isinstance(params.get("clientInfo"), Mapping) else {}
+    capabilities = params.get("capabilities") if isinstance(params.get("capabilities"), Mapping) else {}
+    experimental = capabilities.get("experimental") if isinstance(capabilities.get("experimental"), Mapping) else {}
+    return info.get("name") == CLAUDE_CODE or CHANNEL_CAPABILITY in experimental
+
+
 class Remembered:
     """A bounded set of ids, oldest forgotten first."""
 

@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
                              "default %(default)s)")
     parser.add_argument("--no-channel", action="store_true",
                         help="do not push this node's messages into the session (no claude/channel capability)")
+    parser.add_argument("--push", choices=("auto", "always"),
+                        default=os.environ.get("CLAUDE_NET_PUSH", "auto").strip().lower() or "auto",
+                        help="auto (default): push only to Claude Code or to a client that declares the "
+                             "experimental capability claude/channel itself; always: to any client (also "
+                             "CLAUDE_NET_PUSH). A pushed message is marked read on the hub.")
     parser.add_argument("--channel-wait", type=float, default=25.0, metavar="SECONDS",
                         help="how long each wait for new messages stays open on the hub (at most the hub's "
                              "[messaging] max_wait; lower it below an idle timeout of a proxy in between; "
@@ -59,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         _say("CLAUDE_NET_TOKEN is not set. Set it to this node's hub token (an admin creates one on the hub "
              "host with `claude-net token create NODE`).")
         return 2
+    if args.push not in ("auto", "always"):
+        _say("CLAUDE_NET_PUSH must be auto or always")
+        return 2
     if not 1 <= args.channel_wait <= 3600:
         _say("--channel-wait must be between 1 and 3600 seconds")
         return 2
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return anyio.run(_serve, args.url.rstrip("/"), token, args.max_output, args.timeout,
-                         not args.no_channel, args.permission_relay, args.channel_wait)
+                         not args.no_channel, args.permission_relay, args.channel_wait, args.push)
     except KeyboardInterrupt:
         return 130
 
@@ -97,7 +105,7 @@ async def _whoami(client) -> tuple[dict | None, str | None]:
 
 
 async def _serve(url: str, token: str, max_output: int, timeout: float, push: bool = True,
-                 relay: bool = False, channel_wait: float = 25.0) -> int:
+                 relay: bool = False, channel_wait: float = 25.0, push_to: str = "auto") -> int:
     import httpx
 
     from .client import HubClient
@@ -122,11 +130,11 @@ async def _serve(url: str, token: str, max_output: int, timeout: float, push: bo
         if not push and not relay:
             await server.run_stdio_async()
         else:
-            await _serve_channel(server, client, push=push, relay=relay, wait=channel_wait)
+            await _serve_channel(server, client, push=push, relay=relay, wait=channel_wait, push_to=push_to)
     return 0
 
 
-async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float) -> None:
+async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float, push_to: str = "auto") -> None:
     """The MCP server over stdio with the channel's capabilities, its push loop and its relay.
 
     The SDK's ``MCPServer`` runs stdio only with its own streams and no experimental capabilities,
@@ -140,11 +148,12 @@ async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float
     from mcp_types import JSONRPCNotification
 
     from .channel import (CHANNEL_CAPABILITY, CHANNEL_INSTRUCTIONS, CHANNEL_METHOD, PERMISSION_CAPABILITY,
-                          PERMISSION_REQUEST_METHOD, WRITE_TIMEOUT, ChannelPump, stdio_streams)
+                          PERMISSION_REQUEST_METHOD, WRITE_TIMEOUT, ChannelPump, say, stdio_streams, takes_pushes)
     from .relay import PermissionRelay
 
     initialized = anyio.Event()
     written: dict[str, anyio.Event] = {}
+    client_takes_pushes = push_to == "always"
 
     def on_written(params: dict) -> None:
         event = written.get(str((params.get("meta") or {}).get("message_id")))
@@ -152,6 +161,9 @@ async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float
             event.set()
 
     async def middleware(ctx, call_next):
+        nonlocal client_takes_pushes
+        if ctx.method == "initialize":
+            client_takes_pushes = client_takes_pushes or takes_pushes(ctx.params)
         if ctx.method == PERMISSION_REQUEST_METHOD:
             if relay and initialized.is_set():
                 relayer.submit(ctx.params)
@@ -188,6 +200,10 @@ async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float
 
         async def pump() -> None:
             await initialized.wait()
+            if not client_takes_pushes:
+                say("pushes are off for this client: it is not Claude Code and does not declare claude/channel "
+                    "(messages wait for claude_net_inbox; --push always overrides)")
+                return
             try:
                 await ChannelPump(client, push_one, wait=wait).run()
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, TimeoutError):

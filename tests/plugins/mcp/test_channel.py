@@ -60,6 +60,24 @@ async def test_initialize_declares_the_channel_and_says_how_to_answer(hub):
         assert "claude_net_send" in {t.name for t in (await ch.session.list_tools()).tools}
 
 
+async def test_only_a_client_that_takes_pushes_gets_them(hub):
+    """A pushed message is marked read, so a client that would drop the notification (the SDK's own
+    client here: not Claude Code, no claude/channel of its own) gets no pushes, and the message waits
+    for claude_net_inbox; --push always pushes to it anyway."""
+    alpha, beta = hub.tokens["alpha"], hub.tokens["beta"]
+    drain(hub.url, beta)
+    async with channel_session(hub.url, beta, *WAIT, client_name="mcp") as ch:
+        sent = await send(hub.url, alpha, "beta", "for a client without channels")
+        await anyio.sleep(1.5)
+        assert ch.tap.channel == []
+        assert [m["id"] for m in unread(hub.url, beta)] == [sent["id"]]
+        assert "pushes are off for this client" in ch.stderr()
+    async with channel_session(hub.url, beta, *WAIT, "--push", "always", client_name="mcp") as ch:
+        await until(lambda: ch.tap.channel, PUSH_BOUND, "the push with --push always")
+    assert ch.tap.channel[0]["meta"]["message_id"] == str(sent["id"])
+    assert unread(hub.url, beta) == []
+
+
 async def test_a_message_arrives_as_a_channel_notification_with_string_meta(hub):
     alpha, beta = hub.tokens["alpha"], hub.tokens["beta"]
     drain(hub.url, beta)

@@ -99,16 +99,21 @@ class Channel:
 
 
 @contextlib.asynccontextmanager
-async def channel_session(url: str, token: str, *args: str, env: dict[str, str] | None = None):
+async def channel_session(url: str, token: str, *args: str, env: dict[str, str] | None = None,
+                          client_name: str = "claude-code"):
+    """The SDK's client session, introducing itself as Claude Code does (``clientInfo.name``), unless
+    ``client_name`` says otherwise: ``claude-net-mcp`` pushes only to clients that take pushes."""
     from mcp import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp_types import Implementation
 
     params = StdioServerParameters(command=mcp_command(), args=list(args),
                                    env={"CLAUDE_NET_URL": url, "CLAUDE_NET_TOKEN": token, **(env or {})})
     with tempfile.TemporaryFile("w+") as errlog:
         async with stdio_client(params, errlog=errlog) as (read, write):
             tap = Tap(read)
-            async with ClientSession(tap, write) as session:
+            async with ClientSession(tap, write, client_info=Implementation(name=client_name, version="2.1.197")) \
+                    as session:
                 init = await session.initialize()
                 yield Channel(session, tap, write, errlog, init)
 
