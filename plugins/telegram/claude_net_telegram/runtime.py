@@ -26,7 +26,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPrevie
 from telegram.constants import ParseMode
 from telegram.request import HTTPXRequest
 
-from claude_net import (Actor, BadRequest, Event, Forbidden, HubError, PayloadTooLarge, Unauthorized, Unavailable,
+from claude_net import (Actor, BadRequest, Event, Forbidden, PayloadTooLarge, Unauthorized, Unavailable,
                         validate_node_name)
 
 from . import buttons, commands

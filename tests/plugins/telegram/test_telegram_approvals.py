@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import pytest
-
 import claude_net_activity
 import claude_net_approvals
 import claude_net_permissions
@@ -150,7 +148,8 @@ async def test_approve_for_an_hour_creates_an_expiring_allowance(tg_hub, box):
         assert "without asking until" in permits[-1]["detail"]
 
         # when it expires, the ask level is back (moved into the past rather than waiting an hour)
-        await h.hub.db.execute("UPDATE permission_allowances SET expires_at = :past", {"past": "2020-01-01T00:00:00.000Z"})
+        await h.hub.db.execute("UPDATE permission_allowances SET expires_at = :past",
+                               {"past": "2020-01-01T00:00:00.000Z"})
         status, body = await h.call("POST", "/api/exec", agent, {"target": "box1", "command": "apt purge",
                                                                  "approval_wait": 0.2})
         assert status == 202 and body["code"] == "approval_pending"
@@ -203,7 +202,8 @@ async def test_a_strangers_press_and_a_press_from_another_chat_are_refused_and_r
         stranger = h.api.press(mid, "✅ Approve once", user_id=OTHER_ID, username="mallory")
         answer = await h.api.wait_answer(stranger)
         assert answer["show_alert"] is True
-        assert answer["text"] == f"⛔ not done: Telegram user {OTHER_ID} is not allowed to decide for this hub (admin_ids)"
+        assert answer["text"] == (f"⛔ not done: Telegram user {OTHER_ID} is not allowed to decide for this hub "
+                                  "(admin_ids)")
         elsewhere = h.api.press(mid, "✅ Approve once", user_id=ADMIN_ID, chat_id=-100999)
         answer = await h.api.wait_answer(elsewhere)
         assert answer["text"] == "⛔ not done: buttons work only in the admin chat, not in chat -100999"
@@ -215,7 +215,8 @@ async def test_a_strangers_press_and_a_press_from_another_chat_are_refused_and_r
         assert refused == [(f"telegram:{OTHER_ID}", "not_admin", f"button: approve once (approval {approval_id})"),
                            (f"telegram:{ADMIN_ID}", "wrong_chat", f"button: approve once (approval {approval_id})")]
         # and the admin chat is told (the presser alone saw the answer)
-        told = await h.api.wait_sent(lambda m: "Telegram button press refused" in m["plain"] and "-100999" in m["plain"])
+        told = await h.api.wait_sent(lambda m: "Telegram button press refused" in m["plain"]
+                                     and "-100999" in m["plain"])
         assert told["chat_id"] == CHAT_ID
         await h.api.wait_sent(lambda m: "Telegram button press refused" in m["plain"] and str(OTHER_ID) in m["plain"])
 
@@ -264,7 +265,8 @@ async def test_text_commands_approve_deny_and_list(tg_hub, box):
         assert (await h.api.reply_to(message))["plain"] == (f"✅ approved once {one}: {one} managerclaude exec → "
                                                             "box1: echo one")
         message = h.api.send_text(f"/deny {two}", user_id=ADMIN_ID, chat_id=CHAT_ID)
-        assert (await h.api.reply_to(message))["plain"] == f"⛔ denied {two}: {two} managerclaude exec → box1: echo two"
+        assert (await h.api.reply_to(message))["plain"] == (f"⛔ denied {two}: {two} managerclaude exec → box1: "
+                                                            "echo two")
         assert (await first)[0] == 200 and (await second)[0] == 403
         # the cards follow decisions taken by text too
         await h.api.wait_message(mid1, lambda m: m["plain"].endswith(f"via telegram (Telegram user {ADMIN_ID})"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 
 import pytest
 
@@ -17,7 +16,7 @@ import claude_net_permissions
 import claude_net_telegram
 from tests.plugins.lxd_backend.conftest import Containers, _lxd_state, lxc
 from claude_net.testing import require_component
-from tg_helpers import ADMIN_ID, CHAT_ID, OTHER_ID, activity_rows, eventually
+from tg_helpers import ADMIN_ID, OTHER_ID, activity_rows, eventually
 
 LOOP = "i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo tick-$i; sleep 0.4; done"
 
