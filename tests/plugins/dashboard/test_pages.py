@@ -202,7 +202,7 @@ def test_a_container_is_stopped_and_started_from_the_page(served, page, tmp_path
             ops = [r["detail"].split()[0] for r in rows if not r["detail"].startswith("list_snapshots")]
             assert ops == ["start", "stop", "snapshot"]
             # the page's own snapshot listings do not feed back into endless reloads
-            assert sum(r["detail"].startswith("list_snapshots") for r in rows) < 10
+            assert sum(r["detail"].startswith("list_snapshots") for r in rows) < 30  # a loop makes hundreds
             assert {r["via"] for r in rows} == {"dashboard"}
             no_page_errors(page)
     finally:
