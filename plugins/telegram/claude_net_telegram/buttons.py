@@ -29,6 +29,7 @@ from .render import clip, esc, format_event
 
 log = logging.getLogger("claude_net.telegram")
 
+APPROVAL_STEPS = frozenset({"requested", "approved", "denied", "expired", "cancelled"})
 CHOICES = {"once": ("approve", None), "1h": ("approve", "1h"), "deny": ("deny", None)}
 
 
@@ -41,8 +42,8 @@ def card_update(rt, event) -> dict[str, Any] | None:
     data = event.data or {}
     s = rt.s
     if event.type == "approval":
-        if not s.approval_buttons or not data.get("approval_id"):
-            return None
+        if not s.approval_buttons or not data.get("approval_id") or data.get("state") not in APPROVAL_STEPS:
+            return None  # a refusal about approvals (not one's step): an ordinary echo
         return {"kind": "approval", "approval": approval_from_event(event)}
     if event.type == "job":
         if not s.job_echo or not s.echo or not data.get("job_id"):
@@ -252,7 +253,8 @@ async def _press_approval(rt, query, kind, rest, info) -> None:
         await rt.answer_press(query.id, text, alert=False)
         return
     show_approval(rt, approval, message_id=message_id)
-    answer = {"once": "✅ approved once", "1h": "✅ approved for 1 h", "deny": "⛔ denied"}[choice]
+    answer = {"once": "✅ approved once" if approval.get("kind", "action") == "action" else "✅ approved",
+              "1h": "✅ approved for 1 h", "deny": "⛔ denied"}[choice]
     await rt.answer_press(query.id, answer)
 
 

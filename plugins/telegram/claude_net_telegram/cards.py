@@ -254,8 +254,9 @@ def _decided(approval: Mapping[str, Any]) -> str:
         if user:
             who += f" (Telegram user {esc(user)})"
     if state == "approved":
-        span = f"for {esc(approval['for'])}" if approval.get("for") else "once"
-        return f"✅ <b>approved {span}</b>{who}"
+        span = f" for {esc(approval['for'])}" if approval.get("for") else (
+            " once" if approval.get("kind", "action") == "action" else "")
+        return f"✅ <b>approved{span}</b>{who}"
     if state == "denied":
         return f"⛔ <b>denied</b>{who}"
     if state == "expired":
@@ -265,7 +266,9 @@ def _decided(approval: Mapping[str, Any]) -> str:
     return f"• {esc(state)}"
 
 
-def approval_buttons(approval_id: str) -> Buttons:
+def approval_buttons(approval_id: str, kind: str = "action") -> Buttons:
+    if kind != "action":  # an agent's tool prompt is answered once; there is no pathway to open
+        return [[("✅ Approve", f"ap:{approval_id}:once"), ("⛔ Deny", f"ap:{approval_id}:deny")]]
     return [[("✅ Approve once", f"ap:{approval_id}:once"), ("✅ Approve for 1 h", f"ap:{approval_id}:1h")],
             [("⛔ Deny", f"ap:{approval_id}:deny")]]
 
@@ -280,7 +283,7 @@ def approval_card(approval: Mapping[str, Any]) -> tuple[str, Buttons, bool]:
     if pending:
         if approval.get("expires_at"):
             lines.append(f"expires {_hhmm(approval['expires_at'])} unless decided")
-        buttons = approval_buttons(str(approval.get("id")))
+        buttons = approval_buttons(str(approval.get("id")), str(approval.get("kind") or "action"))
         if any(len(data.encode()) > CALLBACK_LIMIT for row in buttons for _, data in row):
             buttons = []  # an id too long for Telegram's 64 bytes: decide with `approve ID`
             lines.append(f"decide with <code>approve {esc(approval.get('id'))}</code> or "

@@ -315,3 +315,26 @@ async def test_a_press_through_the_webhook(tg_hub, box):
         assert status == 200 and body["stdout"] == "box1: systemctl restart app\n"
         await h.api.wait_message(mid, lambda m: "approved once" in m["plain"])
         assert h.api.buttons(mid) == []
+
+
+async def test_an_agents_tool_prompt_is_approved_with_a_button(tg_hub, box):
+    async with approvals_hub(tg_hub, box) as h:
+        agent = await h.token("managerclaude")
+        status, body = await h.call("POST", "/api/approvals", agent, {
+            "kind": "agent_tool", "tool_name": "Bash", "description": "run the migrations",
+            "input_preview": '{"command": "alembic upgrade head </pre><b>x</b>"}', "request_id": "req-1"})
+        assert status == 201, body
+        approval_id = body["approval"]["id"]
+        mid = await approval_card(h, "run the migrations")
+        lines = h.api.messages[mid]["plain"].splitlines()
+        assert lines[1:4] == ["managerclaude's agent asks to use the tool Bash", "run the migrations",
+                              '{"command": "alembic upgrade head </pre><b>x</b>"}']
+        # one use of a tool: approve or deny, no allowance to open
+        assert h.api.buttons(mid) == ["✅ Approve", "⛔ Deny"]
+        query = h.api.press(mid, "✅ Approve", user_id=ADMIN_ID)
+        assert (await h.api.wait_answer(query))["text"] == "✅ approved"
+        shown = await h.api.wait_message(mid, lambda m: "approved" in m["plain"].splitlines()[-1])
+        assert shown["plain"].splitlines()[-1] == f"✅ approved by chasclaude via telegram (Telegram user {ADMIN_ID})"
+        status, body = await h.call("GET", f"/api/approvals/{approval_id}", agent)
+        assert status == 200 and body["approval"]["state"] == "approved"
+        assert body["approval"]["telegram_user"] == str(ADMIN_ID)
