@@ -87,10 +87,21 @@ async def test_fanout_over_ten_containers_and_the_ssh_node_with_denied_targets(h
         ended = await eventually(all_ended, timeout=20)
         assert all(j["thread"] == "fan-1" for j in ended)
         # the thread reaches the feed: the exec rows carry it and the job id, the job's final event too
-        status, feed = await h.call("GET", "/api/activity?hours=1&thread=fan-1&limit=1000", admin)
-        assert status == 200, feed
-        exec_rows = [e for e in feed["events"] if e["type"] == "exec" and e["result"] == "ok"]
-        assert sorted(e["data"]["job_id"] for e in exec_rows) == sorted(j["id"] for j in jobs)
-        job_rows = [e for e in feed["events"] if e["type"] == "job"]
-        assert sorted(e["data"]["job_id"] for e in job_rows) == sorted(j["id"] for j in jobs)
+        async def feed_rows():
+            status, feed = await h.call("GET", "/api/activity?hours=1&thread=fan-1&limit=1000", admin)
+            assert status == 200, feed
+            return feed["events"]
+
+        def ids(events, kind):
+            return sorted(e["data"]["job_id"] for e in events if e["type"] == kind and e["result"] == "ok")
+
+        wanted = sorted(j["id"] for j in jobs)
+        events = await eventually(lambda: _all_there(feed_rows, ids, wanted), timeout=10)
+        assert ids(events, "exec") == wanted and ids(events, "job") == wanted
+        job_rows = [e for e in events if e["type"] == "job"]
         assert all(e["data"]["state"] == "exited" for e in job_rows)
+
+
+async def _all_there(feed_rows, ids, wanted):
+    events = await feed_rows()
+    return events if ids(events, "exec") == wanted and ids(events, "job") == wanted else None

@@ -696,9 +696,10 @@ async def startup(hub):
     hub.spawn_singleton("jobs-retention", lambda: _prune_forever(hub))
 
 
-@hookimpl(tryfirst=True)
+@hookimpl
 async def shutdown(hub):
-    """Before the backends close: end the running jobs (``interrupted``) and record what they printed."""
+    """End the running jobs (``interrupted``) and record what they printed. The hub stops plugins in
+    the order they were registered, so this built-in runs before the backends close."""
     state = state_of(hub)
     state.closing = True
     jobs = list(state.jobs.values())

@@ -510,8 +510,10 @@ class LxdBackend:
         except asyncio.CancelledError:
             # the caller went away, the core gave up, or a job was cancelled: end every process of
             # the command (found by its marker) before saying so, so a cancel means it is gone
-            if tail is not None:
-                tail.cancel()
+            if tail is not None:  # a last look first: what it printed until now is kept
+                finished.set()
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(tail, 1.0)
             try:
                 kill = self.waits.submit(self.kill_sync, node.name, marker)
             except RuntimeError:

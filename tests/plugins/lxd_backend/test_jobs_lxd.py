@@ -37,7 +37,7 @@ async def start_job(h, token, target, command, **extra):
     return body["job"]
 
 
-async def wait_ended(h, token, job_id, timeout=15.0):
+async def wait_ended(h, token, job_id, timeout=30.0):
     async def check():
         _, body = await h.call("GET", f"/api/jobs/{job_id}", token)
         return body["job"] if body["job"]["state"] != "running" else None
@@ -114,3 +114,28 @@ async def test_output_cap_keeps_the_start_and_says_truncated(hub_harness, run_id
         _, body = await h.call("GET", f"/api/jobs/{job['id']}", boss)
         assert body["job"]["output"].startswith("line-0\nline-1\n")
         assert "[claude-net: output truncated at 1000 bytes" in body["job"]["output"]
+
+
+async def test_a_hub_that_stops_ends_its_jobs_as_interrupted(hub_harness, run_id, box):
+    from claude_net import hookimpl
+
+    class Finals:
+        __name__ = "finals"
+
+        def __init__(self):
+            self.events = []
+
+        @hookimpl
+        def on_event(self, event):
+            if event.type == "job" and event.result != "pending":
+                self.events.append(event)
+
+    finals = Finals()
+    async with hub_harness(plugins=[claude_net_lxd, finals], lxd={"include": [f"{run_id}-*"], "shell": "/bin/sh"}) as h:
+        boss = await h.token("boss", admin=True)
+        job = await start_job(h, boss, box, "echo up; sleep 3351")
+        await eventually(lambda: "sleep 3351" in ps(box), timeout=10)
+        await h.hub.stop()  # what SIGTERM does; the harness's own stop then finds it stopped
+    assert [e.data["job_id"] for e in finals.events] == [job["id"]]
+    assert finals.events[0].data["state"] == "interrupted" and finals.events[0].transient["output_tail"] == "up\n"
+    assert "sleep 3351" not in ps(box)
