@@ -8,7 +8,7 @@ Two ways in, one set of tools:
   the same bearer tokens.
 
 Either way a tool is a call to the hub's HTTP API with the caller's token, so the hub authorizes,
-validates and records it. Agents see six tools, admins thirteen. See docs/mcp.md.
+validates and records it. Agents see nine tools, admins sixteen. See docs/mcp.md.
 
 Hook implementations only, and nothing heavy imported here: the CLI loads this module for
 ``--help``. The MCP SDK and httpx are imported when the hub starts (:mod:`.runtime`).
