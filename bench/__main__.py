@@ -206,6 +206,29 @@ def jobs(quick: bool) -> list[Row]:
     ]
 
 
+# -- MCP ----------------------------------------------------------------------------------------------
+
+
+def mcp_cost(quick: bool) -> list[Row]:
+    import bench_mcp_cost
+
+    r = bench_mcp_cost.run(n=100 if quick else 400, block=25 if quick else 50, say=log)
+    api, rows = r["paths"]["api"], []
+    for path, label in (("mcp", "/mcp"), ("stdio", "stdio")):
+        p = r["paths"][path]
+        side = f"; the stdio server's own CPU {p['server_cpu_ms']} ms/call" if "server_cpu_ms" in p else ""
+        rows.append(Row("", f"MCP claude_net_send over {label}: hub CPU per call", p["hub_cpu_ms"], api["hub_cpu_ms"],
+                        "ms", "POST /api/send", p["cpu_ratio"], f"<= {r['target']:.2f}x",
+                        _ok(p["cpu_ratio"] is not None and p["cpu_ratio"] <= r["target"]),
+                        f"{r['n']} sequential calls per path{side}", r))
+        rows.append(Row("", f"MCP claude_net_send over {label}: latency p50", p["p50_ms"], api["p50_ms"], "ms",
+                        "POST /api/send p50", p["p50_ratio"], f"<= {r['target']:.2f}x",
+                        _ok(p["p50_ratio"] <= r["target"] and not r["errors"][path]),
+                        f"p99 {p['p99_ms']} / {api['p99_ms']} ms" + (f"; errors {r['errors'][path]}"
+                                                                     if r["errors"][path] else "")))
+    return rows
+
+
 # -- memory -------------------------------------------------------------------------------------------
 
 
@@ -245,6 +268,7 @@ BENCHMARKS = [
     Benchmark("files", "50 MiB through the hub vs lxc file push/pull, hub RSS growth", ("lxd",), files),
     Benchmark("loop-stall", "event-loop lag during 20 concurrent execs vs idle", ("lxd",), loop_stall),
     Benchmark("jobs", "fan-out to 20 containers vs one exec; live job output delay", ("lxd",), jobs),
+    Benchmark("mcp-cost", "claude_net_send over /mcp and stdio vs POST /api/send: hub CPU and p50", (), mcp_cost),
     Benchmark("idle-memory", "idle RSS with every plugin vs core only", (), idle_memory),
     Benchmark("approvals", "admin decision to the waiting exec starting vs a plain exec", ("lxd",), approvals),
 ]
