@@ -128,17 +128,24 @@ async def expire(hub, approval_id: str | None = None) -> int:
     return len(rows)
 
 
+FILED = "approvals:filed"
+
+
 async def sweep_forever(hub) -> None:
-    """Expire approvals as they fall due (the waiters expire their own; this covers the rest)."""
-    while True:
-        await expire(hub)
-        nxt = await store.next_expiry(hub.db)
-        delay = 30.0
-        if nxt:
-            with contextlib.suppress(ValueError):
-                due = datetime.fromisoformat(nxt.replace("Z", "+00:00"))
-                delay = min(30.0, max(0.2, (due - datetime.now(timezone.utc)).total_seconds() + 0.05))
-        await asyncio.sleep(delay)
+    """Expire approvals as they fall due (the waiters expire their own; this covers the rest).
+
+    Sleeps until the next expiry; a new approval filed on any replica (``approvals:filed``) wakes
+    it to look again, since that one may fall due sooner."""
+    async with hub.bus.subscribe(FILED, maxsize=1) as sub:
+        while True:
+            await expire(hub)
+            nxt = await store.next_expiry(hub.db)
+            delay = 30.0
+            if nxt:
+                with contextlib.suppress(ValueError):
+                    due = datetime.fromisoformat(nxt.replace("Z", "+00:00"))
+                    delay = min(30.0, max(0.05, (due - datetime.now(timezone.utc)).total_seconds() + 0.05))
+            await sub.get(timeout=delay)
 
 
 # -- filing and waiting -----------------------------------------------------------------------
@@ -190,6 +197,10 @@ async def file(hub, actor, *, kind: str, action: str, target: str | None, partic
         await store.cancel(hub.db, row["id"], "hub", "hub")
         raise Unavailable("the approval could not be recorded in the activity feed, so it was not filed",
                           code="audit_unavailable") from None
+    try:
+        await hub.bus.publish(FILED, {"id": row["id"]})
+    except Exception:  # the sweeper then finds it at its next look (at most 30 s later)
+        log.warning("could not announce approval %s to the expiry sweeper", row["id"])
     return row, True
 
 

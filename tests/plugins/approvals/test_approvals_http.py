@@ -272,3 +272,20 @@ async def test_python_service_for_in_process_callers(hub_harness, box):
             raise AssertionError("decided twice")
         assert (await service.get(h.hub, aid))["state"] == "approved"
         assert [a["id"] for a in await service.list_approvals(h.hub, "approved")] == [aid]
+
+
+async def test_the_sweeper_expires_an_approval_nobody_waits_for(hub_harness, box, make_settings):
+    settings = make_settings(approvals={"expiry": 0.4})
+    async with hub_harness(plugins=plugins(box), settings=settings) as h:
+        _, alpha = await _setup(h)
+        status, body = await _exec(h, alpha, approval_wait=0)
+        assert status == 202
+        aid = body["approval"]["id"]
+
+        async def expired():
+            return [d for t, r, d in await _feed(h, "approval") if d["state"] == "expired"]
+
+        rows = await eventually(expired, timeout=10)  # no request touched it: the background task did
+        assert rows[0]["approval_id"] == aid and rows[0]["decided_by"] is None
+        state = await h.hub.db.fetch_val("SELECT state FROM approvals WHERE id = :id", {"id": aid})
+        assert state == "expired"
