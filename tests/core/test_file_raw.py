@@ -144,7 +144,7 @@ async def test_raw_routes_are_in_the_openapi_document(hub_harness, box):
         raw = doc["paths"]["/api/file/raw"]
         assert set(raw) == {"get", "put"}
         assert {p["name"] for p in raw["put"]["parameters"]} == {"target", "path", "mode", "uid", "gid", "mkdirs",
-                                                                 "thread", "reply_to"}
+                                                                 "thread", "reply_to", "approval", "approval_wait"}
         assert raw["get"]["security"] == [{"bearer": []}]
         assert set(raw["get"]["responses"]["200"]["content"]) == {"application/octet-stream"}
         assert set(raw["put"]["requestBody"]["content"]) == {"application/octet-stream"}
