@@ -343,7 +343,11 @@ def _parse_for(hub, value: Any) -> str | None:
     """``"1h"`` and the like, within ``[approvals] max_for``; returned as given (it is recorded)."""
     if value is None or value == "":
         return None
-    from claude_net_permissions.model import parse_expires  # one duration syntax for every expiry
+    try:
+        from claude_net_permissions.model import parse_expires  # one duration syntax for every expiry
+    except ImportError:
+        raise BadRequest("for needs the permissions plugin (it stores the allowance), which is not installed",
+                         code="invalid_field", field="for") from None
 
     if not isinstance(value, str):
         raise BadRequest("for must be a duration such as '1h' or '30m'", code="invalid_field", field="for")
