@@ -203,3 +203,30 @@ async def test_fanout_mixed_permitted_and_denied_in_order(hub_harness, box):
         status, body = await h.call("POST", "/api/exec", tok, {"targets": ["box1"], "target": "box1",
                                                                 "command": "x"})
         assert status == 400
+
+
+async def test_live_job_events_are_throttled_and_never_stored(hub_harness):
+    ticker = Ticker(0.05)  # 40 lines over about 2 s
+    rec = Recorder()
+    live = []
+
+    class Live:
+        __name__ = "live"
+
+        @hookimpl
+        def on_event(self, event):
+            if event.type == "job" and event.live_only:
+                live.append((asyncio.get_running_loop().time(), event))
+
+    async with hub_harness(plugins=[ticker, rec, Live()]) as h:
+        boss = await h.token("boss", admin=True)
+        job = (await _job(h, boss, target="tick", command="tick 40"))["job"]
+        await _ended(h, boss, job["id"])
+    assert 2 <= len(live) <= 4, [t for t, _ in live]  # at most one a second (the first at the start)
+    times = [t for t, _ in live]
+    assert all(b - a >= 0.95 for a, b in zip(times, times[1:]))
+    first, last = live[0][1], live[-1][1]
+    assert first.result == "pending" and first.data == {"job_id": job["id"], "state": "running"}
+    assert "line" in last.transient["output_tail"] and len(last.transient["output_tail"]) <= 3000
+    finals = [e for e in rec.events if e[0] == "job" and e[3] != "pending"]
+    assert [e[3] for e in finals] == ["ok"]  # one final event, stored by the audit log (the live ones are not)

@@ -333,6 +333,7 @@ async def start(hub, actor, target: str, *, command: str, timeout: float, cwd: s
             job.inner = asyncio.ensure_future(awaitable)
             if not job.started.done():
                 job.started.set_result(None)
+            job._schedule_live()  # live subscribers (Telegram's echo, the dashboard) hear of it at once
             try:
                 result = await asyncio.wait_for(job.inner, timeout + TIMEOUT_GRACE)
             except asyncio.TimeoutError:
