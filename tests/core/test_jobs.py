@@ -230,3 +230,42 @@ async def test_live_job_events_are_throttled_and_never_stored(hub_harness):
     assert "line" in last.transient["output_tail"] and len(last.transient["output_tail"]) <= 3000
     finals = [e for e in rec.events if e[0] == "job" and e[3] != "pending"]
     assert [e[3] for e in finals] == ["ok"]  # one final event, stored by the audit log (the live ones are not)
+
+
+async def test_retention_deletes_finished_jobs_only(hub_harness, box):
+    from datetime import datetime, timedelta, timezone
+
+    from claude_net.builtin import jobs
+
+    async with hub_harness(plugins=[box], jobs={"retention_days": 1}) as h:
+        boss = await h.token("boss", admin=True)
+        done = (await _job(h, boss, target="box1", command="echo old"))["job"]
+        await _ended(h, boss, done["id"])
+        running = (await _job(h, boss, target="box2", command="sleep 30"))["job"]
+        assert await jobs.prune(h.hub) == 0  # nothing is a day old yet
+        later = datetime.now(timezone.utc) + timedelta(days=2)
+        assert await jobs.prune(h.hub, now=later) == 1
+        status, _ = await h.call("GET", f"/api/jobs/{done['id']}", boss)
+        assert status == 404
+        status, body = await h.call("GET", f"/api/jobs/{running['id']}", boss)
+        assert status == 200 and body["job"]["state"] == "running"
+
+
+async def test_running_jobs_of_a_dead_life_become_interrupted(hub_harness, box):
+    """What a restarted hub finds: a row left `running` by a process that is gone (SQLite: any other
+    life; PostgreSQL: its advisory lock is free) is marked interrupted, with its output, and recorded."""
+    from claude_net.builtin import jobs
+
+    rec = Recorder()
+    async with hub_harness(plugins=[box, rec]) as h:
+        await h.hub.db.execute(
+            "INSERT INTO jobs (id, owner, target, command, state, started_at, output, output_bytes, timeout,"
+            " replica, via, event_id) VALUES ('00000000000000aa', 'agent', 'box1', 'make', 'running',"
+            " '2026-01-01T00:00:00.000000Z', 'half of it', 10, 60, 'deadbeef', 'http', '')")
+        assert await jobs.sweep(h.hub) == 1
+        row = await h.hub.db.fetch_one("SELECT state, output, code, ended_at FROM jobs WHERE id = '00000000000000aa'")
+        assert row["state"] == "interrupted" and row["output"] == "half of it" and row["code"] == "interrupted"
+        assert row["ended_at"]
+        finals = [d for t, r, d in rec.details if t == "job"]
+        assert finals and finals[-1]["state"] == "interrupted" and finals[-1]["job_id"] == "00000000000000aa"
+        assert await jobs.sweep(h.hub) == 0
