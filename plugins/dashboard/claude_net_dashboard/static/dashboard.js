@@ -243,7 +243,11 @@ function showDetails(row) {
   if (data.snapshot) {
     list.append(el("dt", {}, "Snapshot"), el("dd", {}, el("a", { href: `/ui/containers#c-${row.target}` }, data.snapshot)));
   }
-  const rest = Object.fromEntries(Object.entries(data).filter(([k]) => !["approval_id", "snapshot"].includes(k)));
+  if (data.job_id) {
+    // a background job keeps its output: the API's answer for it, read with this session
+    list.append(el("dt", {}, "Job"), el("dd", {}, el("a", { href: `/api/jobs/${encodeURIComponent(data.job_id)}` }, `${data.job_id} (state and output)`)));
+  }
+  const rest = Object.fromEntries(Object.entries(data).filter(([k]) => !["approval_id", "snapshot", "job_id"].includes(k)));
   if (Object.keys(rest).length) list.append(el("dt", {}, "Data"), el("dd", {}, el("pre", {}, JSON.stringify(rest, null, 2))));
   $("#details").showModal();
 }
@@ -402,7 +406,7 @@ async function approvalsPage() {
     const done = all.filter((a) => a.state !== "pending")
       .sort((x, y) => (y.created_at || "").localeCompare(x.created_at || ""));
     pending.replaceChildren(...(waiting.length ? waiting.map(card) : [el("p", {}, "Nothing waits for a decision.")]));
-    history.replaceChildren(...done.slice(0, 200).map((a) => el("tr", {},
+    history.replaceChildren(...done.slice(0, 200).map((a) => el("tr", { id: `a-${a.id}` },
       el("td", {}, when(a.created_at)), el("td", {}, a.requester),
       el("td", { class: "detail" }, `${a.action || a.kind}${particulars(a).length ? ": " + particulars(a).map(([, v]) => v).join(" · ") : ""}`),
       el("td", {}, a.target || "—"), el("td", {}, badge(a.state, "s")),
