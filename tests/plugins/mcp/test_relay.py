@@ -103,8 +103,7 @@ async def test_a_node_the_admin_does_not_let_relay_is_denied_at_once_and_recorde
     assert ch.tap.permission == [{"request_id": request_id, "behavior": "deny"}]
     assert approvals(hub, request_id) == []
     assert "the hub refused to relay permission prompt refus (Bash)" in stderr and "answered deny" in stderr
-    status, body = api(hub.url, "GET", "/api/activity?hours=1&type=approval&result=denied&limit=200",
-                       hub.tokens["chasclaude"])
+    status, body = api(hub.url, "GET", "/api/activity?hours=1&result=denied&limit=500", hub.tokens["chasclaude"])
     assert any((e.get("data") or {}).get("code") == "relay_refused" and e["from"] == "gamma" for e in body["events"])
 
 
@@ -129,7 +128,7 @@ async def test_a_session_that_ends_cancels_its_pending_prompts(hub):
 async def test_the_admin_approves_with_the_telegram_button(database_url, tmp_path):
     """The issue's end-to-end case: a permission_request from the client becomes an approval card in the
     admin chat (the real python-telegram-bot against the local Bot API stand-in), the admin presses
-    *Approve once*, and the client receives ``behavior: allow`` with the same request_id."""
+    its *Approve* button, and the client receives ``behavior: allow`` with the same request_id."""
     import sys
     from pathlib import Path
 
@@ -152,7 +151,10 @@ async def test_the_admin_approves_with_the_telegram_button(database_url, tmp_pat
                 await ch.notify(REQUEST, prompt("tgokz", "make deploy"))
                 card = await bot.wait_sent(lambda m: "make deploy" in m["plain"] and m.get("markup"), timeout=20)
                 assert "Bash" in card["plain"] and "seanclaude" in card["plain"]
-                bot.press(card["message_id"], "✅ Approve once", user_id=ADMIN_ID)
+                # the approve button of the card (its label differs between kinds; its data ends in ":once")
+                approve = next(data for row in bot.messages[card["message_id"]]["markup"] for _, data in row
+                               if data.endswith(":once"))
+                bot.press(card["message_id"], approve, user_id=ADMIN_ID)
                 await until(lambda: ch.tap.permission, 15, "the verdict from the button")
                 await bot.wait_message(card["message_id"], lambda m: not m["markup"], timeout=15)
             assert ch.tap.permission == [{"request_id": "tgokz", "behavior": "allow"}]
