@@ -269,3 +269,33 @@ async def test_running_jobs_of_a_dead_life_become_interrupted(hub_harness, box):
         finals = [d for t, r, d in rec.details if t == "job"]
         assert finals and finals[-1]["state"] == "interrupted" and finals[-1]["job_id"] == "00000000000000aa"
         assert await jobs.sweep(h.hub) == 0
+
+
+async def test_a_background_exec_under_an_ask_grant_waits_for_the_approval(hub_harness, box):
+    """The job exists only once an admin approved it; a pending approval is the usual 202 without a job."""
+    import claude_net_approvals
+    import claude_net_permissions
+
+    async with hub_harness(plugins=[claude_net_permissions, claude_net_approvals, box], admins=["chasclaude"]) as h:
+        chas, alpha = await h.token("chasclaude"), await h.token("alpha")
+        status, body = await h.call("POST", "/api/permit", chas, {"source": "alpha", "target": "box1", "ask": ["exec"]})
+        assert status == 200, body
+        status, body = await h.call("POST", "/api/exec", alpha, {"target": "box1", "command": "echo hi",
+                                                                  "background": True, "approval_wait": 0})
+        assert status == 202 and body.get("pending") is True and "job" not in body, body
+        approval = body["approval"]["id"]
+        _, listing = await h.call("GET", "/api/jobs", alpha)
+        assert listing["jobs"] == []
+
+        async def approve_soon():
+            await asyncio.sleep(0.5)
+            return await h.call("POST", f"/api/approvals/{approval}", chas, {"decision": "approve"})
+
+        approving = asyncio.ensure_future(approve_soon())
+        status, body = await h.call("POST", "/api/exec", alpha, {"target": "box1", "command": "echo hi",
+                                                                  "background": True, "approval": approval,
+                                                                  "approval_wait": 10})
+        assert (await approving)[0] == 200
+        assert status == 202 and body["job"]["owner"] == "alpha", body
+        done = await _ended(h, alpha, body["job"]["id"])
+        assert done["state"] == "exited"

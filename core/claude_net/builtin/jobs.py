@@ -147,6 +147,7 @@ class Job:
         self.truncated = False
         self.decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")}
         self.inserted = False
+        self.admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.task: asyncio.Task[Any] | None = None
         self.inner: asyncio.Future[Any] | None = None
@@ -375,13 +376,16 @@ async def start(hub, actor, target: str, *, command: str, timeout: float, cwd: s
             pending.clear()
 
     job.task = asyncio.ensure_future(_supervise(hub, job, guarded_run))
-    started_wait = asyncio.ensure_future(asyncio.shield(job.started))
-    try:
-        await asyncio.wait({job.task, started_wait}, timeout=START_WAIT, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        started_wait.cancel()
-    if not job.inserted and job.task.done():
-        job.task.result()  # raises the refusal: no job was made
+    # First until the job exists or was refused (as long as the decision takes: an approval may be
+    # waited for), then a little for its exec slot.
+    for waited_for, limit in ((job.admitted, None), (job.started, START_WAIT)):
+        waiter = asyncio.ensure_future(asyncio.shield(waited_for))
+        try:
+            await asyncio.wait({job.task, waiter}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not job.inserted and job.task.done():
+            job.task.result()  # raises the refusal: no job was made
     return job.to_json()
 
 
@@ -409,6 +413,7 @@ async def _admit(hub, job: Job) -> None:
              "timeout": job.timeout, "replica": state.life, "via": job.via, "event_id": job.event_id})
         job.inserted = True
         state.jobs[job.id] = job
+        job.admitted.set_result(None)
 
 
 async def _supervise(hub, job: Job, guarded_run) -> None:
@@ -440,8 +445,9 @@ async def _supervise(hub, job: Job, guarded_run) -> None:
         log.exception("job %s failed", job.id)
         job.state, job.error, job.code = "failed", "internal error", "internal"
     finally:
-        if not job.started.done():
-            job.started.set_result(None)
+        for future in (job.admitted, job.started):
+            if not future.done():
+                future.set_result(None)
     await _finish(hub, job)
 
 
