@@ -343,7 +343,7 @@ async def start(hub, actor, target: str, *, command: str, timeout: float, cwd: s
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if job.stop_reason is not None and current is not None and not current.cancelling():
-                    code, sentence, who = job.stop_reason
+                    code, sentence, _who = job.stop_reason
                     raise JobEnded(sentence, code=code) from None
                 raise
         # what the backend did not hand over live (a backend that cannot stream, the last bytes)
@@ -359,21 +359,17 @@ async def start(hub, actor, target: str, *, command: str, timeout: float, cwd: s
         return result
 
     data = {**recorded, "job_id": job.id, "background": True}
-    pending: dict[str, str] = {}
 
     async def guarded_run():
-        try:
-            return await hub.guarded(
-                actor, action="exec", event_type="exec", target=target, detail=command, run=run,
-                request=request, data=data, **(guard_kwargs or {}),
-                result_data=lambda r: {"exit_code": r.exit_code, "truncated": job.truncated,
-                                       "output_bytes": job.output_bytes},
-                result_transient=lambda r: {"stdout": _decode(r.stdout[:EVENT_OUTPUT]),
-                                            "stderr": _decode(r.stderr[:EVENT_OUTPUT]),
-                                            "output_bytes": job.output_bytes},
-            )
-        finally:
-            pending.clear()
+        return await hub.guarded(
+            actor, action="exec", event_type="exec", target=target, detail=command, run=run,
+            request=request, data=data, **(guard_kwargs or {}),
+            result_data=lambda r: {"exit_code": r.exit_code, "truncated": job.truncated,
+                                   "output_bytes": job.output_bytes},
+            result_transient=lambda r: {"stdout": _decode(r.stdout[:EVENT_OUTPUT]),
+                                        "stderr": _decode(r.stderr[:EVENT_OUTPUT]),
+                                        "output_bytes": job.output_bytes},
+        )
 
     job.task = asyncio.ensure_future(_supervise(hub, job, guarded_run))
     # First until the job exists or was refused (as long as the decision takes: an approval may be
@@ -721,10 +717,6 @@ async def shutdown(hub):
 
 
 # -- HTTP -------------------------------------------------------------------------------------------
-
-
-def _row_or_job_state(hub, job_id: str) -> Job | None:
-    return state_of(hub).jobs.get(job_id)
 
 
 async def list_jobs(ctx):
