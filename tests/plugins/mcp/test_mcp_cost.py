@@ -37,7 +37,7 @@ def sse_messages(text: str) -> list[dict]:
 
 
 def test_a_tool_call_is_one_json_exchange_with_the_sdks_result(hub):
-    agent, token = hub.token("agent-http")
+    agent, token = hub.token("cost-agent")
     response = post(hub, token, call("claude_net_machines", {}, request_id="m-1"))
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     answer = response.json()
@@ -66,7 +66,7 @@ def test_a_tool_call_is_one_json_exchange_with_the_sdks_result(hub):
 
 
 def test_errors_on_the_cheap_path_are_the_sdks(hub):
-    _, token = hub.token("agent-http")
+    _, token = hub.token("cost-agent")
     # bad arguments: the tool error the middleware words, not a JSON-RPC error
     answer = post(hub, token, call("claude_net_exec", {"target": hub.box})).json()
     assert answer["result"]["isError"] is True
@@ -80,7 +80,7 @@ def test_errors_on_the_cheap_path_are_the_sdks(hub):
 
 
 def test_everything_else_is_still_the_sdks(hub):
-    _, token = hub.token("agent-http")
+    _, token = hub.token("cost-agent")
     # a list: the SDK's transport (SSE)
     response = post(hub, token, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
@@ -104,9 +104,18 @@ def test_everything_else_is_still_the_sdks(hub):
     assert response.status_code == 401 and response.json()["code"] == "missing_token"
 
 
-def test_progress_turns_the_answer_into_a_stream(hub):
-    agent, token = hub.token("agent-http")
+@pytest.fixture
+def granted(hub):
+    """cost-agent (a node of these tests only: the other modules' agents keep their grants and inboxes) may
+    run commands on the box for the test."""
+    agent, _ = hub.token("cost-agent")
     hub.cli("permit", agent, hub.box, "--capabilities", "exec")
+    yield agent
+    hub.cli("revoke", agent, hub.box, "--inherit")
+
+
+def test_progress_turns_the_answer_into_a_stream(hub, granted):
+    _, token = hub.token("cost-agent")
     # finished before any progress: still one JSON answer
     quick = post(hub, token, call("claude_net_exec", {"target": hub.box, "command": "echo quick"},
                                   meta={"progressToken": "p-1"}))
@@ -123,7 +132,7 @@ def test_progress_turns_the_answer_into_a_stream(hub):
 
 
 def test_the_caller_is_the_token_and_the_feed_says_mcp(hub):
-    agent, token = hub.token("agent-http")
+    agent, token = hub.token("cost-agent")
     _, admin_token = hub.token("admin", admin=True)
     marker = "cost-path-marker"
     answer = post(hub, token, call("claude_net_send", {"to": hub.names["admin"], "message": marker})).json()

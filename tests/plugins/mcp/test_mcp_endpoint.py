@@ -13,6 +13,7 @@ import pytest
 
 from claude_net.testing import free_port
 from claude_net_mcp.endpoint import origin_allowed
+from claude_net_mcp.tools import ADMIN_TOOLS, AGENT_TOOLS
 from mcp_helpers import ALLOWED_ORIGIN, mcp_command, stdio_session
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -100,7 +101,7 @@ async def test_stdio_server_without_a_hub_explains_itself():
     """The hub is down at start: agent tools only, and each call says what to check."""
     url = f"http://127.0.0.1:{free_port()}"
     async with stdio_session(url, BAD_TOKEN) as session:
-        assert len((await session.list_tools()).tools) == 6
+        assert len((await session.list_tools()).tools) == len(AGENT_TOOLS)
         result = await session.call_tool("claude_net_machines", {})
         assert result.is_error and "cannot reach the hub" in result.content[0].text
         assert "CLAUDE_NET_URL" in result.content[0].text
@@ -120,7 +121,7 @@ async def test_modern_protocol_clients(hub, mode):
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    for role, count in (("agent-other", 6), ("admin", 13)):
+    for role, count in (("agent-other", len(AGENT_TOOLS)), ("admin", len(AGENT_TOOLS + ADMIN_TOOLS))):
         headers = {"Authorization": f"Bearer {hub.tokens[role]}"}
         async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
             async with Client(streamable_http_client(hub.url + "/mcp", http_client=http), mode=mode) as client:

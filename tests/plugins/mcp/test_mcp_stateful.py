@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 from claude_net.testing import database_for
+from claude_net_mcp.tools import AGENT_TOOLS
 from mcp_helpers import http_session, running_hub
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -46,7 +47,7 @@ def test_a_session_belongs_to_the_token_that_opened_it(stateful_hub):
 async def test_sdk_client_in_stateful_mode(stateful_hub):
     hub = stateful_hub
     async with http_session(hub.url, hub.tokens["one"]) as one, http_session(hub.url, hub.tokens["two"]) as two:
-        assert len((await one.list_tools()).tools) == 6
+        assert len((await one.list_tools()).tools) == len(AGENT_TOOLS)
         result = await one.call_tool("claude_net_send", {"to": hub.names["two"], "message": "stateful hello"})
         assert not result.is_error, result.content[0].text
         result = await two.call_tool("claude_net_inbox", {})
