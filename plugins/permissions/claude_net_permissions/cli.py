@@ -134,6 +134,9 @@ async def run_permissions(args, ctx) -> int:
         return 0
     lines = (render_effective(view["effective"], view.get("effective_ask")) if args.effective
              else render_rules(view["permissions"]))
+    for m in view.get("message_rules") or ():
+        lines.append(f"message rule: {m['source']} -> {m['target']}: {'may' if m['allow'] else 'may not'} send "
+                     "messages (no message rule at all: messaging is open)")
     for a in view.get("allowances") or ():
         lines.append(f"{a['source']} -> {a['target']}: {a['capability']} without asking until {a['expires_at']} "
                      f"(approved by {a['granted_by']})")
