@@ -80,7 +80,7 @@ def routes() -> list[Route]:
                           "pending at once (429 too_many_approvals).",
               body_schema={"type": "object", "additionalProperties": False, "required": ["kind", "tool_name"],
                            "properties": {
-                               "kind": {"const": "agent_tool"},
+                               "kind": {"type": "string", "enum": ["agent_tool"]},
                                "tool_name": {"type": "string", "minLength": 1, "maxLength": 200},
                                "description": {"type": "string", "maxLength": 2000},
                                "input_preview": {"type": "string", "maxLength": 4000},

@@ -289,3 +289,39 @@ async def test_the_sweeper_expires_an_approval_nobody_waits_for(hub_harness, box
         assert rows[0]["approval_id"] == aid and rows[0]["decided_by"] is None
         state = await h.hub.db.fetch_val("SELECT state FROM approvals WHERE id = :id", {"id": aid})
         assert state == "expired"
+
+
+async def test_every_approvals_route_answers_junk_with_the_error_shape(hub_harness, box):
+    async with hub_harness(plugins=plugins(box)) as h:
+        chas, alpha = await _setup(h)
+        status, body = await _exec(h, alpha, approval_wait=0)
+        aid = body["approval"]["id"]
+        cases = [
+            ("GET", "/api/approvals?state=bogus", chas, None, 400),
+            ("GET", "/api/approvals?extra=1", chas, None, 400),
+            ("GET", f"/api/approvals/{aid}?wait=soon", alpha, None, 400),
+            ("GET", f"/api/approvals/{aid}?wait=-1", alpha, None, 400),
+            ("GET", "/api/approvals/x", alpha, None, 400),
+            ("GET", "/api/approvals/" + "a" * 41, alpha, None, 400),
+            ("POST", "/api/approvals", alpha, {"kind": "action", "tool_name": "Bash"}, 400),
+            ("POST", "/api/approvals", alpha, {"kind": "agent_tool"}, 400),
+            ("POST", "/api/approvals", alpha, {"kind": "agent_tool", "tool_name": "x" * 201}, 400),
+            ("POST", "/api/approvals", alpha, {"kind": "agent_tool", "tool_name": "B\u0000"}, 400),
+            ("POST", "/api/approvals", None, {"kind": "agent_tool", "tool_name": "Bash"}, 401),
+            ("POST", f"/api/approvals/{aid}", chas, {"decision": "approve", "for": 5}, 400),
+            ("POST", f"/api/approvals/{aid}", chas, {"decision": "approve", "for": "999w"}, 400),
+            ("POST", f"/api/approvals/{aid}/cancel", beta := await h.token("beta"), None, 404),
+            ("POST", "/api/exec", alpha, {"target": "box1", "command": "x", "approval": "UPPER"}, 400),
+            ("POST", "/api/exec", alpha, {"target": "box1", "command": "x", "approval_wait": -1}, 400),
+            ("POST", "/api/exec", alpha, {"target": "box1", "command": "x", "approval_wait": "10"}, 400),
+            ("POST", "/api/permit", chas, {"source": "alpha", "target": "box1", "ask": ["nope"]}, 400),
+            ("POST", "/api/permit", chas, {"source": "alpha", "target": "box1", "allow": False, "ask": ["exec"]}, 400),
+        ]
+        for method, path, token, json_body, expected in cases:
+            status, body = await h.call(method, path, token, json_body)
+            assert status == expected, (method, path, json_body, status, body)
+            assert body["ok"] is False and body["error"] and body["code"], body
+        assert beta
+        status, body = await h.call("GET", f"/api/approvals/{aid}", chas)
+        assert body["approval"]["state"] == "pending"  # none of that changed it
+        assert box.calls == []
