@@ -76,6 +76,9 @@ def validate(value: Any, schema: Mapping[str, Any], path: str = "") -> Any:
     if "enum" in schema and value not in schema["enum"]:
         choices = ", ".join(repr(c) for c in schema["enum"])
         raise BadRequest(f"{_name(path)} must be one of {choices}", code="invalid_field", field=path or None)
+    if "const" in schema and (value != schema["const"] or type(value) is not type(schema["const"])):
+        # a schema that says const must not be a silent no-op (it was: any value passed)
+        raise BadRequest(f"{_name(path)} must be {schema['const']!r}", code="invalid_field", field=path or None)
     if isinstance(value, str):
         code = schema.get("x-code", "invalid_field")  # e.g. invalid_path for the path schema
         if "minLength" in schema and len(value) < schema["minLength"]:
