@@ -219,3 +219,19 @@ async def test_hub_killed_mid_stream_and_restarted_none_lost_none_twice(hub):
     assert pushed_when_killed < 350
     assert "cannot reach" in stderr or "did not answer" in stderr, stderr
     assert unread(hub.url, zeta) == []
+
+
+async def test_the_inbox_filter_the_push_loop_uses(hub):
+    """GET /api/inbox?authenticated_only=true: v1 messages are left out, and left unread, also with ack."""
+    alpha = hub.tokens["alpha"]
+    eta = hub.token("eta")
+    drain(hub.url, eta)
+    v1 = await send(hub.url, "", "eta", "from a v1 client", **{"from": "oldclient"})
+    signed = await send(hub.url, alpha, "eta", "signed")
+    status, body = api(hub.url, "GET", "/api/inbox?authenticated_only=true&ack=true", eta)
+    assert status == 200 and [m["id"] for m in body["messages"]] == [signed["id"]]
+    status, body = api(hub.url, "GET", "/api/inbox?authenticated_only=true&wait=0.5", eta)
+    assert status == 200 and body["messages"] == []  # the v1 message does not end the wait
+    assert [(m["id"], m["unauthenticated"]) for m in unread(hub.url, eta)] == [(v1["id"], True)]
+    status, body = api(hub.url, "GET", "/api/inbox?authenticated_only=maybe", eta)
+    assert status == 400 and body["code"] == "invalid_field"
