@@ -514,6 +514,8 @@ class LxdBackend:
                 finished.set()
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(tail, 1.0)
+            if self.closed:  # close() kills what is running itself; the hub's stop must not wait here
+                raise
             try:
                 kill = self.waits.submit(self.kill_sync, node.name, marker)
             except RuntimeError:
