@@ -33,6 +33,10 @@ import hypothesis  # noqa: E402
 import schemathesis  # noqa: E402
 from hypothesis import HealthCheck  # noqa: E402
 from schemathesis.config import SchemathesisConfig  # noqa: E402
+from schemathesis.core.failures import FailureGroup, as_reported_failure  # noqa: E402
+from schemathesis.generation.feedback import FeedbackSources  # noqa: E402
+from schemathesis.pytest._test_builder import build_operation_test  # noqa: E402
+from schemathesis.python._constants.orchestrator import make_constants_value_source  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
 
 import claude_net_activity  # noqa: E402
@@ -167,16 +171,38 @@ def _call(case, hub, token):
     return response
 
 
-@schema.parametrize()
-@SETTINGS
-def test_admin_fuzz(case, fuzz_hub):
-    _call(case, fuzz_hub, fuzz_hub.admin)
+#: one test per operation, as ``schema.parametrize()`` makes them (same ids, same generated cases:
+#: examples, coverage and fuzzing phases, derandomized per operation), but each operation's cases
+#: are built when its test runs: built at collection, as ``parametrize()`` does, they cost ~30 s of
+#: CPU in every process that collects the suite (each pytest-xdist worker) for the one that runs them
+OPERATIONS = {result.ok().label: result.ok() for result in schema.get_all_operations()}
+_FEEDBACK: dict[str, FeedbackSources] = {}
 
 
-@schema.parametrize()
-@SETTINGS
-def test_agent_fuzz(case, fuzz_hub):
-    _call(case, fuzz_hub, fuzz_hub.agent)
+def fuzz(test: str, label: str, check) -> None:
+    feedback = _FEEDBACK.setdefault(test, FeedbackSources(constants_value_source=make_constants_value_source(schema)))
+    run = build_operation_test(config=schema.config, operation=OPERATIONS[label], test_func=SETTINGS(check),
+                               given_kwargs={}, feedback=feedback)
+    try:
+        run()
+    except FailureGroup as exc:
+        raise as_reported_failure(exc) from None
+
+
+@pytest.mark.parametrize("label", OPERATIONS, ids=str)
+def test_admin_fuzz(label, fuzz_hub):
+    def check(case):
+        _call(case, fuzz_hub, fuzz_hub.admin)
+
+    fuzz("admin", label, check)
+
+
+@pytest.mark.parametrize("label", OPERATIONS, ids=str)
+def test_agent_fuzz(label, fuzz_hub):
+    def check(case):
+        _call(case, fuzz_hub, fuzz_hub.agent)
+
+    fuzz("agent", label, check)
 
 
 NODES = ("box1", "box2", "boxoff")
