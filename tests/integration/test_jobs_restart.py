@@ -71,8 +71,12 @@ def test_kill_9_mid_job_gives_interrupted_after_restart(database_url, tmp_path, 
         hub.proc.wait(10)
         hub.log.close()
         hub.start()
-        _, body = call(hub, "GET", f"/api/jobs/{job_id}", admin)
-        job = body["job"]
+
+        def ended():  # at once on SQLite; on PostgreSQL once the dead process's lock is gone (a few s)
+            _, got = call(hub, "GET", f"/api/jobs/{job_id}", admin)
+            return got["job"]["state"] != "running" and got["job"]
+
+        job = wait_for(ended, timeout=20)
         assert job["state"] == "interrupted", job
         assert job["output"] == "one\ntwo\n" and job["ended_at"] and job["code"] == "interrupted"
         _, feed = call(hub, "GET", "/api/activity?hours=1&type=job", admin)

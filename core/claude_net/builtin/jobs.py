@@ -132,6 +132,9 @@ class Job:
         self.max_output = max_output
         self.started_at = isotime()
         self.state = "running"
+        #: what readers see: the final state only once it is recorded (see _finish)
+        self.shown_state = "running"
+        self.flush_lock = asyncio.Lock()
         self.exit_code: int | None = None
         self.ended_at: str | None = None
         self.error: str | None = None
@@ -243,8 +246,9 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         return _job_json({"id": self.id, "owner": self.owner, "target": self.target, "command": self.command,
-                          "state": self.state, "exit_code": self.exit_code, "started_at": self.started_at,
-                          "ended_at": self.ended_at, "output_bytes": self.output_bytes, "truncated": self.truncated,
+                          "state": self.shown_state, "exit_code": self.exit_code if self.shown_state != "running"
+                          else None, "started_at": self.started_at,
+                          "ended_at": self.ended_at if self.shown_state != "running" else None, "output_bytes": self.output_bytes, "truncated": self.truncated,
                           "thread": self.thread, "reply_to": self.reply_to, "timeout": self.timeout,
                           "error": self.error, "code": self.code, "ended_by": self.ended_by, "via": self.via})
 
@@ -448,26 +452,35 @@ async def _supervise(hub, job: Job, guarded_run) -> None:
 
 
 async def _finish(hub, job: Job) -> None:
+    """Record the end: the ``job`` event first, then the row; only then does anyone see the job ended
+    (``shown_state``), so whoever sees it ended finds its record in the feed."""
     job.cancel_live()
     for decoder in job.decoders.values():
         job._append(decoder.decode(b"", final=True))
     job.ended_at = isotime()
-    try:
-        await _flush(hub, job, final=True)
-    except Exception:
-        log.exception("job %s: could not record its end", job.id)
-    state_of(hub).jobs.pop(job.id, None)
-    job._wake()
     await hub.emit(Event("job", job.owner, job.target, job.command, "ok" if job.state == "exited" else "error",
                          via=job.via, data={"job_id": job.id, "state": job.state, "exit_code": job.exit_code,
                                             **({"thread": job.thread} if job.thread else {}),
                                             **({"ended_by": job.ended_by} if job.ended_by else {}),
                                             **({"code": job.code} if job.code else {})},
                          transient={"output_tail": job.tail(), "output_bytes": job.output_bytes}))
+    try:
+        await _flush(hub, job, final=True)
+    except Exception:
+        log.exception("job %s: could not record its end", job.id)
+    job.shown_state = job.state
+    state_of(hub).jobs.pop(job.id, None)
+    job._wake()
 
 
 async def _flush(hub, job: Job, *, final: bool = False) -> None:
-    """Write the output that arrived since the last write (and, at the end, the final state)."""
+    """Write the output that arrived since the last write (and, at the end, the final state); one
+    write of a job at a time, so no piece is appended twice."""
+    async with job.flush_lock:
+        await _flush_locked(hub, job, final=final)
+
+
+async def _flush_locked(hub, job: Job, *, final: bool) -> None:
     upto = job.length
     more = job.text_from(job.flushed)[: upto - job.flushed]
     values = {"id": job.id, "more": more, "bytes": job.output_bytes, "truncated": job.truncated}
@@ -660,12 +673,16 @@ async def sweep(hub) -> int:
 
 
 async def _sweep_forever(hub) -> None:
+    passes = 0
     while True:
+        # the first looks come quickly: a replica killed just before this one started may still
+        # hold its lock for a moment (PostgreSQL notices the dead connection)
+        await asyncio.sleep(2.0 if passes < 5 else SWEEP_SECONDS)
+        passes += 1
         try:
             await sweep(hub)
         except HubError as exc:
             log.warning("jobs: could not look for interrupted jobs: %s", exc.message)
-        await asyncio.sleep(SWEEP_SECONDS)
 
 
 async def prune(hub, *, now: datetime | None = None) -> int:
@@ -693,6 +710,10 @@ async def startup(hub):
             if state.life_conn is not None:
                 break
             await asyncio.sleep(0.05)
+    try:  # before serving: a restarted hub answers with its dead life's jobs already interrupted
+        await asyncio.wait_for(sweep(hub), 10)
+    except (HubError, asyncio.TimeoutError) as exc:
+        log.warning("jobs: could not look for interrupted jobs at startup: %s", exc)
     hub.spawn(lambda: _sweep_forever(hub), name="jobs-sweep")
     hub.spawn(lambda: _flush_forever(hub), name="jobs-flush")
     hub.spawn(lambda: _listen_cancels(hub), name="jobs-cancels")
@@ -787,7 +808,7 @@ async def job_output(ctx):
             while not hub.stopping.is_set():
                 job = state_of(hub).jobs.get(job_id)
                 if job is not None:
-                    text, running = job.text_from(position, SSE_CHUNK), job.state == "running"
+                    text, running = job.text_from(position, SSE_CHUNK), job.shown_state == "running"
                     waiter = job.changed
                 else:
                     text, stored_state = await _read_stored(hub, job_id, position, SSE_CHUNK)
