@@ -56,6 +56,17 @@ def migrations():
             ],
             description="messages.thread, messages.reply_to",
         ),
+        Migration(
+            "claude_net",
+            3,
+            [
+                # delivery apart from reading (docs/mcp.md "Channel"): when a push into the
+                # recipient's session was written; the message stays unread until it is acked,
+                # because the session may have dropped the push
+                "ALTER TABLE messages ADD COLUMN pushed_at TEXT",
+            ],
+            description="messages.pushed_at",
+        ),
     ]
 
 
@@ -83,7 +94,7 @@ SELECT_DUPLICATE = (
 )
 
 
-MESSAGE_COLUMNS = "id, from_machine, to_machine, message, timestamp, unauthenticated, thread, reply_to"
+MESSAGE_COLUMNS = "id, from_machine, to_machine, message, timestamp, unauthenticated, thread, reply_to, pushed_at"
 
 # -- threads ------------------------------------------------------------------------------------
 # A thread is a short identifier the caller picks (or inherits through ``reply_to``); messages and
@@ -153,6 +164,7 @@ def _message_json(row) -> dict:
         "message": row["message"],
         "time": row["timestamp"],
         "unauthenticated": bool(row["unauthenticated"]),
+        "pushed": row["pushed_at"] is not None,
         **({"thread": row["thread"]} if row["thread"] is not None else {}),
         **({"reply_to": row["reply_to"]} if row["reply_to"] is not None else {}),
     }
@@ -232,10 +244,12 @@ async def send(ctx):
     return result
 
 
-async def _fetch_inbox(hub, name: str, limit: int, ack: bool, authenticated_only: bool = False) -> list[dict]:
+async def _fetch_inbox(hub, name: str, limit: int, ack: bool, authenticated_only: bool = False,
+                       unpushed: bool = False) -> list[dict]:
     # authenticated_only: the MCP channel's push loop peeks without ack; token-less v1 messages
-    # must stay unread for claude_net_inbox without waking (or blocking) that loop
-    only = " AND NOT unauthenticated" if authenticated_only else ""
+    # must stay unread for claude_net_inbox without waking (or blocking) that loop.
+    # unpushed: that loop's own marker, so a restarted loop does not push what it already pushed
+    only = (" AND NOT unauthenticated" if authenticated_only else "") + (" AND pushed_at IS NULL" if unpushed else "")
     if ack:
         rows = await hub.db.fetch_all(
             "UPDATE messages SET read_at = :now WHERE id IN ("
@@ -258,16 +272,16 @@ async def inbox(ctx):
     hub, actor, q = ctx.hub, ctx.actor, ctx.query
     limit, ack = q.get("limit", 50), q.get("ack", False)
     wait = min(q.get("wait", 0), hub.settings.messaging.max_wait)
-    only = q.get("authenticated_only", False)
-    messages = await _fetch_inbox(hub, actor.name, limit, ack, only)
+    only, unpushed = q.get("authenticated_only", False), q.get("unpushed", False)
+    messages = await _fetch_inbox(hub, actor.name, limit, ack, only, unpushed)
     if not messages and wait > 0:
         deadline = time.monotonic() + wait
         async with hub.bus.subscribe(f"inbox:{actor.name}", maxsize=1) as sub:
-            messages = await _fetch_inbox(hub, actor.name, limit, ack, only)  # closes the gap before subscribing
+            messages = await _fetch_inbox(hub, actor.name, limit, ack, only, unpushed)  # closes the gap before subscribing
             while not messages and (remaining := deadline - time.monotonic()) > 0 and not hub.stopping.is_set():
                 if await sub.get(timeout=min(remaining, 1.0)) is None:
                     continue
-                messages = await _fetch_inbox(hub, actor.name, limit, ack, only)
+                messages = await _fetch_inbox(hub, actor.name, limit, ack, only, unpushed)
     return {"messages": messages, "count": len(messages)}
 
 
@@ -284,6 +298,22 @@ async def ack(ctx):
     )
     acked = sorted(r["id"] for r in rows)
     return {"acked": acked, "ignored": sorted(set(ids) - set(acked))}
+
+
+async def pushed(ctx):
+    """Mark messages delivered into the recipient's session (the MCP channel's push), not read."""
+    hub, actor = ctx.hub, ctx.actor
+    ids = ctx.body["ids"]
+    if not ids:
+        return {"pushed": [], "ignored": []}
+    params = {f"i{n}": v for n, v in enumerate(ids)}
+    rows = await hub.db.fetch_all(
+        f"UPDATE messages SET pushed_at = :now WHERE to_machine = :name AND pushed_at IS NULL"
+        f" AND id IN ({', '.join(':' + k for k in params)}) RETURNING id",
+        {"name": actor.name, "now": isotime(), **params},
+    )
+    done = sorted(r["id"] for r in rows)
+    return {"pushed": done, "ignored": sorted(set(ids) - set(done))}
 
 
 async def machines(ctx):
@@ -311,6 +341,8 @@ NAME = {"type": "string", "pattern": NAME_PATTERN, "x-pattern-help": NAME_HELP}
 MESSAGE = {"type": "object", "properties": {
     "id": {"type": "integer"}, "from": {"type": "string"}, "to": {"type": "string"},
     "message": {"type": "string"}, "time": {"type": "string"}, "unauthenticated": {"type": "boolean"},
+    "pushed": {"type": "boolean", "description": "already pushed into the recipient's session by the MCP "
+               "channel (POST /api/inbox/pushed); still unread until acked"},
     "thread": {"type": "string", "description": "present when the message belongs to a thread"},
     "reply_to": {"type": "integer", "description": "present when the message answers another"}}}
 
@@ -343,13 +375,16 @@ def register_routes(hub):
             "GET", "/api/inbox", inbox,
             summary="Your unread messages, oldest first",
             description="`ack=true` marks exactly the returned messages read in the same transaction; "
-                        "`wait=N` long-polls up to N seconds for the first message.",
+                        "`wait=N` long-polls up to N seconds for the first message; `unpushed=true` leaves out "
+                        "messages already marked pushed (POST /api/inbox/pushed).",
             query_schema={"type": "object", "additionalProperties": False, "properties": {
                 "limit": {"type": "integer", "minimum": 1, "maximum": 500},
                 "ack": {"type": "boolean"},
                 "wait": {"type": "number", "minimum": 0, "maximum": max_wait},
                 "authenticated_only": {"type": "boolean", "description": "leave out (and leave unread) "
                                        "messages of token-less v1 senders"},
+                "unpushed": {"type": "boolean", "description": "only messages not yet marked pushed "
+                             "(POST /api/inbox/pushed); what the MCP channel's push loop waits for"},
             }},
             response_schema={"type": "object", "properties": {"ok": {"const": True}, "count": {"type": "integer"},
                                                               "messages": {"type": "array", "items": MESSAGE}}},
@@ -363,6 +398,21 @@ def register_routes(hub):
                         "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}},
                 "from": {"type": "string"}}},
             legacy_v1=True, tags=["messaging"],
+        ),
+        Route(
+            "POST", "/api/inbox/pushed", pushed,
+            summary="Mark your messages delivered into your session (pushed), leaving them unread",
+            description="What the MCP channel calls once a message's notification was written to the client, "
+                        "so that `GET /api/inbox?unpushed=true` leaves it out from then on. The messages stay "
+                        "unread (the session may have dropped the push) until acked. Ids that are not your "
+                        "messages, or already marked, come back in `ignored`.",
+            body_schema={"type": "object", "additionalProperties": False, "required": ["ids"], "properties": {
+                "ids": {"type": "array", "maxItems": 1000,
+                        "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}}}},
+            response_schema={"type": "object", "properties": {
+                "ok": {"const": True}, "pushed": {"type": "array", "items": {"type": "integer"}},
+                "ignored": {"type": "array", "items": {"type": "integer"}}}},
+            tags=["messaging"],
         ),
         Route(
             "GET", "/api/machines", machines,
