@@ -107,6 +107,8 @@ def message_text(m: Mapping[str, Any]) -> str:
         flag += f" in thread {printable(m['thread'])}"
     if m.get("reply_to") is not None:
         flag += f", replying to #{printable(m['reply_to'])}"
+    if m.get("pushed") is True:  # the channel pushed it into a session: it may be known already
+        flag += " (already pushed as a channel event)"
     return (f"#{printable(m['id'])} from {printable(m['from'])} at {printable(m['time'])}{flag}:\n"
             f"{quoted(str(m.get('message', '')))}")
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("CLAUDE_NET_PUSH", "auto").strip().lower() or "auto",
                         help="auto (default): push only to Claude Code or to a client that declares the "
                              "experimental capability claude/channel itself; always: to any client (also "
-                             "CLAUDE_NET_PUSH). A pushed message is marked read on the hub.")
+                             "CLAUDE_NET_PUSH). A pushed message stays unread on the hub until acked.")
     parser.add_argument("--channel-wait", type=float, default=25.0, metavar="SECONDS",
                         help="how long each wait for new messages stays open on the hub (at most the hub's "
                              "[messaging] max_wait; lower it below an idle timeout of a proxy in between; "
@@ -139,7 +139,7 @@ async def _serve_channel(server, client, *, push: bool, relay: bool, wait: float
 
     The SDK's ``MCPServer`` runs stdio only with its own streams and no experimental capabilities,
     so this drives its low-level server on streams whose writer reports each channel notification
-    once it is flushed to the client: a message is acknowledged on the hub only after that.
+    once it is flushed to the client: a message is marked pushed on the hub only after that.
     """
     import signal
 

@@ -39,6 +39,19 @@ async def until(check, timeout: float, what: str):
         await anyio.sleep(0.01)
 
 
+async def pushed_and_unread(url: str, token: str, ids: list[int], timeout: float = PUSH_BOUND) -> None:
+    """Every one of ``ids`` is marked pushed on the hub (the mark follows the write) and still unread."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = {m["id"]: m["pushed"] for m in await anyio.to_thread.run_sync(unread, url, token)}
+        if all(state.get(i) is True for i in ids):
+            return
+        assert all(i in state for i in ids), f"a pushed message is no longer unread: {sorted(set(ids) - set(state))}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not marked pushed within {timeout:g}s: {[i for i in ids if not state.get(i)]}")
+        await anyio.sleep(0.05)
+
+
 def drain(url: str, token: str) -> None:
     """Mark everything in a node's inbox read (tests share the hub)."""
     api(url, "GET", "/api/inbox?ack=true&limit=500", token)
@@ -61,21 +74,22 @@ async def test_initialize_declares_the_channel_and_says_how_to_answer(hub):
 
 
 async def test_only_a_client_that_takes_pushes_gets_them(hub):
-    """A pushed message is marked read, so a client that would drop the notification (the SDK's own
-    client here: not Claude Code, no claude/channel of its own) gets no pushes, and the message waits
-    for claude_net_inbox; --push always pushes to it anyway."""
+    """A client that would drop the notification (the SDK's own client here: not Claude Code, no
+    claude/channel of its own) gets no pushes, and the message is not marked pushed; --push always
+    pushes to it anyway, and the message still waits, unread, for claude_net_inbox."""
     alpha, beta = hub.tokens["alpha"], hub.tokens["beta"]
     drain(hub.url, beta)
     async with channel_session(hub.url, beta, *WAIT, client_name="mcp") as ch:
         sent = await send(hub.url, alpha, "beta", "for a client without channels")
         await anyio.sleep(1.5)
         assert ch.tap.channel == []
-        assert [m["id"] for m in unread(hub.url, beta)] == [sent["id"]]
+        assert [(m["id"], m["pushed"]) for m in unread(hub.url, beta)] == [(sent["id"], False)]
         assert "pushes are off for this client" in ch.stderr()
     async with channel_session(hub.url, beta, *WAIT, "--push", "always", client_name="mcp") as ch:
         await until(lambda: ch.tap.channel, PUSH_BOUND, "the push with --push always")
+        await pushed_and_unread(hub.url, beta, [sent["id"]])
     assert ch.tap.channel[0]["meta"]["message_id"] == str(sent["id"])
-    assert unread(hub.url, beta) == []
+    drain(hub.url, beta)
 
 
 async def test_a_message_arrives_as_a_channel_notification_with_string_meta(hub):
@@ -89,6 +103,8 @@ async def test_a_message_arrives_as_a_channel_notification_with_string_meta(hub)
         second = await send(hub.url, alpha, "beta", hostile, reply_to=first["id"])
         await until(lambda: len(ch.tap.channel) == 2, PUSH_BOUND, "the second push")
         elapsed = time.monotonic() - started
+        # marked pushed on the hub once written, and still unread: the session may have dropped it
+        await pushed_and_unread(hub.url, beta, [first["id"], second["id"]])
     assert elapsed < PUSH_BOUND
     params = ch.tap.channel[1]
     meta = params["meta"]
@@ -99,8 +115,36 @@ async def test_a_message_arrives_as_a_channel_notification_with_string_meta(hub)
     assert header == f"#{second['id']} from alpha at {meta['time']} in thread deploy-42, replying to #{first['id']}:"
     assert json.loads(body) == hostile
     assert ch.tap.channel[0]["meta"]["thread"] == "deploy-42" and "reply_to" not in ch.tap.channel[0]["meta"]
-    # acknowledged on the hub once written: nothing is left unread
-    assert unread(hub.url, beta) == []
+    assert [m["id"] for m in unread(hub.url, beta)] == [first["id"], second["id"]]
+    drain(hub.url, beta)
+
+
+async def test_a_push_the_client_ignores_loses_nothing_and_a_restart_does_not_push_again(hub):
+    """Claude Code without its channel flags drops every channel notification and says nothing. The
+    pushed message stays unread: claude_net_inbox shows it (marked) and marks it read. A new server
+    process (the session restarted) does not push what the last one pushed."""
+    alpha, beta = hub.tokens["alpha"], hub.tokens["beta"]
+    drain(hub.url, beta)
+    async with channel_session(hub.url, beta, *WAIT) as ch:
+        first = await send(hub.url, alpha, "beta", "pushed, then dropped by the client")
+        await until(lambda: ch.tap.channel, PUSH_BOUND, "the first push")
+        await pushed_and_unread(hub.url, beta, [first["id"]])
+    async with channel_session(hub.url, beta, *WAIT) as ch:
+        second = await send(hub.url, alpha, "beta", "after the restart")
+        await until(lambda: ch.tap.channel, PUSH_BOUND, "the push after the restart")
+        await pushed_and_unread(hub.url, beta, [first["id"], second["id"]])
+        await anyio.sleep(1.0)  # time enough for a second push of the first, were there one
+        assert [p["meta"]["message_id"] for p in ch.tap.channel] == [str(second["id"])]
+        # the client took no notice of either push: both are still in the agent's inbox
+        result = await ch.session.call_tool("claude_net_inbox", {})
+        text = result.content[0].text
+        assert not result.is_error and text.startswith("2 messages (marked read)"), text
+        assert f"#{first['id']} from alpha" in text and f"#{second['id']} from alpha" in text
+        assert text.count("(already pushed as a channel event)") == 2
+        assert unread(hub.url, beta) == []
+        again = await ch.session.call_tool("claude_net_inbox", {})
+        assert again.content[0].text == "No unread messages."
+        assert "stays unread" in ch.init.instructions and "claude_net_inbox" in ch.init.instructions
 
 
 async def test_an_unauthenticated_v1_message_is_not_pushed_and_stays_in_the_inbox(hub):
@@ -113,8 +157,10 @@ async def test_an_unauthenticated_v1_message_is_not_pushed_and_stays_in_the_inbo
         await until(lambda: ch.tap.channel, PUSH_BOUND, "the authenticated push")
         await anyio.sleep(1.5)  # time enough for the v1 message to arrive too, were it pushed
         assert [p["meta"]["message_id"] for p in ch.tap.channel] == [str(signed["id"])]
+        await pushed_and_unread(hub.url, gamma, [signed["id"]])
         left = unread(hub.url, gamma)
-        assert [(m["id"], m["unauthenticated"]) for m in left] == [(v1["id"], True)]
+        assert [(m["id"], m["unauthenticated"], m["pushed"]) for m in left] == [(v1["id"], True, False),
+                                                                               (signed["id"], False, True)]
         # the agent still reads it with its tool, marked as a v1 sender's
         result = await ch.session.call_tool("claude_net_inbox", {})
         assert "unauthenticated v1 sender" in result.content[0].text
@@ -133,11 +179,14 @@ async def test_a_burst_of_500_arrives_once_each_in_order(hub):
                 r = await http.post(hub.url + "/api/send", json={"to": "delta", "message": f"burst {n}"})
                 ids.append(r.json()["id"])
         await until(lambda: len(ch.tap.channel) >= 500, 60, "500 pushes")
+        await pushed_and_unread(hub.url, delta, ids, 30)
         await anyio.sleep(1.0)  # nothing more may follow
     got = [int(p["meta"]["message_id"]) for p in ch.tap.channel]
     assert got == ids
     assert [json.loads(p["content"].split("\n")[1]) for p in ch.tap.channel] == [f"burst {n}" for n in range(500)]
-    assert unread(hub.url, delta) == []
+    # every one marked pushed, none read
+    assert [(m["id"], m["pushed"]) for m in unread(hub.url, delta)] == [(i, True) for i in ids]
+    drain(hub.url, delta)
 
 
 async def test_the_mcp_http_endpoint_pushes_nothing(hub):
@@ -211,6 +260,7 @@ async def test_hub_killed_mid_stream_and_restarted_none_lost_none_twice(hub):
                 r = await http.post(hub.url + "/api/send", json={"to": "zeta", "message": f"after {n}"})
                 ids.append(r.json()["id"])
         await until(lambda: len(ch.tap.channel) >= 350, 90, "every message after the restart")
+        await pushed_and_unread(hub.url, zeta, ids, 30)
         await anyio.sleep(1.0)
         stderr = ch.stderr()
     got = [int(p["meta"]["message_id"]) for p in ch.tap.channel]
@@ -218,7 +268,7 @@ async def test_hub_killed_mid_stream_and_restarted_none_lost_none_twice(hub):
     assert got == ids, f"lost or reordered (pushed {pushed_when_killed} before the kill)"
     assert pushed_when_killed < 350
     assert "cannot reach" in stderr or "did not answer" in stderr, stderr
-    assert unread(hub.url, zeta) == []
+    assert [(m["id"], m["pushed"]) for m in unread(hub.url, zeta)] == [(i, True) for i in ids]
 
 
 async def test_the_inbox_filter_the_push_loop_uses(hub):
