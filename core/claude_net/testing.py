@@ -82,6 +82,25 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     _pg_drop_made()  # an xdist worker may end without running atexit handlers
 
 
+def _utf8_safe(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_utf8_safe(v) for v in value)
+    return value
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_report_to_serializable(config: pytest.Config, report: Any) -> Any:
+    """A pytest-xdist worker sends its reports as UTF-8: a lone surrogate in captured output (the
+    hostile-text tests log them on purpose) would crash the worker and abort the whole run. Such a
+    character is shown escaped (``\\ud800``) instead."""
+    data = yield
+    return _utf8_safe(data)
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     if config.getoption("--serial") == "run" and _parallel(config):
         return ("serial tests are left out of this parallel run; run them alone with --serial only "
