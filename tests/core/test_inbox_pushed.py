@@ -57,6 +57,9 @@ async def test_another_nodes_ids_are_ignored(hub_harness):
         assert status == 200 and body["pushed"] == [] and body["ignored"] == [to_beta]
         _, body = await h.call("GET", "/api/inbox?unpushed=true", b)
         assert [(m["id"], m["pushed"]) for m in body["messages"]] == [(to_beta, False)]
+        # the largest id is valid (and nobody's), an integral number counts as an integer (JSON Schema)
+        status, body = await h.call("POST", "/api/inbox/pushed", b, {"ids": [2**63 - 1, float(to_beta)]})
+        assert status == 200 and body["pushed"] == [to_beta] and body["ignored"] == [2**63 - 1], body
 
 
 async def test_unpushed_long_poll_wakes_only_for_new_messages(hub_harness):
