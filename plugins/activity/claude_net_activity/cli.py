@@ -32,6 +32,8 @@ def _filters(p, *, default: Any) -> None:
     p.add_argument("--target", default=default, metavar="NODE", help="node acted upon")
     p.add_argument("--result", default=default, choices=["pending", "ok", "denied", "error"])
     p.add_argument("--thread", default=default, metavar="THREAD", help="only rows of this thread")
+    p.add_argument("--search", default=default, metavar="TEXT",
+                   help="only rows whose detail contains TEXT (ignoring case)")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -51,7 +53,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def _filter_args(args) -> dict[str, Any]:
     values = {"type": args.type, "from": args.from_, "target": args.target, "result": args.result,
-              "thread": getattr(args, "thread", None)}
+              "thread": getattr(args, "thread", None), "q": getattr(args, "search", None)}
     return {k: v for k, v in values.items() if v is not None}
 
 

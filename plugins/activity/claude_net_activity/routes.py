@@ -18,6 +18,8 @@ FILTER_PROPS = {
     "result": {"type": "string", "enum": ["pending", "ok", "denied", "error"]},
     "thread": {"type": "string", "pattern": store.THREAD_PATTERN, "x-pattern-help": store.THREAD_HELP,
                "description": "only rows of this thread"},
+    "q": {"type": "string", "minLength": 1, "maxLength": store.MAX_SEARCH,
+          "description": "only rows whose detail contains this text (a literal substring, ignoring case)"},
 }
 EVENT = {"type": "object", "properties": {
     "id": {"type": "integer"}, "time": {"type": "string"}, "from": {"type": ["string", "null"]},
@@ -33,7 +35,7 @@ MESSAGE = {"type": "object", "properties": {
 
 
 def _filters(query) -> dict:
-    return {key: query.get(key) for key in store.FILTERS if query.get(key) is not None}
+    return {key: query.get(key) for key in (*store.FILTERS, store.SEARCH) if query.get(key) is not None}
 
 
 async def activity(ctx):

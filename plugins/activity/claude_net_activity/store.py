@@ -52,6 +52,10 @@ _COMPLETE = (
 
 #: filters accepted by the query API, the stream and the CLI: public name -> column
 FILTERS = {"type": "type", "from": "from_machine", "target": "target", "result": "result", "thread": "thread"}
+#: the text filter: rows whose (redacted) detail contains it, ignoring case
+SEARCH = "q"
+#: longest search text accepted
+MAX_SEARCH = 200
 #: longest thread name kept in the column (the core validates 1-64 identifier characters)
 MAX_THREAD = 64
 
@@ -259,7 +263,15 @@ def row_json(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def matches(row: Mapping[str, Any], filters: Mapping[str, Any]) -> bool:
-    return all(row.get(key) == value for key, value in filters.items() if value is not None)
+    for key, value in filters.items():
+        if value is None:
+            continue
+        if key == SEARCH:
+            if value.lower() not in (row.get("detail") or "").lower():
+                return False
+        elif row.get(key) != value:
+            return False
+    return True
 
 
 # -- querying -----------------------------------------------------------------------------------
@@ -283,6 +295,12 @@ def _where(filters: Mapping[str, Any], params: dict[str, Any], conds: list[str])
         if value is not None:
             params[f"f_{key}"] = value
             conds.append(f"{column} = :f_{key}")
+    text = filters.get(SEARCH)
+    if text:
+        # a literal substring: LIKE's own wildcards in the text are escaped, never patterns
+        escaped = text.lower().replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        params["f_q"] = f"%{escaped}%"
+        conds.append("LOWER(detail) LIKE :f_q ESCAPE '!'")
 
 
 async def query(hub, *, hours: float | None = 24, filters: Mapping[str, Any] | None = None, limit: int = 100,

@@ -331,3 +331,43 @@ def test_cli_export_into_a_closed_pipe_stops_quietly(tmp_path, database_url, hub
     proc.wait(timeout=60)
     assert json.loads(first)["detail"].startswith("message 0 ")
     assert proc.returncode == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+async def test_search_in_detail_is_a_literal_substring(hub_harness, box):
+    async with hub_harness(plugins=plugins(box), activity={"stream_keepalive_seconds": 0.05}) as h:
+        chas = await h.token("chasclaude", admin=True)
+        alpha = await h.token("alpha")
+        for detail in ["make TEST=1 build", "make test", "rm -rf /tmp/x", "echo 100%_done", "echo 100 done"]:
+            await store.record(h.hub, Event("exec", "alpha", "box1", detail, "ok"))
+
+        async def details(q: str) -> list[str]:
+            from urllib.parse import quote
+
+            status, body = await h.call("GET", f"/api/activity?q={quote(q)}&type=exec", chas)
+            assert status == 200, body
+            return sorted(e["detail"] for e in body["events"])
+
+        assert await details("TEST") == ["make TEST=1 build", "make test"]  # ignoring case
+        assert await details("100%_") == ["echo 100%_done"]  # % and _ are text, not LIKE patterns
+        assert await details("%") == ["echo 100%_done"]
+        assert await details("nothing like it") == []
+        for bad in ["", "x" * (store.MAX_SEARCH + 1)]:
+            status, body = await h.call("GET", f"/api/activity?q={bad}", chas)
+            assert status == 400 and body["code"] == "invalid_field", body
+        status, body = await h.call("GET", "/api/activity?q=make", alpha)
+        assert status == 403  # admin only, like every activity query
+
+        # the live stream takes the same filter
+        await h.call("POST", "/api/permit", chas, {"source": "alpha", "target": "box1"})
+        conn = h.client.request("/api/activity/stream?q=NEEDLE", headers={"Authorization": f"Bearer {chas}"})
+        async with conn:
+            await conn.send_complete()
+            assert b": connected" in await _receive(conn)
+            await h.call("POST", "/api/exec", alpha, {"target": "box1", "command": "echo hay"})
+            await h.call("POST", "/api/exec", alpha, {"target": "box1", "command": "echo needle"})
+            data = b""
+            while len(_events(data)) < 2:
+                data += await _receive(conn)
+            assert {e["detail"] for e in _events(data)} == {"echo needle"}
+            store.state_of(h.hub).closing.set()  # ends the stream, as hub shutdown does
+        store.state_of(h.hub).closing.clear()
