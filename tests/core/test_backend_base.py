@@ -23,7 +23,8 @@ from claude_net import (
     hookimpl,
 )
 from claude_net.config import load_settings
-from claude_net.plugins import FIRSTRESULT_HOOKS, config_problems, make_plugin_manager
+from claude_net.backend import CAPABILITY
+from claude_net.plugins import config_problems, make_plugin_manager
 
 
 @dataclass
@@ -80,6 +81,10 @@ class Memo(Backend):
 
 def memo_plugin():
     return types.SimpleNamespace(__name__="memo", **Memo.hookimpls())
+
+
+#: the firstresult hooks a backend owns (others, such as request_approval, belong to other plugins)
+FIRSTRESULT_HOOKS = tuple(CAPABILITY)
 
 
 def test_the_hooks_are_plain_functions_that_pass_on_foreign_nodes_synchronously():
