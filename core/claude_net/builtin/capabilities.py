@@ -793,6 +793,13 @@ def register_routes(hub):
                         "target in order, each allowed or denied on its own.",
             body_schema={
                 "type": "object", "additionalProperties": False, "required": ["command"],
+                # exactly one of the two (the handler says so in words; this tells OpenAPI clients)
+                # and an approval covers one action on one target, so it never comes with targets
+                "oneOf": [{"required": ["target"]},
+                          {"required": ["targets"], "not": {"required": ["approval"]}}],
+                # a foreground exec's timeout is bounded by [limits], a job's by [jobs]
+                "anyOf": [{"required": ["background"], "properties": {"background": {"const": True}}},
+                          {"properties": {"timeout": {"maximum": limits.exec_timeout_max}}}],
                 "properties": {
                     "target": NAME,
                     # a list of names, or one pattern (each keyword applies to its own type)
