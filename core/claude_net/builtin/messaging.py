@@ -285,35 +285,30 @@ async def inbox(ctx):
     return {"messages": messages, "count": len(messages)}
 
 
-async def ack(ctx):
-    hub, actor = ctx.hub, ctx.actor
-    ids = ctx.body["ids"]
+async def _stamp_own(hub, actor, column: str, ids: list[int]) -> tuple[list[int], list[int]]:
+    """Stamp ``column`` (read_at, pushed_at) on the caller's own messages among ``ids`` that do
+    not have it yet: (stamped ids, ignored ids: another node's, unknown or already stamped)."""
     if not ids:
-        return {"acked": []}
+        return [], []
     params = {f"i{n}": v for n, v in enumerate(ids)}
     rows = await hub.db.fetch_all(
-        f"UPDATE messages SET read_at = :now WHERE to_machine = :name AND read_at IS NULL"
-        f" AND id IN ({', '.join(':' + k for k in params)}) RETURNING id",
-        {"name": actor.name, "now": isotime(), **params},
-    )
-    acked = sorted(r["id"] for r in rows)
-    return {"acked": acked, "ignored": sorted(set(ids) - set(acked))}
-
-
-async def pushed(ctx):
-    """Mark messages delivered into the recipient's session (the MCP channel's push), not read."""
-    hub, actor = ctx.hub, ctx.actor
-    ids = ctx.body["ids"]
-    if not ids:
-        return {"pushed": [], "ignored": []}
-    params = {f"i{n}": v for n, v in enumerate(ids)}
-    rows = await hub.db.fetch_all(
-        f"UPDATE messages SET pushed_at = :now WHERE to_machine = :name AND pushed_at IS NULL"
+        f"UPDATE messages SET {column} = :now WHERE to_machine = :name AND {column} IS NULL"
         f" AND id IN ({', '.join(':' + k for k in params)}) RETURNING id",
         {"name": actor.name, "now": isotime(), **params},
     )
     done = sorted(r["id"] for r in rows)
-    return {"pushed": done, "ignored": sorted(set(ids) - set(done))}
+    return done, sorted(set(ids) - set(done))
+
+
+async def ack(ctx):
+    acked, ignored = await _stamp_own(ctx.hub, ctx.actor, "read_at", ctx.body["ids"])
+    return {"acked": acked, "ignored": ignored} if ctx.body["ids"] else {"acked": []}
+
+
+async def pushed(ctx):
+    """Mark messages delivered into the recipient's session (the MCP channel's push), not read."""
+    done, ignored = await _stamp_own(ctx.hub, ctx.actor, "pushed_at", ctx.body["ids"])
+    return {"pushed": done, "ignored": ignored}
 
 
 async def machines(ctx):
