@@ -130,7 +130,13 @@ def test_a_live_activity_row_appears_after_an_api_exec(served, page, tmp_path, b
         row.wait_for()
         page.get_by_label("Search in detail").fill("no-such-text")
         assert row.is_hidden()
-        assert "limit=1000" in page.get_by_role("link", name="Export (JSON)").get_attribute("href")
+        # Apply asks the hub (q=): the rows come from the API's search, not only the loaded ones
+        page.get_by_label("Search in detail").fill("FROM-THE-agent")
+        page.get_by_role("button", name="Apply").click()
+        row.wait_for()
+        page.wait_for_function("document.querySelectorAll('#activity tbody tr').length === 1")
+        href = page.get_by_role("link", name="Export (JSON)").get_attribute("href")
+        assert "limit=1000" in href and "q=FROM-THE-agent" in href
         no_page_errors(page)
 
 

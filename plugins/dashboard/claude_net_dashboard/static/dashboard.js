@@ -145,7 +145,7 @@ async function activityPage() {
 
   function params() {
     const p = new URLSearchParams();
-    for (const key of ["from", "target", "type", "result"]) {
+    for (const key of ["from", "target", "type", "result", "q"]) {
       const value = form.elements[key].value.trim();
       if (value) p.set(key, value);
     }
