@@ -598,6 +598,8 @@ def openapi_document(app: Quart) -> dict[str, Any]:
         ok_schema = route.response_schema or {"type": "object", "properties": {"ok": {"const": True}}}
         if route.stream:
             ok_content: dict[str, Any] = {"text/event-stream": {"schema": {"type": "string"}}}
+            if route.response_schema is not None:  # it answers JSON too (e.g. without follow=1)
+                ok_content["application/json"] = {"schema": ok_schema}
         elif route.response_media_type is not None:
             ok_content = {route.response_media_type: {"schema": {"type": "string", "format": "binary"}}}
         else:

@@ -335,7 +335,10 @@ def hub_harness(make_settings):
         if failures:
             pytest.fail("hub_harness: " + "; ".join(f"plugin {f.name} was not loaded: {f.error}" for f in failures),
                         pytrace=False)
-        async with app.test_app() as test_app:
+        # Quart's default of 6 s for startup and for shutdown is too short for a hub whose backends
+        # talk to a busy LXD daemon while the suite runs in parallel workers; tests that promise a
+        # prompt shutdown measure it themselves
+        async with app.test_app_class(app, startup_timeout=30, shutdown_timeout=30) as test_app:
             yield Harness(app, app.hub, test_app.test_client())
 
     return harness

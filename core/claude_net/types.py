@@ -317,7 +317,8 @@ class Route:
     #: maximum request body in bytes (None: the hub's default)
     max_body: int | None = None
     tags: Sequence[str] = ()
-    #: a streaming response (SSE); documented as text/event-stream
+    #: a streaming response (SSE); documented as text/event-stream (and as JSON with
+    #: ``response_schema`` as well, for a route that streams only when asked to)
     stream: bool = False
     #: the handler reads the request body itself, as raw bytes of this media type (no JSON parsing,
     #: no body schema); documented as a binary request body

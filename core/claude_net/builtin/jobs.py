@@ -690,6 +690,12 @@ async def prune(hub, *, now: datetime | None = None) -> int:
     if days <= 0:
         return 0
     cutoff = isotime((now or datetime.now(timezone.utc)) - timedelta(days=days))
+    # look before deleting: a DELETE takes the write lock even when nothing matches, and on
+    # SQLite it would queue every other write (audit rows) behind a lock some other process holds
+    due = await hub.db.fetch_val("SELECT 1 FROM jobs WHERE state <> 'running' AND ended_at < :cutoff LIMIT 1",
+                                 {"cutoff": cutoff})
+    if due is None:
+        return 0
     rows = await hub.db.fetch_all("DELETE FROM jobs WHERE state <> 'running' AND ended_at < :cutoff RETURNING id",
                                   {"cutoff": cutoff})
     return len(rows)
@@ -866,6 +872,9 @@ def register_routes(hub):
               query_schema={"type": "object", "additionalProperties": False, "properties": {
                   "offset": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
                   "follow": {"type": "boolean"}}},
+              response_schema={"type": "object", "properties": {
+                  "ok": {"const": True}, "offset": {"type": "integer"}, "text": {"type": "string"},
+                  "next_offset": {"type": "integer"}, "job": JOB_SCHEMA}},
               path_schema=JOB_PATH, stream=True, tags=["jobs"]),
         Route("POST", "/api/jobs/<job_id>/cancel", job_cancel,
               summary="Cancel a running job (its owner or an admin): its processes in the node are ended",
