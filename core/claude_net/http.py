@@ -597,7 +597,10 @@ def openapi_document(app: Quart) -> dict[str, Any]:
                 route.body_media_type: {"schema": {"type": "string", "format": "binary"}}}}
         ok_schema = route.response_schema or {"type": "object", "properties": {"ok": {"const": True}}}
         if route.stream:
-            ok_content: dict[str, Any] = {"text/event-stream": {"schema": {"type": "string"}}}
+            # one parsed server-sent event (what clients and validators see per event)
+            sse_event = {"type": "object", "properties": {"event": {"type": "string"}, "data": {"type": "string"},
+                                                          "id": {"type": "string"}}}
+            ok_content: dict[str, Any] = {"text/event-stream": {"schema": sse_event}}
             if route.response_schema is not None:  # it answers JSON too (e.g. without follow=1)
                 ok_content["application/json"] = {"schema": ok_schema}
         elif route.response_media_type is not None:

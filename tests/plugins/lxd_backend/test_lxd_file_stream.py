@@ -172,6 +172,10 @@ async def test_stream_upload_errors_leave_nothing_behind(hub_harness, run_id, sb
         assert await settled_temps(sbox) == [] and await settled_temps(sbox, f"{new}/deep") == []
 
 
+# serial: in parallel workers the chunked case on PostgreSQL twice hung its `lxc exec cat` for
+# 120 s right after the refused upload (alone it passes); and the checks run in a thread, so the
+# hub in this event loop can finish closing the refused upload's exec meanwhile
+@pytest.mark.serial
 @pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
 async def test_stream_upload_over_the_limit_leaves_the_target_untouched(hub_harness, run_id, sbox, length):
     async with hub(hub_harness, run_id, limits={"file_max_bytes": MiB}) as h:
@@ -179,7 +183,7 @@ async def test_stream_upload_over_the_limit_leaves_the_target_untouched(hub_harn
         sh(sbox, "echo original > /tmp/s-keep")
         status, body = await put(h, token, q(sbox, "/tmp/s-keep"), os.urandom(3 * MiB), length=length)
         assert status == 413 and body["code"] == "too_large", body
-        assert sh(sbox, "cat /tmp/s-keep") == "original\n"
+        assert await asyncio.to_thread(sh, sbox, "cat /tmp/s-keep") == "original\n"
         assert await settled_temps(sbox) == []
         assert await settled_commit_processes(sbox) == []  # the waiting commit gave up and ended
 
