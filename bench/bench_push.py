@@ -11,7 +11,7 @@
    start of the send (a notification may arrive before the send's answer does).
 2. **Scale.** The same hub with 10, then ``--agents`` connected agents: one real
    ``claude-net-mcp`` (measured) and the others simulated by raw clients making exactly the
-   requests the server makes (its long-poll ``GET /api/inbox?wait=25&ack=false&authenticated_only=true``),
+   requests the server makes (its long-poll ``GET /api/inbox?wait=25&ack=false&authenticated_only=true&unpushed=true``),
    each on its own connection. Reported: the hub's RSS and open file descriptors with all waits
    parked, and the push p50/p99 to the real agent over 100 messages. (Running 1,000 real stdio
    servers would take ~45 GB here; the hub cannot tell the difference.)
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import HubProcess, log, pct, rss_kib  # noqa: E402
 
 TARGET = 2.0
-POLL = {"wait": 25, "ack": "false", "authenticated_only": "true", "limit": 100}
+POLL = {"wait": 25, "ack": "false", "authenticated_only": "true", "unpushed": "true", "limit": 100}
 
 
 @contextlib.contextmanager
