@@ -195,12 +195,18 @@ def jobs(quick: bool) -> list[Row]:
 
     r = bench_jobs.run(n=10 if quick else 30, rounds=2 if quick else 5, lines=8 if quick else 20, say=log)
     single, fan, floor, live = r["single_ms"], r["fanout_ms"], r["floor_ms"], r["live_delay_ms"]
+    cpu = r["fanout_cpu_ms"]
     return [
         Row("", f"fan-out of `true` to {r['targets']} containers, wall p50", fan["p50"], single["p50"], "ms",
             "one exec p50", r["fanout_ratio"], f"<= {r['fanout_target']:g}x", _ok(r["fanout_ratio"] <= r["fanout_target"]),
             "", r),
         Row("", f"fan-out to {r['targets']} containers vs the same execs sent at once to LXD REST", fan["p50"],
             floor["p50"], "ms", "LXD REST, 20 threads", r["fanout_vs_floor"], "", "info"),
+        Row("", f"fan-out to {r['targets']} containers vs the CPU it needs (LXD + hub) spread over {cpu['cpus']} CPUs",
+            fan["p50"], cpu["floor"], "ms", f"LXD {cpu['lxd']} ms + hub {cpu['hub']} ms CPU / {cpu['cpus']}",
+            round(fan["p50"] / cpu["floor"], 2) if cpu["floor"] else None, "", "info",
+            f"LXD's CPU alone allows no less than {cpu['lxd_floor']} ms "
+            f"({cpu['lxd_floor'] / single['p50']:.1f}x one exec) on {cpu['cpus']} CPUs"),
         Row("", "live job output: line written in the container -> following client, p50", live["p50"], None, "ms",
             "", None, "", "info", f"p99 {live['p99']} ms over {live['lines']} lines"),
     ]

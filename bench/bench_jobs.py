@@ -10,7 +10,9 @@
    ``true``: wall time p50, against the single exec's p50 of the same run (target: at most 3x;
    the default ``[jobs] fanout_concurrency`` of 16 runs them in two waves), and against the
    floor: the same 20 execs sent at once straight to LXD's REST API from 20 threads (exec, wait,
-   read both logs), which is what LXD itself costs;
+   read both logs through the API), and against the CPU the fan-out needs: the CPU time LXD (its
+   daemon and its reaped ``forkexec`` children) and the hub process used per round, divided by
+   the machine's CPUs (no schedule of that work can finish sooner);
 4. **live output delay**: a background job prints ``--lines`` lines 0.25 s apart, each stamped
    inside the container with the wall clock (busybox ``adjtimex``: microseconds; a container
    shares the host's clock); a client follows ``GET /api/jobs/{id}/output?follow=1`` (SSE) and
@@ -42,6 +44,19 @@ STAMP = ("adjtimex | awk '/tv_sec/{s=$2} /tv_usec/{u=$2} END{printf \"t %d.%06d\
 
 def lxc(*args: str) -> None:
     subprocess.run(["lxc", *args], check=True, capture_output=True, timeout=120)
+
+
+def lxd_pid() -> int | None:
+    out = subprocess.run(["pgrep", "-xo", "lxd"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU of a process and its reaped children (LXD's forkexec helpers), in seconds."""
+    if pid is None:
+        return 0.0
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def request(conn: http.client.HTTPConnection, token: str, method: str, path: str, body=None):
@@ -85,11 +100,15 @@ def run(n: int = 30, rounds: int = 5, lines: int = 20, say=print) -> dict:
 
         say(f"fan-out to {len(names)} x{rounds}")
         fan = []
+        lxd = lxd_pid()
+        cpu0 = (cpu_seconds(lxd), cpu_seconds(hub.proc.pid))
         for _ in range(rounds):
             t = time.perf_counter()
             status, body = request(conn, token, "POST", "/api/exec", {"targets": names, "command": "true"})
             fan.append((time.perf_counter() - t) * 1000)
             assert status == 200 and body["summary"]["ok"] == len(names), body
+        lxd_cpu = (cpu_seconds(lxd) - cpu0[0]) * 1000 / rounds
+        hub_cpu = (cpu_seconds(hub.proc.pid) - cpu0[1]) * 1000 / rounds
 
         say(f"floor: {len(names)} direct LXD REST execs at once x{rounds}")
         floor = []
@@ -132,6 +151,10 @@ def run(n: int = 30, rounds: int = 5, lines: int = 20, say=print) -> dict:
             "floor_ms": {"p50": round(statistics.median(floor), 2)},
             "fanout_vs_floor": round(statistics.median(fan) / statistics.median(floor), 2),
             "fanout_target": FANOUT_TARGET,
+            # CPU spent per fan-out round, and the least wall time it allows on this machine's CPUs
+            "fanout_cpu_ms": {"lxd": round(lxd_cpu, 1), "hub": round(hub_cpu, 1), "cpus": os.cpu_count(),
+                              "floor": round((lxd_cpu + hub_cpu) / (os.cpu_count() or 1), 1),
+                              "lxd_floor": round(lxd_cpu / (os.cpu_count() or 1), 1)},
             "targets": len(names),
             "live_delay_ms": {"p50": round(pct(delays, 50), 1), "p99": round(pct(delays, 99), 1),
                               "lines": len(delays)},
