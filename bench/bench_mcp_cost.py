@@ -62,38 +62,9 @@ def _child_pid(name: str) -> int | None:
     return None
 
 
-@contextlib.asynccontextmanager
-async def _http_session(url: str, token: str):
-    import httpx2
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx2.Timeout(60, connect=10)) as http:
-        async with streamable_http_client(url + "/mcp", http_client=http) as (read, write), \
-                ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
-
-
-@contextlib.asynccontextmanager
-async def _stdio_session(url: str, token: str):
-    from mcp import ClientSession
-    from mcp.client.stdio import StdioServerParameters, stdio_client
-
-    command = str(Path(sys.executable).parent / "claude-net-mcp")
-    if not Path(command).exists():
-        command = shutil.which("claude-net-mcp") or "claude-net-mcp"
-    params = StdioServerParameters(command=command, args=[],
-                                   env={**os.environ, "CLAUDE_NET_URL": url, "CLAUDE_NET_TOKEN": token})
-    with tempfile.TemporaryFile("w+") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
-
-
 async def _measure(hub_url: str, hub_pid: int, sender: str, reader: str, n: int, block: int, say) -> dict:
     import httpx
+    from claude_net_mcp.testing import http_session, stdio_session
 
     paths = ("api", "mcp", "stdio")
     lat: dict[str, list[float]] = {p: [] for p in paths}
@@ -102,7 +73,8 @@ async def _measure(hub_url: str, hub_pid: int, sender: str, reader: str, n: int,
     errors = dict.fromkeys(paths, 0)
     async with httpx.AsyncClient(base_url=hub_url, headers={"Authorization": f"Bearer {sender}"},
                                  timeout=30) as api, \
-            _http_session(hub_url, sender) as over_http, _stdio_session(hub_url, sender) as over_stdio:
+            http_session(hub_url, sender, timeout=60) as over_http, \
+            stdio_session(hub_url, sender, env=os.environ) as over_stdio:
         stdio_pid = _child_pid("claude-net-mcp")
 
         async def call(path: str) -> None:

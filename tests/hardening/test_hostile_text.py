@@ -30,6 +30,8 @@ import httpx
 import pytest
 
 from claude_net.testing import HubProcess, database_for
+from claude_net_mcp.testing import http_session as mcp_session
+from claude_net_mcp.testing import stdio_session as stdio_mcp_session
 
 from .conftest import in_box, lxd_overrides
 
@@ -77,38 +79,6 @@ def client_cli(hub, who: str, *args: str) -> subprocess.CompletedProcess:
     env = {**hub.env, "CLAUDE_NET_URL": hub.url, "CLAUDE_NET_TOKEN": hub.tokens[who]}
     return subprocess.run([sys.executable, "-m", "claude_net.cli", *args], env=env, cwd=hub.dir,
                           capture_output=True, text=True, timeout=60)
-
-
-@contextlib.asynccontextmanager
-async def mcp_session(url: str, token: str):
-    """An initialized ``mcp.ClientSession`` from the SDK on the hub's /mcp."""
-    import httpx2
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx2.Timeout(60, connect=10)) as http:
-        async with streamable_http_client(url + "/mcp", http_client=http) as (read, write), \
-                ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
-
-
-@contextlib.asynccontextmanager
-async def stdio_mcp_session(url: str, token: str):
-    """An initialized ``mcp.ClientSession`` on a ``claude-net-mcp`` subprocess (the stdio server)."""
-    import tempfile
-    from pathlib import Path
-
-    from mcp import ClientSession
-    from mcp.client.stdio import StdioServerParameters, stdio_client
-
-    command = Path(sys.executable).parent / "claude-net-mcp"
-    params = StdioServerParameters(command=str(command), env={"CLAUDE_NET_URL": url, "CLAUDE_NET_TOKEN": token})
-    with tempfile.TemporaryFile("w+") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
 
 
 def read_as_a_model(text: str) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
-"""Helpers for the MCP tests: SDK client sessions over stdio and streamable HTTP (imported by name,
-not from conftest, which is ambiguous across test directories)."""
+"""Helpers for the MCP tests: a hub process, and the SDK client sessions over stdio and streamable
+HTTP of :mod:`claude_net_mcp.testing` (imported by name, not from conftest, which is ambiguous across
+test directories)."""
 
 from __future__ import annotations
 
@@ -17,45 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from claude_net.testing import free_port
+from claude_net_mcp.testing import http_session as _http_session
+from claude_net_mcp.testing import mcp_command, stdio_session  # noqa: F401 (for the tests)
 
 #: every container and token name of this run starts with it
 RUN = f"cnm-{secrets.token_hex(3)}"
 ALLOWED_ORIGIN = "https://console.example.test"
-BIN = Path(sys.executable).parent
 
 
-def mcp_command() -> str:
-    path = BIN / "claude-net-mcp"
-    return str(path) if path.exists() else (shutil.which("claude-net-mcp") or "claude-net-mcp")
-
-
-@contextlib.asynccontextmanager
-async def stdio_session(url: str, token: str, *args: str):
-    """An initialized ``mcp.ClientSession`` on a ``claude-net-mcp`` subprocess (stderr kept for asserts)."""
-    from mcp import ClientSession
-    from mcp.client.stdio import StdioServerParameters, stdio_client
-
-    params = StdioServerParameters(command=mcp_command(), args=list(args),
-                                   env={"CLAUDE_NET_URL": url, "CLAUDE_NET_TOKEN": token})
-    with tempfile.TemporaryFile("w+") as errlog:
-        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
-
-
-@contextlib.asynccontextmanager
-async def http_session(url: str, token: str):
-    """An initialized ``mcp.ClientSession`` on the hub's streamable HTTP endpoint."""
-    import httpx2
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx2.Timeout(120, connect=10)) as http:
-        async with streamable_http_client(url + "/mcp", http_client=http) as (read, write), \
-                ClientSession(read, write) as session:
-            await session.initialize()
-            yield session
+def http_session(url: str, token: str):
+    """An initialized ``mcp.ClientSession`` on the hub's streamable HTTP endpoint; reads may take
+    120 s (the long-poll tools' waits fit in it)."""
+    return _http_session(url, token, timeout=120)
 
 
 @dataclass
