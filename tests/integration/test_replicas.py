@@ -1,7 +1,5 @@
 """Several `claude-net serve` processes on one PostgreSQL behave as one hub (real processes)."""
 
-import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -13,43 +11,18 @@ import urllib.request
 import pytest
 
 from claude_net.testing import HubProcess
+from tests.replicas import call, holder_pid
+from tests.replicas import replicas as started_replicas
 
 pytestmark = [pytest.mark.postgres, pytest.mark.db("postgresql")]
 
 PLUGINS = '[plugins]\nallow = ["permissions", "activity"]\n[activity]\nretention_days = 30\n'
 
 
-def call(hub, method, path, token, body=None, timeout=30):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(hub.url + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 @pytest.fixture
 def replicas(database_url, tmp_path):
-    hubs = []
-    try:
-        for i in range(2):
-            workdir = tmp_path / f"r{i}"
-            workdir.mkdir()
-            hubs.append(HubProcess(PLUGINS, database_url=database_url, workdir=str(workdir)))
-        for hub in hubs:  # started together: migrations race on purpose
-            hub.proc = None
-        threads = [threading.Thread(target=h.start) for h in hubs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert all(h.proc is not None and h.proc.poll() is None for h in hubs)
+    with started_replicas(PLUGINS, database_url, tmp_path) as hubs:
         yield hubs
-    finally:
-        for hub in hubs:
-            hub.stop()
 
 
 def test_send_on_a_wakes_long_poll_on_b(replicas):
@@ -107,42 +80,14 @@ def test_revoke_on_a_is_enforced_on_b_at_the_next_call(replicas):
     assert call(b, "POST", "/api/exec", alpha, body)[0] == 403
 
 
-async def _singleton_holders(database_url, name):
-    import asyncpg
-
-    from claude_net.cluster import asyncpg_dsn, lock_key
-
-    conn = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        rows = await conn.fetch(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted"
-            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND"
-            " ((l.classid::bigint << 32) | l.objid::bigint) = ($1::bigint & x'FFFFFFFFFFFFFFFF'::bigint)",
-            lock_key(name))
-        return [r["application_name"] for r in rows]
-    finally:
-        await conn.close()
-
-
-def _holder_pid(database_url, name, deadline):
-    while time.monotonic() < deadline:
-        holders = asyncio.run(_singleton_holders(database_url, name))
-        if holders:
-            assert len(holders) == 1, holders
-            return int(holders[0].rsplit(" ", 1)[1])
-        time.sleep(0.3)
-    return None
-
-
 def test_singleton_runs_once_and_moves_when_its_replica_dies(replicas, database_url):
     pids = {h.proc.pid: h for h in replicas}
-    holder = _holder_pid(database_url, "activity-retention", time.monotonic() + 15)
+    holder = holder_pid(database_url, "activity-retention", time.monotonic() + 15)
     assert holder in pids
     pids[holder].proc.send_signal(signal.SIGKILL)
     pids[holder].proc.wait(10)
     killed_at = time.monotonic()
-    new_holder = _holder_pid(database_url, "activity-retention", time.monotonic() + 20)
+    new_holder = holder_pid(database_url, "activity-retention", time.monotonic() + 20)
     assert new_holder is not None and new_holder != holder and new_holder in pids
     assert time.monotonic() - killed_at < 15
 

@@ -3,16 +3,15 @@ replica A (PostgreSQL), and SIGTERM ending a wait at once with the 202 answer.""
 
 from __future__ import annotations
 
-import json
+import functools
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from claude_net.testing import HubProcess
+from tests import replicas
 from tests.plugins.lxd_backend.conftest import fresh_container, lxc, lxd_available, run_id  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.lxd
@@ -23,15 +22,8 @@ def config(run_id: str) -> str:
             f'[lxd]\ninclude = ["{run_id}-*"]\nshell = "/bin/sh"\n')
 
 
-def call(hub, method, path, token, body=None, timeout=60):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(hub.url + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+#: an exec on LXD under a loaded machine may take a while; the waiting exec gives itself 90 s
+call = functools.partial(replicas.call, timeout=60)
 
 
 def pending(hub, token, timeout=30):
@@ -45,29 +37,36 @@ def pending(hub, token, timeout=30):
     raise AssertionError("no pending approval appeared")
 
 
+def asking(hub, target: str) -> tuple[str, str]:
+    """Tokens (chasclaude's, an admin; alpha's) with alpha's exec on ``target`` asking for approval."""
+    chas, alpha = hub.token("chasclaude", admin=True), hub.token("alpha")
+    assert call(hub, "POST", "/api/permit", chas, {"source": "alpha", "target": target, "ask": ["exec"]})[0] == 200
+    return chas, alpha
+
+
+def exec_waiting(hub, token: str, target: str, command: str, approval_wait: int) -> tuple[threading.Thread, dict]:
+    """``POST /api/exec`` that waits for an approval, in a thread: ``result["answer"]`` is its
+    (status, body) and ``result["done"]`` when it came, once the thread ends."""
+    result: dict = {}
+
+    def run():
+        result["answer"] = call(hub, "POST", "/api/exec", token, {"target": target, "command": command,
+                                                                  "approval_wait": approval_wait}, timeout=90)
+        result["done"] = time.monotonic()
+
+    waiter = threading.Thread(target=run)
+    waiter.start()
+    return waiter, result
+
+
 @pytest.mark.postgres
 @pytest.mark.db("postgresql")
 def test_exec_waiting_on_replica_b_runs_when_the_admin_approves_on_replica_a(database_url, tmp_path, run_id,
                                                                              fresh_container):
     name = fresh_container("repl")
-    for i in range(2):
-        (tmp_path / f"r{i}").mkdir()
-    hubs = [HubProcess(config(run_id), database_url=database_url, workdir=str(tmp_path / f"r{i}"))
-            for i in range(2)]
-    try:
-        a = hubs[0].start()
-        b = hubs[1].start()
-        chas, alpha = a.token("chasclaude", admin=True), a.token("alpha")
-        assert call(a, "POST", "/api/permit", chas, {"source": "alpha", "target": name, "ask": ["exec"]})[0] == 200
-        result = {}
-
-        def run():
-            result["answer"] = call(b, "POST", "/api/exec", alpha, {"target": name, "command": "echo from-b",
-                                                                    "approval_wait": 60}, timeout=90)
-            result["done"] = time.monotonic()
-
-        waiter = threading.Thread(target=run)
-        waiter.start()
+    with replicas.replicas(config(run_id), database_url, tmp_path) as (a, b):
+        chas, alpha = asking(a, name)
+        waiter, result = exec_waiting(b, alpha, name, "echo from-b", 60)
         approval = pending(a, chas)[0]
         time.sleep(0.5)
         assert waiter.is_alive()
@@ -79,9 +78,6 @@ def test_exec_waiting_on_replica_b_runs_when_the_admin_approves_on_replica_a(dat
         assert status == 200 and body["stdout"] == "from-b\n", body
         # released by the decision on A (NOTIFY, or at worst the 2 s re-check), not by the 60 s wait
         assert result["done"] - decided < 10
-    finally:
-        for hub in hubs:
-            hub.stop()
 
 
 def test_sigterm_ends_a_waiting_exec_at_once_with_the_pending_answer(database_url, tmp_path, run_id, fresh_container):
@@ -89,17 +85,8 @@ def test_sigterm_ends_a_waiting_exec_at_once_with_the_pending_answer(database_ur
     hub = HubProcess(config(run_id), database_url=database_url, workdir=str(tmp_path))
     try:
         hub.start()
-        chas, alpha = hub.token("chasclaude", admin=True), hub.token("alpha")
-        assert call(hub, "POST", "/api/permit", chas, {"source": "alpha", "target": name, "ask": ["exec"]})[0] == 200
-        result = {}
-
-        def run():
-            result["answer"] = call(hub, "POST", "/api/exec", alpha, {"target": name, "command": "touch /root/t",
-                                                                      "approval_wait": 300}, timeout=90)
-            result["done"] = time.monotonic()
-
-        waiter = threading.Thread(target=run)
-        waiter.start()
+        chas, alpha = asking(hub, name)
+        waiter, result = exec_waiting(hub, alpha, name, "touch /root/t", 300)
         approval = pending(hub, chas)[0]
         time.sleep(0.3)
         sent = time.monotonic()

@@ -6,41 +6,19 @@ taken through the API of the other replica edits the same message."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
-from claude_net.testing import HubProcess
-from tests.integration.test_replicas import _holder_pid, call
-from tg_botapi import FakeBotAPI
-from tg_helpers import ADMIN_ID, CHAT_ID, TOKEN
+from tests.replicas import call
+from tg_replicas import telegram_replicas
 
 pytestmark = [pytest.mark.postgres, pytest.mark.db("postgresql")]
 
 
-def config(api) -> str:
-    return (
-        'admins = ["chasclaude"]\n'
-        '[plugins]\nallow = ["permissions", "activity", "approvals", "telegram"]\n'
-        f'[telegram]\ntoken = "{TOKEN}"\nchat_id = {CHAT_ID}\nadmin_ids = [{ADMIN_ID}]\n'
-        f'base_url = "{api.base_url}"\npoll_timeout = 2\nrequest_timeout = 3.0\nsend_interval = 0.05\n'
-        "retry_initial = 0.05\nretry_max = 0.4\nedit_interval = 0.2\n"
-    )
-
-
 async def test_cards_follow_approvals_across_replicas(database_url, tmp_path):
-    api = FakeBotAPI(TOKEN)
-    await api.start()
-    hubs = []
-    try:
-        for i in range(2):
-            (tmp_path / f"r{i}").mkdir()
-            hubs.append(HubProcess(config(api), database_url=database_url, workdir=str(tmp_path / f"r{i}")))
-        await asyncio.gather(*(asyncio.to_thread(h.start) for h in hubs))
-        by_pid = {h.proc.pid: h for h in hubs}
-        leader_pid = await asyncio.to_thread(_holder_pid, database_url, "telegram", time.monotonic() + 20)
-        follower = next(h for pid, h in by_pid.items() if pid != leader_pid)
-
+    async with telegram_replicas(database_url, tmp_path, plugins=["permissions", "activity", "approvals", "telegram"],
+                                 telegram="edit_interval = 0.2\n") as replicas:
+        api, follower = replicas.api, replicas.follower
         admin = await asyncio.to_thread(follower.token, "chasclaude", admin=True)
         agent = await asyncio.to_thread(follower.token, "agentx")
         status, body = await asyncio.to_thread(call, follower, "POST", "/api/permit", admin,
@@ -73,7 +51,3 @@ async def test_cards_follow_approvals_across_replicas(database_url, tmp_path):
         assert shown["plain"].splitlines()[-1] == "⛔ denied by chasclaude via http"
         assert api.buttons(card["message_id"]) == []
         assert len([m for m in api.sent if "$ deploy two" in m["plain"]]) == 1  # edited, not sent again
-    finally:
-        for hub in hubs:
-            await asyncio.to_thread(hub.stop)
-        await api.stop()
