@@ -52,6 +52,18 @@ async def pushed_and_unread(url: str, token: str, ids: list[int], timeout: float
         await anyio.sleep(0.05)
 
 
+async def send_all(url: str, token: str, to: str, messages) -> list[int]:
+    """Send each of ``messages`` to ``to`` in turn, on one connection as a busy sender would; their ids."""
+    import httpx
+
+    ids = []
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {token}"}) as http:
+        for message in messages:
+            r = await http.post(url + "/api/send", json={"to": to, "message": message})
+            ids.append(r.json()["id"])
+    return ids
+
+
 def drain(url: str, token: str) -> None:
     """Mark everything in a node's inbox read (tests share the hub)."""
     api(url, "GET", "/api/inbox?ack=true&limit=500", token)
@@ -171,13 +183,7 @@ async def test_a_burst_of_500_arrives_once_each_in_order(hub):
     alpha, delta = hub.tokens["alpha"], hub.tokens["delta"]
     drain(hub.url, delta)
     async with channel_session(hub.url, delta, *WAIT) as ch:
-        import httpx
-
-        ids = []
-        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {alpha}"}) as http:
-            for n in range(500):
-                r = await http.post(hub.url + "/api/send", json={"to": "delta", "message": f"burst {n}"})
-                ids.append(r.json()["id"])
+        ids = await send_all(hub.url, alpha, "delta", [f"burst {n}" for n in range(500)])
         await until(lambda: len(ch.tap.channel) >= 500, 60, "500 pushes")
         await pushed_and_unread(hub.url, delta, ids, 30)
         await anyio.sleep(1.0)  # nothing more may follow
@@ -239,26 +245,17 @@ async def test_a_revoked_token_is_said_on_stderr_and_the_session_survives(hub):
 async def test_hub_killed_mid_stream_and_restarted_none_lost_none_twice(hub):
     """SIGKILL while pushes are in flight (some written, not yet acknowledged), then a restart on the
     same port and database: every message arrives, exactly once, in order."""
-    import httpx
-
     alpha = hub.tokens["alpha"]
     zeta = hub.token("zeta")
     drain(hub.url, zeta)
     async with channel_session(hub.url, zeta, *WAIT) as ch:
-        ids = []
-        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {alpha}"}) as http:
-            for n in range(300):
-                r = await http.post(hub.url + "/api/send", json={"to": "zeta", "message": f"before {n}"})
-                ids.append(r.json()["id"])
+        ids = await send_all(hub.url, alpha, "zeta", [f"before {n}" for n in range(300)])
         await until(lambda: len(ch.tap.channel) >= 40, 30, "the first pushes")
         hub.kill9()
         pushed_when_killed = len(ch.tap.channel)
         await anyio.sleep(1.5)  # the server notices: its poll or ack fails, it backs off
         await anyio.to_thread.run_sync(lambda: hub.start(timeout=120))
-        async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {alpha}"}) as http:
-            for n in range(50):
-                r = await http.post(hub.url + "/api/send", json={"to": "zeta", "message": f"after {n}"})
-                ids.append(r.json()["id"])
+        ids += await send_all(hub.url, alpha, "zeta", [f"after {n}" for n in range(50)])
         await until(lambda: len(ch.tap.channel) >= 350, 90, "every message after the restart")
         await pushed_and_unread(hub.url, zeta, ids, 30)
         await anyio.sleep(1.0)

@@ -43,6 +43,19 @@ async def approval_card(h, needle):
     return message["message_id"]
 
 
+async def waiting_exec(h, command):
+    """An ask grant for managerclaude on box1, then its exec of ``command`` waiting for approval:
+    (the agent's token, the running call, the card's message id)."""
+    agent = await ask_grant(h)
+    running = exec_in_background(h, agent, command)
+    return agent, running, await approval_card(h, f"$ {command}")
+
+
+async def press(h, mid, button, *, user_id=ADMIN_ID, **where):
+    """Press ``button`` on message ``mid`` and return the bot's answer to it."""
+    return await h.api.wait_answer(h.api.press(mid, button, user_id=user_id, **where))
+
+
 def approval_id_of(h, mid):
     return h.api.messages[mid]["plain"].splitlines()[0].split()[-1]
 
@@ -61,9 +74,7 @@ async def approval_rows(h):
 
 async def test_approve_once_runs_the_waiting_exec_once(tg_hub, box):
     async with approvals_hub(tg_hub, box) as h:
-        agent = await ask_grant(h)
-        running = exec_in_background(h, agent, "deploy --prod")
-        mid = await approval_card(h, "$ deploy --prod")
+        _, running, mid = await waiting_exec(h, "deploy --prod")
         approval_id = approval_id_of(h, mid)
         lines = h.api.messages[mid]["plain"].splitlines()
         assert lines[0] == f"🙋 approval {approval_id}"
@@ -73,8 +84,7 @@ async def test_approve_once_runs_the_waiting_exec_once(tg_hub, box):
         assert h.api.messages[mid]["disable_notification"] is False  # a request rings
         assert ("exec", "box1", "deploy --prod") not in box.calls  # waiting, not run
 
-        query = h.api.press(mid, "✅ Approve once", user_id=ADMIN_ID)
-        assert (await h.api.wait_answer(query))["text"] == "✅ approved once"
+        assert (await press(h, mid, "✅ Approve once"))["text"] == "✅ approved once"
         status, body = await running
         assert status == 200 and body["stdout"] == "box1: deploy --prod\n"
         assert box.calls.count(("exec", "box1", "deploy --prod")) == 1
@@ -101,9 +111,7 @@ async def test_approve_once_runs_the_waiting_exec_once(tg_hub, box):
 
 async def test_a_double_press_and_a_press_after_the_decision_change_nothing(tg_hub, box):
     async with approvals_hub(tg_hub, box) as h:
-        agent = await ask_grant(h)
-        running = exec_in_background(h, agent, "make release")
-        mid = await approval_card(h, "$ make release")
+        _, running, mid = await waiting_exec(h, "make release")
         approval_id = approval_id_of(h, mid)
         # two taps before the first is handled (a phone double tap): both are delivered
         first = h.api.press(mid, "✅ Approve once", user_id=ADMIN_ID)
@@ -120,11 +128,8 @@ async def test_a_double_press_and_a_press_after_the_decision_change_nothing(tg_h
 
 async def test_approve_for_an_hour_creates_an_expiring_allowance(tg_hub, box):
     async with approvals_hub(tg_hub, box) as h:
-        agent = await ask_grant(h)
-        running = exec_in_background(h, agent, "apt upgrade")
-        mid = await approval_card(h, "$ apt upgrade")
-        query = h.api.press(mid, "✅ Approve for 1 h", user_id=ADMIN_ID)
-        assert (await h.api.wait_answer(query))["text"] == "✅ approved for 1 h"
+        agent, running, mid = await waiting_exec(h, "apt upgrade")
+        assert (await press(h, mid, "✅ Approve for 1 h"))["text"] == "✅ approved for 1 h"
         assert (await running)[0] == 200
         shown = await h.api.wait_message(mid, lambda m: "approved" in m["plain"])
         assert shown["plain"].splitlines()[-1].startswith("✅ approved for 1h by chasclaude via telegram")
@@ -158,11 +163,8 @@ async def test_approve_for_an_hour_creates_an_expiring_allowance(tg_hub, box):
 
 async def test_deny_refuses_the_exec_and_it_never_runs(tg_hub, box):
     async with approvals_hub(tg_hub, box) as h:
-        agent = await ask_grant(h)
-        running = exec_in_background(h, agent, "rm -rf /srv")
-        mid = await approval_card(h, "$ rm -rf /srv")
-        query = h.api.press(mid, "⛔ Deny", user_id=ADMIN_ID)
-        assert (await h.api.wait_answer(query))["text"] == "⛔ denied"
+        _, running, mid = await waiting_exec(h, "rm -rf /srv")
+        assert (await press(h, mid, "⛔ Deny"))["text"] == "⛔ denied"
         status, body = await running
         assert status == 403 and body["code"] == "approval_denied", body
         assert ("exec", "box1", "rm -rf /srv") not in box.calls
@@ -194,18 +196,14 @@ async def test_an_expired_request_is_shown_expired_and_a_late_press_changes_noth
 
 async def test_a_strangers_press_and_a_press_from_another_chat_are_refused_and_recorded(tg_hub, box):
     async with approvals_hub(tg_hub, box) as h:
-        agent = await ask_grant(h)
-        running = exec_in_background(h, agent, "cat /etc/shadow")
-        mid = await approval_card(h, "$ cat /etc/shadow")
+        _, running, mid = await waiting_exec(h, "cat /etc/shadow")
         approval_id = approval_id_of(h, mid)
 
-        stranger = h.api.press(mid, "✅ Approve once", user_id=OTHER_ID, username="mallory")
-        answer = await h.api.wait_answer(stranger)
+        answer = await press(h, mid, "✅ Approve once", user_id=OTHER_ID, username="mallory")
         assert answer["show_alert"] is True
         assert answer["text"] == (f"⛔ not done: Telegram user {OTHER_ID} is not allowed to decide for this hub "
                                   "(admin_ids)")
-        elsewhere = h.api.press(mid, "✅ Approve once", user_id=ADMIN_ID, chat_id=-100999)
-        answer = await h.api.wait_answer(elsewhere)
+        answer = await press(h, mid, "✅ Approve once", chat_id=-100999)
         assert answer["text"] == "⛔ not done: buttons work only in the admin chat, not in chat -100999"
         # nothing changed: still pending, the exec still waits, the buttons are still there
         assert (await claude_net_approvals.service.get(h.hub, approval_id))["state"] == "pending"
@@ -220,16 +218,13 @@ async def test_a_strangers_press_and_a_press_from_another_chat_are_refused_and_r
         assert told["chat_id"] == CHAT_ID
         await h.api.wait_sent(lambda m: "Telegram button press refused" in m["plain"] and str(OTHER_ID) in m["plain"])
 
-        query = h.api.press(mid, "⛔ Deny", user_id=ADMIN_ID)
-        assert (await h.api.wait_answer(query))["text"] == "⛔ denied"
+        assert (await press(h, mid, "⛔ Deny"))["text"] == "⛔ denied"
         assert (await running)[0] == 403
 
 
 async def test_a_decision_through_the_api_edits_the_message_and_a_later_press_changes_nothing(tg_hub, box):
     async with approvals_hub(tg_hub, box) as h:
-        agent = await ask_grant(h)
-        running = exec_in_background(h, agent, "drop table users")
-        mid = await approval_card(h, "$ drop table users")
+        _, running, mid = await waiting_exec(h, "drop table users")
         approval_id = approval_id_of(h, mid)
         admin = await h.token("chasclaude", admin=True)
         status, body = await h.call("POST", f"/api/approvals/{approval_id}", admin, {"decision": "deny"})
@@ -331,8 +326,7 @@ async def test_an_agents_tool_prompt_is_approved_with_a_button(tg_hub, box):
                               '{"command": "alembic upgrade head </pre><b>x</b>"}']
         # one use of a tool: approve or deny, no allowance to open
         assert h.api.buttons(mid) == ["✅ Approve", "⛔ Deny"]
-        query = h.api.press(mid, "✅ Approve", user_id=ADMIN_ID)
-        assert (await h.api.wait_answer(query))["text"] == "✅ approved"
+        assert (await press(h, mid, "✅ Approve"))["text"] == "✅ approved"
         shown = await h.api.wait_message(mid, lambda m: "approved" in m["plain"].splitlines()[-1])
         assert shown["plain"].splitlines()[-1] == f"✅ approved by chasclaude via telegram (Telegram user {ADMIN_ID})"
         status, body = await h.call("GET", f"/api/approvals/{approval_id}", agent)

@@ -12,6 +12,18 @@ from tg_helpers import ADMIN_ID, CHAT_ID, OTHER_ID, eventually
 NODES = {"seanclaude": "running", "jazclaude": "running", "managerclaude": "running"}
 
 
+def publish(lines: list[str], variable: str) -> str:
+    """The transcript as one text: printed (seen with ``-s``) and, when the environment variable
+    ``variable`` names a file, written there (how docs/telegram.md gets it)."""
+    transcript = "\n".join(lines)
+    print(transcript)
+    target = os.environ.get(variable)
+    if target:
+        with open(target, "w") as out:
+            out.write(transcript + "\n")
+    return transcript
+
+
 async def test_admin_session_transcript(tg_hub, box):
     box.states = dict(NODES)
     lines: list[str] = []
@@ -61,12 +73,7 @@ async def test_admin_session_transcript(tg_hub, box):
         await say(h, "@chasclaude revoke managerclaude all")
         await say(h, "@chasclaude activity 1")
 
-    transcript = "\n".join(lines)
-    print(transcript)
-    target = os.environ.get("CLAUDE_NET_TELEGRAM_TRANSCRIPT")
-    if target:
-        with open(target, "w") as out:
-            out.write(transcript + "\n")
+    transcript = publish(lines, "CLAUDE_NET_TELEGRAM_TRANSCRIPT")
     assert "⛔ not run: Telegram user 222222222 is not allowed" in transcript
     assert "📸 snapshot 2026-01-01 of seanclaude taken" in transcript
     assert "⛔ exec denied jazclaude → seanclaude" in transcript
@@ -183,12 +190,7 @@ async def test_buttons_transcript(tg_hub, box):
         await tap(h, card(h, f"job {body['job']['id']}"), "🛑 Cancel")
         await settle(h, 1.0)
 
-    transcript = "\n".join(lines)
-    print(transcript)
-    target = os.environ.get("CLAUDE_NET_TELEGRAM_BUTTONS_TRANSCRIPT")
-    if target:
-        with open(target, "w") as out:
-            out.write(transcript + "\n")
+    transcript = publish(lines, "CLAUDE_NET_TELEGRAM_BUTTONS_TRANSCRIPT")
     assert "[bot answers the tap (alert): ⛔ not done: Telegram user 222222222 is not allowed" in transcript
     assert "✅ approved once by chasclaude via telegram (Telegram user 111111111)" in transcript
     assert "already approved by chasclaude via telegram; nothing changed" in transcript
