@@ -24,6 +24,7 @@ from .config import Settings
 from .db import Database
 from .errors import AuditError, Forbidden, HubError, NotFound, Unavailable
 from .fairness import FairShares
+from .lives import Life
 from .plugins import PluginManager, make_plugin_manager
 from .ratelimit import RateLimiter, RecordThrottle
 from .types import Actor, Decision, Event, Grant, Node, isotime
@@ -205,6 +206,9 @@ class Hub:
 
             self.bus = PgBus(settings.core.database_url)
         self.nodes = NodeRegistry(self)
+        #: this process's life (claude_net.lives): work left half-done in the database is stamped
+        #: with its id, so another process can tell when it will never be finished
+        self.life = Life(self)
         self.started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._task_status: dict[str, TaskStatus] = {}
@@ -261,6 +265,11 @@ class Hub:
             return
         await self.open()
         await self.bus.start()
+        try:
+            await self.life.hold()
+        except Exception as exc:  # noqa: BLE001 - the hub serves; only the crash sweep loses its proof
+            log.warning("could not take this process's life lock (%s: %s): rows it leaves pending if it is "
+                        "killed will not be closed by the next hub", type(exc).__name__, exc)
         limits = self.settings.limits
         self._exec_slots = FairShares(limits.exec_concurrency, per_source=limits.exec_concurrency_per_source,
                                       per_target=limits.exec_concurrency_per_target,
@@ -293,6 +302,7 @@ class Hub:
                 await task
         with contextlib.suppress(Exception):
             await self._flush_last_seen()
+        await self.life.release()
         await self.bus.stop()
         await self.db.disconnect()
 

@@ -61,6 +61,16 @@ def migrations():
             ],
             description="activity_log.thread",
         ),
+        Migration(
+            store.PLUGIN, 3,
+            [
+                # the life (claude_net.lives) of the process that wrote a pending row: a row whose
+                # writer died is closed as interrupted by the next hub (store.close_orphans)
+                "ALTER TABLE activity_log ADD COLUMN life TEXT",
+                "CREATE INDEX IF NOT EXISTS activity_log_pending_life ON activity_log (life) WHERE result = 'pending'",
+            ],
+            description="activity_log.life",
+        ),
     ]
 
 
@@ -85,6 +95,8 @@ def startup(hub):
     store.state_of(hub).closing.clear()
     # exactly one replica prunes (a PostgreSQL advisory lock); on SQLite this process does
     hub.spawn_singleton("activity-retention", lambda: store.retention_loop(hub))
+    # every replica looks (a row is closed once, whoever sees its writer's life end first)
+    hub.spawn(lambda: store.orphan_loop(hub), name="activity-orphans")
 
 
 @hookimpl

@@ -40,9 +40,9 @@ COLUMNS = ("id, timestamp, from_machine, type, target, detail, result, event_id,
 
 _INSERT = (
     "INSERT INTO activity_log (timestamp, from_machine, type, target, detail, result, event_id, via,"
-    " unauthenticated, duration_ms, exit_code, data, completed_at, thread)"
+    " unauthenticated, duration_ms, exit_code, data, completed_at, thread, life)"
     " VALUES (:timestamp, :from_machine, :type, :target, :detail, :result, :event_id, :via,"
-    " :unauthenticated, :duration_ms, :exit_code, :data, :completed_at, :thread)"
+    " :unauthenticated, :duration_ms, :exit_code, :data, :completed_at, :thread, :life)"
     " RETURNING id, timestamp"
 )
 _COMPLETE = (
@@ -139,6 +139,7 @@ def event_params(event, max_detail: int) -> tuple[dict[str, Any], dict[str, Any]
         "data": data_text,
         "completed_at": None if event.result == "pending" else event.time,
         "thread": thread,
+        "life": None,
     }, data
 
 
@@ -163,6 +164,8 @@ async def record(hub, event) -> dict[str, Any]:
     """
     state = state_of(hub)
     params, data = event_params(event, settings_of(hub).max_detail)
+    if event.result == "pending" and event.type not in STANDALONE_PENDING and hub.life.held:
+        params["life"] = hub.life.id  # so the next hub can close the row if this process dies first
     try:
         row = None
         if event.result != "pending" and event.id in state.pending:
@@ -467,6 +470,68 @@ async def _complete(coro):
         with contextlib.suppress(Exception):
             await task
         raise
+
+
+#: what a row left pending by a hub process that died says once it is closed
+INTERRUPTED = ("the hub process recording this action stopped or was killed before the action ended: "
+               "whether it ran, and how far, is unknown")
+#: event types whose ``pending`` rows are complete records, never completed by a later event (an
+#: approval's ``requested`` step: the approval itself outlives the process, in its own table)
+STANDALONE_PENDING = frozenset({"approval"})
+#: seconds between looks for rows left pending by hub processes that died
+ORPHAN_SWEEP_SECONDS = 60.0
+
+
+async def close_orphans(hub) -> int:
+    """Close the rows that dead hub processes left ``pending``: ``error``, code ``interrupted``.
+
+    A guarded action's row is written ``pending`` before it runs and completed by the same
+    process when it ends; a process killed in between (kill -9, a crash, power loss) never
+    completes it. Each pending row names the life of the process that wrote it
+    (:mod:`claude_net.lives`); once that life is over, the row is closed here, live streams hear
+    of it, and the row keeps what it said. Returns how many rows were closed.
+    """
+    life = hub.life
+    if not life.held:
+        return 0
+    lives = await hub.db.fetch_all(
+        "SELECT DISTINCT life FROM activity_log WHERE result = 'pending' AND life IS NOT NULL AND life <> :me",
+        {"me": life.id})
+    closed = 0
+    for entry in lives:
+        if not await life.gone(entry["life"]):
+            continue
+        rows = await hub.db.fetch_all(f"SELECT {COLUMNS} FROM activity_log WHERE life = :life AND result = 'pending'"
+                                      " ORDER BY id", {"life": entry["life"]})
+        for row in rows:
+            data = json.loads(row["data"]) if row["data"] else {}
+            data.update(code="interrupted", error=INTERRUPTED)
+            now = isotime()
+            # the result guard: another replica closing the same row at the same time changes nothing
+            done = await hub.db.fetch_one(
+                "UPDATE activity_log SET result = 'error', completed_at = :now, data = :data"
+                " WHERE id = :id AND result = 'pending' RETURNING id", {"now": now, "data": json.dumps(data), "id": row["id"]})
+            if done is None:
+                continue
+            closed += 1
+            payload = row_json(row)
+            payload.update(result="error", completed_at=now, data=data)
+            await hub.bus.publish(CHANNEL, payload)
+    if closed:
+        log.warning("activity: closed %d row(s) left pending by hub processes that stopped before their actions "
+                    "ended (result error, code interrupted)", closed)
+    return closed
+
+
+async def orphan_loop(hub) -> None:
+    while True:
+        try:
+            await close_orphans(hub)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("activity: looking for rows left pending by dead hub processes failed; will retry")
+        await asyncio.sleep(ORPHAN_SWEEP_SECONDS)
 
 
 async def retention_loop(hub) -> None:
