@@ -9,7 +9,8 @@ PostgreSQL. The bounds asserted here are the ones docs/security.md states:
 * 16 concurrent reads of FIFOs (and devices) are refused at once and another agent's read
   answers within the same bound meanwhile;
 * an exec queued for a slot when its grant is revoked never runs (403 ``revoked``, recorded
-  ``denied``); a streamed upload overtaken by a revoke is stopped, its target never written.
+  ``denied``); a streamed upload overtaken by a revoke is stopped, its target never written; a
+  streamed download overtaken by a revoke is cut off within about a second, recorded ``denied``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 import claude_net_activity
 import claude_net_lxd
 import claude_net_permissions
-from claude_net import FairShares, RateLimited
+from claude_net import FairShares, RateLimited, hookimpl
 from claude_net.testing import eventually, require_component
 
 from .conftest import EventLog, LXD_PREFIX, in_box, lxd_overrides
@@ -133,11 +134,12 @@ def boxes(lxd_available):
 
 
 @contextlib.asynccontextmanager
-async def fair_hub(hub_harness, boxes, **limits):
-    """A hub with the LXD backend, grants hog -> hog box and calm -> calm box, and an event log."""
+async def fair_hub(hub_harness, boxes, extra=(), **limits):
+    """A hub with the LXD backend, grants hog -> hog box and calm -> calm box, and an event log
+    (and the ``extra`` plugins)."""
     events = EventLog()
     hog_box, calm_box = boxes
-    async with hub_harness(plugins=[claude_net_lxd, claude_net_permissions, claude_net_activity, events],
+    async with hub_harness(plugins=[claude_net_lxd, claude_net_permissions, claude_net_activity, events, *extra],
                            lxd=lxd_overrides(), limits=limits) as h:
         h.events, h.hog_box, h.calm_box = events, hog_box, calm_box
         h.boss = await h.token("boss", admin=True)
@@ -288,6 +290,159 @@ async def test_a_running_upload_is_stopped_by_a_revoke(hub_harness, boxes):
         await eventually(lambda: in_box(h.hog_box, "ls -A /tmp/up") == "", timeout=10)
         rows = [r for r in await _rows(h.hub, type="file_write", from_machine="hog") if r["detail"] == "/tmp/up/target"]
         assert len(rows) == 1 and rows[0]["result"] == "denied" and _data(rows[0])["code"] == "revoked", rows
+
+
+class AuthorizeCounter:
+    """A plugin that answers no ``authorize`` question and counts the ``file_read`` ones: the
+    admission of a download, then each re-check of its grant."""
+
+    __name__ = "hardening_authorize_counter"
+
+    def __init__(self) -> None:
+        self.file_reads = 0
+
+    @hookimpl
+    def authorize(self, actor, action):
+        if action == "file_read" and actor.name == "hog":
+            self.file_reads += 1
+
+
+@contextlib.asynccontextmanager
+async def served(app):
+    """The harness's app behind a real Hypercorn socket on this loop: a slow reader holds the
+    response body back through TCP, as it does against ``claude-net serve`` (the in-process test
+    client takes every chunk at once). The harness already ran the app's startup."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    from claude_net.testing import free_port
+
+    async def without_lifespan(scope, receive, send):
+        if scope["type"] != "lifespan":
+            return await app(scope, receive, send)
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    config = Config()
+    port = free_port()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 2
+    stop = asyncio.Event()
+    server = asyncio.ensure_future(serve(without_lifespan, config, shutdown_trigger=stop.wait))
+
+    async def listening() -> bool:
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return True
+        return False
+
+    try:
+        await eventually(listening, timeout=10)
+        yield port
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 15)
+
+
+class SlowDownload:
+    """``GET /api/file/raw`` over a real socket, read ``part`` bytes every ``pause`` seconds."""
+
+    def __init__(self, port: int, token: str, target: str, path: str, *, part: int = 64 * 1024,
+                 pause: float = 0.01) -> None:
+        self.port, self.token, self.target, self.path = port, token, target, path
+        self.part, self.pause = part, pause
+        self.received = 0
+        self.size: int | None = None
+        self.first_byte: float | None = None
+        self.eof_at: float | None = None
+
+    async def run(self, timeout: float = 60) -> None:
+        import socket
+
+        # a small receive window: what the client's kernel holds is not mistaken for the hub still sending
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(f"GET /api/file/raw?target={self.target}&path={self.path} HTTP/1.1\r\nHost: hub\r\n"
+                         f"Authorization: Bearer {self.token}\r\nConnection: close\r\n\r\n".encode())
+            async with asyncio.timeout(timeout):
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                assert head[0].startswith("HTTP/1.1 200"), head
+                lengths = [line.split(":", 1)[1] for line in head if line.lower().startswith("content-length:")]
+                self.size = int(lengths[0])
+                while block := await reader.read(self.part):
+                    if self.first_byte is None:
+                        self.first_byte = time.monotonic()
+                    self.received += len(block)
+                    await asyncio.sleep(self.pause)
+                self.eof_at = time.monotonic()
+        finally:
+            writer.close()
+
+
+#: bytes of the file the download tests read (a slow reader takes a few seconds for it)
+BIG = 48 * 1024 * 1024
+
+
+async def test_a_running_download_is_stopped_by_a_revoke(hub_harness, boxes):
+    async with fair_hub(hub_harness, boxes) as h:
+        in_box(h.hog_box, f"head -c {BIG} /dev/zero > /tmp/big-read")
+        async with served(h.app) as port:
+            download = SlowDownload(port, h.hog, h.hog_box, "/tmp/big-read")
+            reading = asyncio.ensure_future(download.run())
+            await eventually(lambda: download.first_byte is not None or reading.done(), timeout=15)
+            await asyncio.sleep(1.3)  # past the first re-check, which passes
+            assert not reading.done() and download.received < BIG
+            status, body = await h.call("POST", "/api/permit", h.boss,
+                                        {"source": "hog", "target": h.hog_box, "allow": False})
+            assert status == 200, body
+            revoked_at = time.monotonic()
+
+            async def final_row():
+                rows = [r for r in await _rows(h.hub, type="file_read", from_machine="hog")
+                        if r["detail"] == "/tmp/big-read" and r["result"] != "pending"]
+                return rows and (rows, time.monotonic())
+
+            rows, recorded_at = await eventually(final_row, timeout=10, interval=0.01)
+            download.pause = 0  # the hub stopped: only what the buffers on the way hold is left
+            await reading
+        stopped_after = recorded_at - revoked_at
+        assert stopped_after < 2.5, f"the download went on {stopped_after:.1f}s after the revoke"
+        ended_after = download.eof_at - revoked_at
+        assert ended_after < 2.5, f"the client read until {ended_after:.1f}s after the revoke"
+        assert download.size == BIG and 0 < download.received < BIG, (download.received, BIG)
+        assert len(rows) == 1 and rows[0]["result"] == "denied", rows
+        data = _data(rows[0])
+        assert data["code"] == "revoked" and "revoked during the download" in data["error"], data
+        # the LXD side is released: the hub holds no download open, and the agent is simply denied now
+        assert not h.hub.plugin_state.get("claude_net.downloads")
+        status, body = await h.call("GET", f"/api/file/raw?target={h.hog_box}&path=/tmp/big-read", h.hog)
+        assert status == 403 and body["code"] == "denied", body
+        in_box(h.hog_box, "rm -f /tmp/big-read")
+
+
+async def test_a_long_download_under_a_standing_grant_is_rechecked_and_ok(hub_harness, boxes):
+    counter = AuthorizeCounter()
+    async with fair_hub(hub_harness, boxes, extra=[counter]) as h:
+        size = 16 * 1024 * 1024
+        in_box(h.hog_box, f"head -c {size} /dev/zero > /tmp/long-read")
+        async with served(h.app) as port:
+            download = SlowDownload(port, h.hog, h.hog_box, "/tmp/long-read", pause=0.02)
+            started = time.monotonic()
+            await download.run()
+        lasted = time.monotonic() - started
+        assert download.received == size and lasted > 1.5, (download.received, lasted)
+        # admitted once, then checked again at least once while the bytes flowed
+        assert counter.file_reads >= 2, counter.file_reads
+        rows = [r for r in await _rows(h.hub, type="file_read", from_machine="hog") if r["detail"] == "/tmp/long-read"]
+        assert [r["result"] for r in rows] == ["ok"] and _data(rows[0])["bytes"] == size, rows
+        in_box(h.hog_box, "rm -f /tmp/long-read")
 
 
 async def test_the_audit_shows_the_cwd_and_env_an_exec_ran_with(hub_harness, boxes):

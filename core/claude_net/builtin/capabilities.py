@@ -11,9 +11,11 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import fnmatch
 import hashlib
 import inspect
+import logging
 import re
 
 from claude_net import (
@@ -36,6 +38,8 @@ from claude_net.types import NODE_NAME_RE, validate_node_name, validate_remote_p
 
 from .messaging import THREAD_PROPS, resolve_thread
 
+log = logging.getLogger(__name__)
+
 #: extra seconds a backend gets past the requested timeout before the core gives up on it
 TIMEOUT_GRACE = 5.0
 #: bytes of stdout and of stderr an exec's final event carries for live subscribers (``transient``)
@@ -54,8 +58,8 @@ ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 #: characters of one env value, and of all of them, an exec's audit row keeps (the row's data is bounded)
 ENV_RECORD_VALUE = 1024
 ENV_RECORD_TOTAL = 6144
-#: seconds between the checks a streamed upload makes that its grant still holds
-UPLOAD_RECHECK_SECONDS = 1.0
+#: seconds between the checks a streamed upload or download makes that its grant still holds
+RECHECK_SECONDS = 1.0
 
 # The rule the activity log applies to every row's detail (a command): the hub's own tokens,
 # bearer credentials and key=value style passwords are replaced by [redacted]. Env values are
@@ -423,6 +427,79 @@ def _write_options(hub, fields, actor) -> WriteOptions:
                         source=share_of(actor))
 
 
+class GrantRecheck:
+    """The checks a streamed transfer makes, while its bytes flow, that its grant still holds.
+
+    ``check`` (an awaitable function: :meth:`Hub.reauthorize`, raising :class:`Forbidden` code
+    ``revoked`` once the grant is gone) starts from :meth:`poll`, which the transfer calls for each
+    chunk, at most every :data:`RECHECK_SECONDS` and in the background: the transfer never waits
+    for it. The first failure is kept in ``error`` (a check that could not be made, say the
+    database failed, is ``recheck_failed``: the transfer fails closed) and handed to
+    ``on_failure`` as soon as the check ends. ``count`` is the number of checks started.
+    ``context``: the :mod:`contextvars` the checks run in (a download's are the guarded action's,
+    so an approved action's checks see its approval).
+    """
+
+    def __init__(self, check, what: str, *, on_failure=None, context=None) -> None:
+        self._check = check
+        self.what = what
+        self.on_failure = on_failure
+        self.context = context
+        self.error: HubError | None = None
+        self.count = 0
+        self._checking: asyncio.Future | None = None
+        self._next_check: float | None = None
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is not None:
+            return
+        self.error = exc if isinstance(exc, HubError) else HubError(
+            f"the {self.what} was stopped: its grant could not be checked again ({type(exc).__name__})",
+            code="recheck_failed")
+        if self.on_failure is not None:
+            self.on_failure(self.error)
+
+    def _check_result(self, check: asyncio.Future) -> None:
+        if not check.cancelled() and check.exception() is not None:
+            self._fail(check.exception())
+
+    def poll(self) -> None:
+        """Start a check when one is due (the first chunk starts the clock)."""
+        loop = asyncio.get_running_loop()
+        if self._checking is not None and self._checking.done():
+            self._checking = None
+        now = loop.time()
+        if self._next_check is None:
+            self._next_check = now + RECHECK_SECONDS
+        elif self._checking is None and now >= self._next_check and self.error is None:
+            self._next_check = now + RECHECK_SECONDS
+            self.count += 1
+            self._checking = loop.create_task(self._check(), context=self.context)
+            self._checking.add_done_callback(self._check_result)
+
+    async def final(self) -> None:
+        """At the end of a transfer that lasted longer than :data:`RECHECK_SECONDS`, before what it
+        did is committed: the check in flight must pass, and one more made now."""
+        due = self._next_check is not None and asyncio.get_running_loop().time() >= self._next_check
+        if not (self.count or due):
+            return
+        if self._checking is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._checking)
+            self._check_result(self._checking)
+            self._checking = None
+        if self.error is None:
+            self.count += 1
+            try:
+                await self._check()
+            except Exception as exc:  # noqa: BLE001 - a revoke, or fail closed (recheck_failed)
+                self._fail(exc)
+
+    def cancel(self) -> None:
+        if self._checking is not None and not self._checking.done():
+            self._checking.cancel()
+
+
 class UploadChunks:
     """The body of ``PUT /api/file/raw`` as it arrives: what ``write_file_stream`` iterates.
 
@@ -431,10 +508,10 @@ class UploadChunks:
     The failure is kept, so the caller gets it whatever a backend turns it into.
 
     ``recheck`` (an awaitable function raising :class:`Forbidden` when the grant is gone) runs
-    every :data:`UPLOAD_RECHECK_SECONDS` while the bytes flow (in the background: the transfer
-    does not wait for it) and once more at the end of an upload that lasted longer than that,
-    before the backend commits the file: an upload that a revoke overtook fails (the backend
-    removes its temporary file; the target is left as it was) and is recorded ``denied``.
+    through a :class:`GrantRecheck` while the bytes flow, and once more at the end of an upload
+    that lasted longer than :data:`RECHECK_SECONDS`, before the backend commits the file: an
+    upload that a revoke overtook fails (the backend removes its temporary file; the target is
+    left as it was) and is recorded ``denied``.
     """
 
     def __init__(self, body, limit: int, idle_timeout: float, recheck=None) -> None:
@@ -444,77 +521,42 @@ class UploadChunks:
         self.received = 0
         self.done = False
         self.error: HubError | None = None
-        self._recheck = recheck
-        self._checking: asyncio.Future | None = None
-        self._next_check: float | None = None
-        self.rechecks = 0
+        self.checks = GrantRecheck(recheck, "upload") if recheck is not None else None
+
+    @property
+    def rechecks(self) -> int:
+        return self.checks.count if self.checks is not None else 0
 
     def __aiter__(self) -> UploadChunks:
         return self
 
-    def _check_result(self, check: asyncio.Future) -> None:
-        """Keep the failure of a finished grant check (a revoke, or the check could not be made)."""
-        if check.cancelled():
-            return
-        exc = check.exception()
-        if exc is not None and self.error is None:
-            self.error = exc if isinstance(exc, HubError) else HubError(
-                f"the upload was stopped: its grant could not be checked again ({type(exc).__name__})",
-                code="recheck_failed")
-
-    def _maybe_recheck(self) -> None:
-        if self._recheck is None:
-            return
-        if self._checking is not None and self._checking.done():
-            self._check_result(self._checking)
-            self._checking = None
-        now = asyncio.get_running_loop().time()
-        if self._next_check is None:
-            self._next_check = now + UPLOAD_RECHECK_SECONDS
-        elif self._checking is None and now >= self._next_check:
-            self._next_check = now + UPLOAD_RECHECK_SECONDS
-            self.rechecks += 1
-            self._checking = asyncio.ensure_future(self._recheck())
-
-    async def _final_check(self) -> None:
-        """At the end of a long upload: the grant must still hold before the file is committed."""
-        if self._recheck is None or not self.rechecks:
-            return
-        if self._checking is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(self._checking)
-            self._check_result(self._checking)
-            self._checking = None
-        if self.error is None:
-            self.rechecks += 1
-            try:
-                await self._recheck()
-            except HubError as exc:
-                self.error = exc
+    def _take_check_failure(self) -> None:
+        if self.error is None and self.checks is not None and self.checks.error is not None:
+            self.error = self.checks.error
 
     def cancel_checks(self) -> None:
-        if self._checking is not None and not self._checking.done():
-            self._checking.cancel()
+        if self.checks is not None:
+            self.checks.cancel()
 
     async def __anext__(self) -> bytes:
         from werkzeug.exceptions import RequestEntityTooLarge
 
         while True:
+            self._take_check_failure()
             if self.error is not None:
                 self.cancel_checks()
                 raise self.error
             if self.done:
                 raise StopAsyncIteration
-            self._maybe_recheck()
-            if self.error is not None:
-                continue
+            if self.checks is not None:
+                self.checks.poll()
             try:
                 async with asyncio.timeout(self.idle_timeout):
                     chunk = await self._body.__anext__()
             except StopAsyncIteration:
-                if self._next_check is not None and asyncio.get_running_loop().time() >= self._next_check:
-                    self.rechecks += 1  # a long upload that ended before its next check: check now
-                await self._final_check()
+                if self.checks is not None:
+                    await self.checks.final()
+                    self._take_check_failure()
                 if self.error is not None:
                     continue
                 self.done = True
@@ -595,6 +637,12 @@ class Download:
     for the response body to end, so the final event records what really happened: ``ok`` with
     the byte count once the last byte went to the server, ``error`` when the backend failed
     midway, the file changed size or the client went away.
+
+    While the body flows, a :class:`GrantRecheck` checks every :data:`RECHECK_SECONDS` that the
+    ``file_read`` grant still holds. One that fails ends the response at once, wherever the body
+    is waiting (for the backend, or for the client to take the last chunk): the connection is
+    cut, the stream closed, and the action recorded ``denied`` with code ``revoked`` (or ``error``
+    with ``recheck_failed`` when the check could not be made).
     """
 
     def __init__(self, hub, actor, target: str, path: str, threading=None, approval=None) -> None:
@@ -607,6 +655,29 @@ class Download:
         self.started: asyncio.Future[None] = loop.create_future()
         self.finished: asyncio.Future[int] = loop.create_future()
         self.task: asyncio.Task | None = None
+        self.sent = 0
+        self.checks: GrantRecheck | None = None
+        self._sender: asyncio.Task | None = None
+
+    @property
+    def rechecks(self) -> int:
+        return self.checks.count if self.checks is not None else 0
+
+    async def _recheck(self) -> None:
+        await self.hub.reauthorize(self.actor, "file_read", self.target, {"path": self.path},
+                                   why="during the download")
+
+    def _stop(self, error: HubError) -> None:
+        """A check failed: end the response now. The task sending the body may be waiting for the
+        backend or for the client (a slow reader holds it at the chunk it yielded), where no check
+        in the body can see the failure: cancelling it ends the response as a disconnect would,
+        but the action's final event has this failure, recorded first."""
+        if self.finished.done() or self._sender is None:
+            return
+        log.warning("download of %s on %s by %s stopped after %d bytes: %s", self.path, self.target,
+                    self.actor.name, self.sent, error.message)
+        self._finish(self.sent, error)
+        self._sender.cancel()
 
     async def _run(self) -> int:
         hub, path, options = self.hub, self.path, ReadOptions(max_size=self.limit, source=share_of(self.actor))
@@ -622,6 +693,9 @@ class Download:
                                       size=stream.size)
             if self.opened.done():  # the request went away while the file was being opened
                 raise asyncio.CancelledError
+            # the checks run in this action's context: an approved download's see its approval
+            self.checks = GrantRecheck(self._recheck, "download", on_failure=self._stop,
+                                       context=contextvars.copy_context())
             self.opened.set_result(stream)
             try:
                 async with asyncio.timeout(STREAM_START_TIMEOUT):
@@ -676,10 +750,17 @@ class Download:
 
         stream = self.opened.result()
         self.started.set_result(None)
+        self._sender = asyncio.current_task()
+        checks = self.checks
         size, sent = stream.size, 0
         try:
             async for chunk in (_nothing() if head else stream):
+                if checks is not None:
+                    if checks.error is not None:
+                        raise checks.error
+                    checks.poll()
                 sent += len(chunk)
+                self.sent = sent
                 if sent > self.limit or (size is not None and sent > size):
                     raise HubError(f"{self.path} grew while it was read: more than "
                                    f"{size if size is not None else self.limit} bytes", code="file_changed")
@@ -697,6 +778,9 @@ class Download:
         else:
             self._finish(sent, None)
         finally:
+            self._sender = None
+            if checks is not None:
+                checks.cancel()
             await stream.aclose()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(self.task)  # the final event is written before the response ends
