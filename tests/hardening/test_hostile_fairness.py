@@ -298,13 +298,16 @@ class AuthorizeCounter:
 
     __name__ = "hardening_authorize_counter"
 
-    def __init__(self) -> None:
+    def __init__(self, fail_from: int | None = None) -> None:
         self.file_reads = 0
+        self.fail_from = fail_from  # from this question on, fail as an unreadable grant store would
 
     @hookimpl
     def authorize(self, actor, action):
         if action == "file_read" and actor.name == "hog":
             self.file_reads += 1
+            if self.fail_from is not None and self.file_reads >= self.fail_from:
+                raise RuntimeError("the grant store cannot be read")
 
 
 @contextlib.asynccontextmanager
@@ -351,8 +354,8 @@ class SlowDownload:
     """``GET /api/file/raw`` over a real socket, read ``part`` bytes every ``pause`` seconds."""
 
     def __init__(self, port: int, token: str, target: str, path: str, *, part: int = 64 * 1024,
-                 pause: float = 0.01) -> None:
-        self.port, self.token, self.target, self.path = port, token, target, path
+                 pause: float = 0.01, query: str = "") -> None:
+        self.port, self.token, self.target, self.path, self.query = port, token, target, path, query
         self.part, self.pause = part, pause
         self.received = 0
         self.size: int | None = None
@@ -369,7 +372,8 @@ class SlowDownload:
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.port))
         reader, writer = await asyncio.open_connection(sock=sock)
         try:
-            writer.write(f"GET /api/file/raw?target={self.target}&path={self.path} HTTP/1.1\r\nHost: hub\r\n"
+            writer.write(f"GET /api/file/raw?target={self.target}&path={self.path}{self.query} HTTP/1.1\r\n"
+                         f"Host: hub\r\n"
                          f"Authorization: Bearer {self.token}\r\nConnection: close\r\n\r\n".encode())
             async with asyncio.timeout(timeout):
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
@@ -443,6 +447,53 @@ async def test_a_long_download_under_a_standing_grant_is_rechecked_and_ok(hub_ha
         rows = [r for r in await _rows(h.hub, type="file_read", from_machine="hog") if r["detail"] == "/tmp/long-read"]
         assert [r["result"] for r in rows] == ["ok"] and _data(rows[0])["bytes"] == size, rows
         in_box(h.hog_box, "rm -f /tmp/long-read")
+
+
+async def test_an_approved_long_download_passes_its_rechecks(hub_harness, boxes):
+    """Under an ``ask`` grant the re-checks run on the download's approval: they pass."""
+    import claude_net_approvals
+
+    counter = AuthorizeCounter()
+    async with fair_hub(hub_harness, boxes, extra=[claude_net_approvals, counter]) as h:
+        size = 16 * 1024 * 1024
+        in_box(h.hog_box, f"head -c {size} /dev/zero > /tmp/asked-read")
+        status, body = await h.call("POST", "/api/permit", h.boss,
+                                    {"source": "hog", "target": h.hog_box, "ask": ["file_read"]})
+        assert status == 200, body
+        status, body = await h.call("GET", f"/api/file/raw?target={h.hog_box}&path=/tmp/asked-read&approval_wait=0",
+                                    h.hog)
+        assert status == 202, body
+        approval = body["approval"]["id"]
+        status, body = await h.call("POST", f"/api/approvals/{approval}", h.boss, {"decision": "approve"})
+        assert status == 200, body
+        async with served(h.app) as port:
+            download = SlowDownload(port, h.hog, h.hog_box, "/tmp/asked-read", pause=0.02,
+                                    query=f"&approval={approval}")
+            started = time.monotonic()
+            await download.run()
+        assert download.received == size and time.monotonic() - started > 1.5
+        assert counter.file_reads >= 3  # the 202, the approved admission, at least one re-check
+        rows = [r for r in await _rows(h.hub, type="file_read", from_machine="hog")
+                if r["detail"] == "/tmp/asked-read" and r["result"] != "pending"]
+        assert [r["result"] for r in rows] == ["ok"] and _data(rows[0])["approval_id"] == approval, rows
+        in_box(h.hog_box, "rm -f /tmp/asked-read")
+
+
+async def test_a_download_whose_grant_cannot_be_checked_is_stopped(hub_harness, boxes):
+    """Fail closed: a re-check that cannot be made (the grant store fails) ends the download."""
+    counter = AuthorizeCounter(fail_from=2)  # the admission passes, the first re-check fails
+    async with fair_hub(hub_harness, boxes, extra=[counter]) as h:
+        in_box(h.hog_box, f"head -c {BIG} /dev/zero > /tmp/unchecked-read")
+        async with served(h.app) as port:
+            download = SlowDownload(port, h.hog, h.hog_box, "/tmp/unchecked-read")
+            started = time.monotonic()
+            await download.run()
+        assert download.size == BIG and 0 < download.received < BIG, download.received
+        assert download.eof_at - started < 4, download.eof_at - started
+        rows = [r for r in await _rows(h.hub, type="file_read", from_machine="hog")
+                if r["detail"] == "/tmp/unchecked-read" and r["result"] != "pending"]
+        assert [r["result"] for r in rows] == ["error"] and _data(rows[0])["code"] == "recheck_failed", rows
+        in_box(h.hog_box, "rm -f /tmp/unchecked-read")
 
 
 async def test_the_audit_shows_the_cwd_and_env_an_exec_ran_with(hub_harness, boxes):
