@@ -1,8 +1,9 @@
 """The ``claude-net`` command. Imports stay inside commands: only ``serve`` loads the web stack.
 
 Operator commands (token, plugins, init, permit, ...) act on the database directly through a
-:class:`claude_net.hub.Hub` opened without serving; client verbs (send, inbox, machines) talk
-to a running hub over HTTP with ``CLAUDE_NET_URL`` and ``CLAUDE_NET_TOKEN``.
+:class:`claude_net.hub.Hub` opened without serving; client verbs (send, inbox, machines, and
+exec and jobs in :mod:`claude_net.cli_exec`) talk to a running hub over HTTP with
+``CLAUDE_NET_URL`` and ``CLAUDE_NET_TOKEN``.
 """
 
 from __future__ import annotations
@@ -65,8 +66,7 @@ class CliContext:
 
     # -- HTTP client for the verbs that talk to a running hub ----------------------------------
 
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 70) -> dict:
-        import urllib.error
+    def _request(self, method: str, path: str, body: dict[str, Any] | None):
         import urllib.request
 
         url = os.environ.get("CLAUDE_NET_URL", "http://127.0.0.1:8765").rstrip("/") + path
@@ -74,8 +74,19 @@ class CliContext:
         if not token:
             raise SystemExit("error: set CLAUDE_NET_TOKEN (create one with `claude-net token create NAME`)")
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={
+        return url, urllib.request.Request(url, data=data, method=method, headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 70,
+            errors_with_body: bool = False) -> dict:
+        """Call the hub; an error answer exits with its sentence, or (``errors_with_body``) is
+        returned as its JSON body with ``status`` added (an exec's error carries its output)."""
+        import urllib.error
+        import urllib.request
+
+        from .text import printable
+
+        url, req = self._request(method, path, body)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 return json.loads(resp.read())
@@ -84,9 +95,48 @@ class CliContext:
                 err = json.loads(exc.read())
             except ValueError:
                 err = {"error": f"HTTP {exc.code}"}
-            raise SystemExit(f"error: {err.get('error')} ({err.get('code', exc.code)})") from None
+            if errors_with_body and isinstance(err, dict):
+                return {**err, "status": exc.code}
+            raise SystemExit(f"error: {printable(err.get('error'))} ({printable(err.get('code', exc.code))})") from None
         except urllib.error.URLError as exc:
             raise SystemExit(f"error: cannot reach the hub at {url}: {exc.reason}") from None
+        except TimeoutError:
+            raise SystemExit(f"error: the hub at {url} did not answer within {timeout:g} s") from None
+
+    def stream(self, path: str, *, timeout: float = 60):
+        """Server-sent events from the hub: yields ``(event, data)`` with ``data`` parsed JSON.
+        The hub sends a keepalive every 15 s, so ``timeout`` seconds of silence mean it is gone."""
+        import urllib.error
+        import urllib.request
+
+        from .text import printable
+
+        url, req = self._request("GET", path, None)
+        try:
+            resp = urllib.request.urlopen(req, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            try:
+                err = json.loads(exc.read())
+            except ValueError:
+                err = {"error": f"HTTP {exc.code}"}
+            raise SystemExit(f"error: {printable(err.get('error'))} ({printable(err.get('code', exc.code))})") from None
+        except urllib.error.URLError as exc:
+            raise SystemExit(f"error: cannot reach the hub at {url}: {exc.reason}") from None
+        event, data = "message", []
+        with resp:
+            try:
+                for raw in resp:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if not line:
+                        if data:
+                            yield event, json.loads("\n".join(data))
+                        event, data = "message", []
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].lstrip(" "))
+            except TimeoutError:
+                raise SystemExit(f"error: the hub at {url} went silent for {timeout:g} s") from None
 
 
 def run_async(coro) -> Any:
@@ -344,6 +394,10 @@ def build_parser(ctx_holder: list) -> argparse.ArgumentParser:
     p = sub.add_parser("machines", help="list nodes with state and unread counts")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_machines)
+
+    from . import cli_exec  # exec and jobs (standard library only)
+
+    cli_exec.configure(sub)
     return parser
 
 

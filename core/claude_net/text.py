@@ -7,7 +7,8 @@ the terminal, a Unicode bidi override that shows ``txt.exe`` as ``exe.txt``. The
 such characters visible instead of letting them act:
 
 * :func:`printable` for one cell of a table or one value in a log line: every control character
-  becomes a visible escape (``\\n``, ``\\x1b``, ``\\u202e``), so the value stays on its line.
+  becomes a visible escape (``\\n``, ``\\x1b``, ``\\u202e``), so the value stays on its line;
+  :func:`printable_block` for command output shown as lines (newlines and tabs kept).
 * :func:`safe_json` / :func:`quoted` for JSON and for text a model reads: standard JSON (C0
   controls, quotes and backslashes escaped by ``json``), with the characters ``json`` leaves raw
   that a terminal or a line splitter would still act on (DEL, C1, bidi controls, U+2028/U+2029)
@@ -49,6 +50,19 @@ def printable(value: Any) -> str:
         return ""
     text = value if isinstance(value, str) else str(value)
     return UNSAFE.sub(_escape, text)
+
+
+#: :data:`UNSAFE` but for the newline and the tab, which a block of output keeps
+_UNSAFE_IN_BLOCK = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable_block(value: Any) -> str:
+    """Like :func:`printable`, for many lines (command output): newlines and tabs stay as they are,
+    every other control character (CR, ESC, bidi controls, ...) becomes a visible escape."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    return _UNSAFE_IN_BLOCK.sub(_escape, text)
 
 
 def _json_escape(match: re.Match[str]) -> str:
