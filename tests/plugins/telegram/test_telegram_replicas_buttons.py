@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from tests.replicas import call
+from tg_helpers import ADMIN_ID
 from tg_replicas import telegram_replicas
 
 pytestmark = [pytest.mark.postgres, pytest.mark.db("postgresql")]
