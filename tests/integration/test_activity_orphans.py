@@ -11,24 +11,12 @@ import json
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from claude_net.testing import HubProcess, require_component
 from claude_net_ssh.testserver import PrivateSshd, sshd_available
-
-
-def call(hub, method, path, token, body=None, timeout=30):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(hub.url + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+from tests.replicas import call
 
 
 @pytest.fixture
