@@ -22,10 +22,11 @@ checks and not-a-container answers. See docs/writing-plugins.md.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from .errors import NotSupported, Unavailable
+from .errors import BadRequest, NotSupported, Unavailable
 from .hookspecs import hookimpl
 from .types import ExecOptions, ExecResult, FileStream, Node, ReadOptions, WriteOptions
 
@@ -37,7 +38,11 @@ CAPABILITY = {
     "write_file": "file_write",
     "write_file_stream": "file_write",
     "container_op": "container",
+    "reap_exec": "exec",
 }
+#: methods a backend may leave out without losing a capability: their hook then answers ``None``
+#: for its nodes (the core falls back, or says the backend cannot do it)
+OPTIONAL = frozenset({"open_file_stream", "write_file_stream", "reap_exec"})
 _VERB = {"exec": "run commands", "file_read": "read files", "file_write": "write files"}
 #: where the base keeps the running Backend instances of a hub, by backend name
 REGISTRY_KEY = "claude_net.backends"
@@ -80,6 +85,8 @@ class Backend:
       core uses the buffered pair); :meth:`can_stream` may decline per node;
     * ``container_op(node, op, args)`` -> extra response fields; without it the backend's nodes
       are not containers and the answer is 400 ``not_a_container``;
+    * ``reap_exec(node, tag)`` -> ``int``: end every process of the node carrying ``tag`` (an
+      :attr:`ExecOptions.tag`, already checked against ``ExecOptions.TAG_PATTERN``), how many;
     * ``start()`` / ``close()``: after construction at hub startup / at shutdown.
 
     Each method is called only for a node whose ``backend`` is ``name``, that lists the needed
@@ -97,7 +104,7 @@ class Backend:
         super().__init_subclass__(**kwargs)
         if "capabilities" not in cls.__dict__:
             cls.capabilities = frozenset(cap for method, cap in CAPABILITY.items()
-                                         if "stream" not in method and cls.implements(method))
+                                         if method not in OPTIONAL and cls.implements(method))
 
     def __init__(self, hub: Any, settings: Any) -> None:
         """Called at hub startup (synchronously: a bad setting raised here stops the start)."""
@@ -168,6 +175,10 @@ class Backend:
     async def container_op(self, node: Node, op: str, args: Mapping[str, Any]) -> Mapping[str, Any] | None:
         raise refusal(node, "container")
 
+    async def reap_exec(self, node: Node, tag: str) -> int:
+        raise NotSupported(f"the {node.backend} backend cannot find the processes of an earlier exec on "
+                           f"{node.name}", code="not_capable")
+
     # -- the hooks ------------------------------------------------------------------------------
 
     @classmethod
@@ -187,7 +198,7 @@ class Backend:
     @classmethod
     def _call(cls, hub: Any, node: Node, method: str, *args: Any, stream: bool = False) -> Awaitable[Any] | None:
         """None for a foreign node (synchronously); else an awaitable of the method's answer or error."""
-        if node.backend != cls.name or (stream and not cls.implements(method)):
+        if node.backend != cls.name or (method in OPTIONAL and not cls.implements(method)):
             return None
         backend = cls.running(hub)
         if backend is None:
@@ -259,10 +270,18 @@ class Backend:
         def container_op(hub, node, op, args):
             return cls._call(hub, node, "container_op", op, args)
 
+        def reap_exec(hub, node, tag):
+            if node.backend != cls.name or not cls.implements("reap_exec"):
+                return None
+            if not (isinstance(tag, str) and re.fullmatch(ExecOptions.TAG_PATTERN, tag)):
+                # it reaches scripts in the node: nothing but a hub-made token gets that far
+                return _raise(BadRequest("an exec tag is 16 to 64 lowercase hex characters", code="invalid_tag"))
+            return cls._call(hub, node, "reap_exec", tag)
+
         hooks = dict(config_sections=config_sections, validate_config=validate_config, startup=startup,
                      shutdown=shutdown, list_nodes=list_nodes, execute=execute, read_file=read_file,
                      write_file=write_file, open_file_stream=open_file_stream,
-                     write_file_stream=write_file_stream, container_op=container_op)
+                     write_file_stream=write_file_stream, container_op=container_op, reap_exec=reap_exec)
         for hook_name, function in hooks.items():
             function.__qualname__ = f"{cls.__qualname__}.hookimpls.{hook_name}"
             hookimpl(function)

@@ -301,6 +301,22 @@ def container_op(
     """
 
 
+@hookspec(firstresult=True)
+def reap_exec(hub: Hub, node: Node, tag: str) -> Awaitable[int] | None:
+    """End every process on ``node`` that carries ``tag``. Stops at first non-None result.
+
+    ``tag`` is an :attr:`ExecOptions.tag` the hub gave an earlier ``execute`` (a background job's),
+    possibly in an earlier life of the hub process: the hub calls this after a restart, for jobs
+    its previous life left running, so their commands do not run on unattended. Same ownership
+    rule as ``execute``; a backend that cannot find processes by tag returns ``None`` for its nodes
+    too (the core then records that they could not be ended). The awaitable ends (SIGKILL) every
+    process of the node carrying the tag and resolves to how many it ended: ``0`` when none is
+    left, including for a stopped container. Validate ``tag`` (``ExecOptions.TAG_PATTERN``) before
+    it reaches the node. Raise :class:`claude_net.Unavailable` when the node cannot be reached,
+    :class:`claude_net.NotSupported` when the node cannot be searched (no ``/proc``).
+    """
+
+
 # ---------------------------------------------------------------------------------------------
 # Events
 # ---------------------------------------------------------------------------------------------

@@ -271,6 +271,131 @@ async def test_running_jobs_of_a_dead_life_become_interrupted(hub_harness, box):
         assert await jobs.sweep(h.hub) == 0
 
 
+class Reaper:
+    """A backend's ``reap_exec`` for the test box: remembers the tags it was asked for and ends
+    ``alive[tag]`` processes (or fails, for ``fail``)."""
+
+    __name__ = "reaper"
+
+    def __init__(self, alive=None, fail=None):
+        self.alive = dict(alive or {})
+        self.fail = fail
+        self.asked = []
+
+    @hookimpl
+    def reap_exec(self, node, tag):
+        if node.backend != "testbox":
+            return None
+
+        async def run():
+            self.asked.append((node.name, tag))
+            if self.fail is not None:
+                raise self.fail
+            return self.alive.pop(tag, 0)
+
+        return run()
+
+
+async def _dead_life_job(h, job_id: str, target: str, tag: str | None) -> None:
+    await h.hub.db.execute(
+        "INSERT INTO jobs (id, owner, target, command, state, started_at, output, output_bytes, timeout,"
+        " replica, via, event_id, exec_tag) VALUES (:id, 'agent', :target, 'make', 'running',"
+        " '2026-01-01T00:00:00.000000Z', '', 0, 60, 'deadbeef', 'http', '', :tag)",
+        {"id": job_id, "target": target, "tag": tag})
+
+
+async def test_the_interrupted_jobs_processes_are_ended_and_that_is_recorded(hub_harness, box):
+    """After the sweep, the node's backend is asked (reap_exec, with the tag the job's exec carried) to
+    end what is left; the job's error and a job_reap row say how many processes were ended."""
+    from claude_net.builtin import jobs
+
+    tag_a, tag_b = "a1" * 16, "b2" * 16
+    reaper, rec = Reaper(alive={tag_a: 2}), Recorder()
+    async with hub_harness(plugins=[box, reaper, rec]) as h:
+        boss = await h.token("boss", admin=True)
+        await _dead_life_job(h, "00000000000000b1", "box1", tag_a)
+        await _dead_life_job(h, "00000000000000b2", "box2", tag_b)
+        await _dead_life_job(h, "00000000000000b3", "box1", None)  # a row from before tags: nothing to ask
+        assert await jobs.sweep(h.hub) == 3
+
+        async def reaped():
+            rows = [d for t, r, d in rec.details if t == "job_reap"]
+            return rows if len(rows) == 2 else None
+
+        rows = {d["job_id"]: d for d in await eventually(reaped, timeout=10)}
+        assert sorted(reaper.asked) == [("box1", tag_a), ("box2", tag_b)]
+        assert rows["00000000000000b1"]["processes"] == 2 and rows["00000000000000b2"]["processes"] == 0
+        _, body = await h.call("GET", "/api/jobs/00000000000000b1", boss)
+        assert body["job"]["state"] == "interrupted"
+        assert body["job"]["error"].endswith("Its 2 processes still running on box1 were ended after the hub "
+                                             "restarted."), body["job"]
+        _, body = await h.call("GET", "/api/jobs/00000000000000b2", boss)
+        assert "No process of it was left on box2" in body["job"]["error"]
+        _, body = await h.call("GET", "/api/jobs/00000000000000b3", boss)
+        assert "after the hub restarted" not in body["job"]["error"]
+        # what an admin reads in the feed
+        _, feed = await h.call("GET", "/api/activity?hours=1&type=job_reap", boss)
+        if feed.get("events") is not None:  # the activity plugin is loaded
+            details = [e["detail"] for e in feed["events"]]
+            assert "job 00000000000000b1 on box1: 2 processes ended after the hub restarted" in details
+        assert all(r == "ok" for t, r, d in rec.details if t == "job_reap")
+
+
+async def test_a_reap_that_fails_or_cannot_be_done_is_recorded_as_an_error(hub_harness, box):
+    from claude_net import Unavailable
+    from claude_net.builtin import jobs
+
+    rec = Recorder()
+    async with hub_harness(plugins=[box, rec, Reaper(fail=Unavailable("the node is unreachable"))]) as h:
+        await _dead_life_job(h, "00000000000000c1", "box1", "c3" * 16)
+        await _dead_life_job(h, "00000000000000c2", "nosuchnode", "c4" * 16)
+        assert await jobs.sweep(h.hub) == 2
+
+        async def reaped():
+            rows = [(r, d) for t, r, d in rec.details if t == "job_reap"]
+            return rows if len(rows) == 2 else None
+
+        rows = {d["job_id"]: (r, d) for r, d in await eventually(reaped, timeout=10)}
+        assert rows["00000000000000c1"][0] == "error" and rows["00000000000000c1"][1]["processes"] is None
+        assert "unreachable" in rows["00000000000000c1"][1]["error"]
+        assert rows["00000000000000c2"][0] == "error" and "no node nosuchnode" in rows["00000000000000c2"][1]["error"]
+        error = await h.hub.db.fetch_val("SELECT error FROM jobs WHERE id = '00000000000000c1'")
+        assert "could not be ended after the hub restarted (the node is unreachable); check with ps" in error
+    # a backend without reap_exec: said so, not silently skipped
+    rec = Recorder()
+    async with hub_harness(plugins=[box, rec]) as h:
+        await _dead_life_job(h, "00000000000000c3", "box1", "c5" * 16)
+        assert await jobs.sweep(h.hub) == 1
+        row = await eventually(lambda: [d for t, r, d in rec.details if t == "job_reap" and r == "error"], timeout=10)
+        assert "cannot find the processes of an earlier command" in row[0]["error"]
+
+
+async def test_a_look_at_another_agents_job_is_recorded_denied(hub_harness, box):
+    """404 to the caller (the job stays hidden), but the decision is in the feed: a denied job_view row
+    that names the owner (admins read the feed), throttled like other refusals."""
+    rec = Recorder()
+    async with hub_harness(plugins=[box, rec, Allow("agent", "box1"), AllowOther("other", "box1")]) as h:
+        tok, other = await h.token("agent"), await h.token("other")
+        job = (await _job(h, tok, target="box1", command="sleep 30"))["job"]
+        for path in (f"/api/jobs/{job['id']}", f"/api/jobs/{job['id']}/output"):
+            status, body = await h.call("GET", path, other)
+            assert status == 404 and body["code"] == "unknown_job"
+        denied = [(e, d) for e, (_t, _r, d) in zip(rec.events, rec.details) if e[0] == "job_view"]
+        assert len(denied) == 2 and all(e[3] == "denied" and e[1] == "other" for e, _ in denied), denied
+        assert all(d["job_id"] == job["id"] and d["owner"] == "agent" and d["code"] == "unknown_job"
+                   for _, d in denied)
+        status, _ = await h.call("GET", "/api/jobs/00000000000000ff", other)  # no such job: also recorded
+        assert status == 404
+        assert [d for t, r, d in rec.details if t == "job_view"][-1] == {"job_id": "00000000000000ff",
+                                                                         "code": "unknown_job"}
+        for _ in range(40):  # a flood of probes: the first 20 of the window one by one, then quiet
+            await h.call("GET", f"/api/jobs/{job['id']}", other)
+        assert len([1 for t, r, d in rec.details if t == "job_view"]) == 20
+        # the owner's own look is not a refusal
+        status, _ = await h.call("GET", f"/api/jobs/{job['id']}", tok)
+        assert status == 200 and len([1 for t, r, d in rec.details if t == "job_view"]) == 20
+
+
 async def test_a_background_exec_under_an_ask_grant_waits_for_the_approval(hub_harness, box):
     """The job exists only once an admin approved it; a pending approval is the usual 202 without a job."""
     import claude_net_approvals

@@ -1,10 +1,12 @@
 """A hub killed with SIGKILL while a job runs: after the restart the job is ``interrupted``, with the
-output captured until then, and the feed says so (a real ``claude-net serve`` and a real sshd)."""
+output captured until then, its processes in the node are ended, and the feed says so (a real
+``claude-net serve``, a real sshd and a real LXD container)."""
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 import urllib.request
 
@@ -12,6 +14,12 @@ import pytest
 
 from claude_net.testing import HubProcess, require_component
 from claude_net_ssh.testserver import PrivateSshd, sshd_available
+
+from tests.plugins.lxd_backend.conftest import RUN_ID, Containers, _lxd_state, lxc
+
+#: seconds after a restart by which an interrupted job's processes are gone: the sweep (at once on
+#: SQLite, within a few seconds on PostgreSQL) and then one kill script per node
+REAP_BOUND = 30.0
 
 
 def call(hub, method, path, token, body=None):
@@ -47,46 +55,100 @@ def wait_for(check, timeout=15.0):
     raise AssertionError("condition not met")
 
 
-def test_kill_9_mid_job_gives_interrupted_after_restart(database_url, tmp_path, sshd):
+@pytest.fixture
+def container():
+    ok, why = _lxd_state()
+    require_component("LXD", ok, why)
+    boxes = Containers(f"{RUN_ID}-restart")
+    try:
+        yield boxes.launch("c")
+    finally:
+        boxes.delete_all()
+
+
+def in_container(name: str) -> str:
+    return lxc("exec", name, "--", "ps", "-o", "pid,args").stdout
+
+
+def on_ssh_host(pattern: str) -> str:
+    """The private sshd's sessions run on this machine: their processes are ours to see."""
+    return subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+
+
+@pytest.mark.lxd
+def test_kill_9_mid_job_gives_interrupted_after_restart_and_its_processes_are_ended(database_url, tmp_path,
+                                                                                    sshd, container):
+    """Jobs on the SSH node and in an LXD container; the hub is killed with SIGKILL, so nothing ends
+    their commands, which run on. The restarted hub marks both jobs interrupted (with the output until
+    then), then ends what they left running in each node (their tag), says so on each job and in the
+    feed (a job_reap row), within REAP_BOUND seconds of the restart."""
     node = sshd.node_config()
-    config = ('[plugins]\nallow = ["ssh", "activity"]\n'
+    config = ('[plugins]\nallow = ["ssh", "lxd", "activity"]\n'
+              f'[lxd]\ninclude = [{json.dumps(container)}]\nshell = "/bin/sh"\n'
               '[ssh.nodes.ser-8]\n' + "".join(f"{k} = {json.dumps(v)}\n" for k, v in node.items()))
     (tmp_path / "hub").mkdir()
     hub = HubProcess(config, database_url=database_url, workdir=str(tmp_path / "hub"))
     hub.start()
     try:
         admin = hub.token("boss", admin=True)
-        status, body = call(hub, "POST", "/api/exec", admin, {"target": "ser-8", "background": True,
-                                                              "command": "echo one; sleep 0.3; echo two; sleep 48.75"})
-        assert status == 202, body
-        job_id = body["job"]["id"]
+        job_ids = {}
+        for target, pause in (("ser-8", "48.75"), (container, "3371")):
+            status, body = call(hub, "POST", "/api/exec", admin, {
+                "target": target, "background": True,
+                "command": f"echo one; sleep 0.3; echo two; sleep {pause} & sleep {pause}; wait"})
+            assert status == 202, body
+            job_ids[target] = body["job"]["id"]
 
-        def captured():
+        def captured(job_id):
             _, got = call(hub, "GET", f"/api/jobs/{job_id}", admin)
             return got["job"]["output"] == "one\ntwo\n" and got
 
-        wait_for(captured)
+        for job_id in job_ids.values():
+            wait_for(lambda: captured(job_id))
         time.sleep(0.8)  # the output's batch is written to the database (flush_seconds 0.5)
         hub.proc.send_signal(signal.SIGKILL)
         hub.proc.wait(10)
         hub.log.close()
+        # nothing ended them: the orphans this is about
+        assert "sleep 48.75" in on_ssh_host("^sleep 48[.]75") and "sleep 3371" in in_container(container)
         hub.start()
+        restarted = time.monotonic()
 
-        def ended():  # at once on SQLite; on PostgreSQL once the dead process's lock is gone (a few s)
+        def ended(job_id):  # at once on SQLite; on PostgreSQL once the dead process's lock is gone (a few s)
             _, got = call(hub, "GET", f"/api/jobs/{job_id}", admin)
             return got["job"]["state"] != "running" and got["job"]
 
-        job = wait_for(ended, timeout=20)
-        assert job["state"] == "interrupted", job
-        assert job["output"] == "one\ntwo\n" and job["ended_at"] and job["code"] == "interrupted"
+        for target, job_id in job_ids.items():
+            job = wait_for(lambda: ended(job_id), timeout=20)
+            assert job["state"] == "interrupted", job
+            assert job["output"] == "one\ntwo\n" and job["ended_at"] and job["code"] == "interrupted"
+        wait_for(lambda: "sleep 48.75" not in on_ssh_host("^sleep 48[.]75")
+                 and "sleep 3371" not in in_container(container), timeout=REAP_BOUND)
+        assert time.monotonic() - restarted < REAP_BOUND
+
+        def reaped():
+            _, feed = call(hub, "GET", "/api/activity?hours=1&type=job_reap", admin)
+            rows = {e["data"]["job_id"]: e for e in feed["events"] if e["data"].get("job_id") in job_ids.values()}
+            return len(rows) == 2 and rows
+
+        rows = wait_for(reaped, timeout=10)
+        for target, job_id in job_ids.items():
+            row = rows[job_id]
+            # the shell and both sleeps at least
+            assert row["result"] == "ok" and row["target"] == target and row["data"]["processes"] >= 3, row
+            assert row["detail"] == (f"job {job_id} on {target}: {row['data']['processes']} processes ended "
+                                     "after the hub restarted")
+            _, got = call(hub, "GET", f"/api/jobs/{job_id}", admin)
+            assert got["job"]["error"].endswith(f"Its {row['data']['processes']} processes still running on "
+                                                f"{target} were ended after the hub restarted."), got["job"]
         _, feed = call(hub, "GET", "/api/activity?hours=1&type=job", admin)
-        finals = [e for e in feed["events"] if e["data"].get("job_id") == job_id]
-        assert finals and finals[0]["data"]["state"] == "interrupted" and finals[0]["result"] == "error"
-        # Not reattached: the command itself may outlive the hub that started it (docs/jobs.md,
-        # "When the hub restarts"); end it here so nothing of the test stays behind
-        call(hub, "POST", "/api/exec", admin, {"target": "ser-8", "command": "pkill -f 'sleep 48[.]75'; true"})
+        finals = [e for e in feed["events"] if e["data"].get("job_id") in job_ids.values()]
+        assert len(finals) == 2 and all(e["data"]["state"] == "interrupted" and e["result"] == "error"
+                                        for e in finals), finals
     finally:
         hub.stop()
+        # whatever happened above, nothing of this test stays behind
+        subprocess.run(["pkill", "-f", "^sleep 48[.]75"], capture_output=True)
 
 
 @pytest.mark.db("postgresql")

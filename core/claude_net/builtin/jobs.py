@@ -18,7 +18,10 @@ life is over (the lock is free; on SQLite: any other life, since one process own
 marked ``interrupted``, with the output captured until then, at startup and every
 ``SWEEP_SECONDS``: a hub killed mid-job never leaves a job silently running forever. Jobs are
 not reattached (LXD's recorded output and SSH channels do not survive the process that opened
-them).
+them); their commands are ended instead: each job's exec carries a tag of its own
+(:attr:`ExecOptions.tag`, kept in the row), and the replica whose sweep marked the job
+``interrupted`` asks the node's backend (``reap_exec``) to end every process carrying it, in the
+background, and records the outcome on the job and in the feed (a ``job_reap`` row).
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ CANCEL_WAIT = 15.0
 SSE_CHUNK = 64 * 1024
 #: bus channel of cancels asked on another replica; per job ``job:<id>`` wakes followers
 CANCEL_CHANNEL = "claude_net.jobs.cancel"
+#: seconds the reap of one interrupted job may take (the node's backend may still be starting)
+REAP_TIMEOUT = 60.0
 
 
 @dataclass
@@ -107,7 +112,9 @@ def migrations():
         "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, started_at)",
         "CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, target)",
         "CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (ended_at)",
-    ], description="jobs (background execs and their output)")]
+    ], description="jobs (background execs and their output)"),
+        Migration("claude_net_jobs", 2, ["ALTER TABLE jobs ADD COLUMN exec_tag TEXT"],
+                  description="jobs: the tag of each job's exec, to end its processes after a restart")]
 
 
 def settings_of(hub) -> JobsSettings:
@@ -127,6 +134,9 @@ class Job:
                  reply_to: int | None, timeout: float, max_output: int) -> None:
         self.hub = hub
         self.id = secrets.token_hex(8)
+        #: ExecOptions.tag of the job's exec: random, never shown to agents (a command that knew
+        #: another job's tag could put it in its own environment)
+        self.tag = secrets.token_hex(16)
         self.owner, self.target, self.command, self.via = owner, target, command, via
         self.thread, self.reply_to, self.timeout = thread, reply_to, timeout
         self.max_output = max_output
@@ -320,7 +330,7 @@ async def start(hub, actor, target: str, *, command: str, timeout: float, cwd: s
               max_output=cfg.max_output)
     # one byte past the cap per stream, so that the job sees there was more
     options = ExecOptions(timeout=timeout, cwd=cwd, env=env, max_output=cfg.max_output + 1,
-                          source=None if actor.admin else actor.name, on_output=job.on_output)
+                          source=None if actor.admin else actor.name, on_output=job.on_output, tag=job.tag)
     request = {"command": command, "cwd": cwd, "background": True}
 
     async def run():
@@ -406,11 +416,12 @@ async def _admit(hub, job: Job) -> None:
                               code="too_many_jobs", limit=cfg.max_per_node)
         await hub.db.execute(
             "INSERT INTO jobs (id, owner, target, command, state, started_at, thread, reply_to, timeout, replica,"
-            " via, event_id) VALUES (:id, :owner, :target, :command, 'running', :started_at, :thread, :reply_to,"
-            " :timeout, :replica, :via, :event_id)",
+            " via, event_id, exec_tag) VALUES (:id, :owner, :target, :command, 'running', :started_at, :thread,"
+            " :reply_to, :timeout, :replica, :via, :event_id, :tag)",
             {"id": job.id, "owner": job.owner, "target": job.target, "command": job.command,
              "started_at": job.started_at, "thread": job.thread, "reply_to": job.reply_to,
-             "timeout": job.timeout, "replica": state.life, "via": job.via, "event_id": job.event_id})
+             "timeout": job.timeout, "replica": state.life, "via": job.via, "event_id": job.event_id,
+             "tag": job.tag})
         job.inserted = True
         state.jobs[job.id] = job
         job.admitted.set_result(None)
@@ -539,16 +550,39 @@ def _stop(job: Job, code: str, sentence: str, who: str | None) -> None:
         job.task.cancel()  # still waiting for a slot: it never starts
 
 
-async def _visible(hub, actor, job_id: str) -> dict[str, Any]:
+async def _visible(hub, actor, job_id: str, *, record: bool = True) -> dict[str, Any]:
+    """The row of a job ``actor`` may see; else 404, recorded (``record``) as a ``denied`` view."""
     row = None
     if isinstance(job_id, str) and JOB_ID_RE.fullmatch(job_id):
         row = await hub.db.fetch_one("SELECT id, owner, target, command, state, exit_code, started_at, ended_at,"
                                      " output_bytes, truncated, thread, reply_to, timeout, error, code, ended_by,"
                                      " via, replica FROM jobs WHERE id = :id", {"id": job_id})
     if row is None or not (actor.admin or row["owner"] == actor.name):
-        # another agent's job is exactly as absent as one that never existed
-        raise NotFound(f"no job {str(job_id)[:40]!r} of yours", code="unknown_job")
+        # another agent's job is exactly as absent as one that never existed (to the caller; the
+        # feed, which only admins read, says whose it was)
+        exc = NotFound(f"no job {str(job_id)[:40]!r} of yours", code="unknown_job")
+        if record:
+            await _record_probe(hub, actor, str(job_id)[:40], row, exc)
+        raise exc
     return row
+
+
+async def _record_probe(hub, actor, job_id: str, row, exc: HubError) -> None:
+    """A look at a job the caller may not see: a ``denied`` ``job_view`` row, throttled per agent like
+    other refusals (its first ones of a window one by one, then one row with the count)."""
+    refused = hub.rate_limiter.refusals.should_record(f"job_view:{actor.name}")
+    if not refused:
+        return
+    data: dict[str, Any] = {"job_id": job_id, "code": exc.code}
+    if row is not None:
+        data["owner"] = row["owner"]
+    if refused > 1:
+        data["refused"] = refused
+    detail = f"view job {job_id}" + (f" of {row['owner']}" if row is not None else " (no such job)")
+    if refused > 1:
+        detail += f" ({refused - 1} more refused before it, not recorded one by one)"
+    await hub.emit(Event("job_view", actor.name, row["target"] if row is not None else None, detail, "denied",
+                         via=actor.via, data=data))
 
 
 async def get(hub, actor, job_id: str, *, output: bool = False) -> dict[str, Any]:
@@ -567,7 +601,7 @@ async def get(hub, actor, job_id: str, *, output: bool = False) -> dict[str, Any
 async def cancel(hub, actor, job_id: str) -> dict[str, Any]:
     """Cancel a running job (its owner or an admin); returns the JOB once the command is gone."""
     try:
-        row = await _visible(hub, actor, job_id)
+        row = await _visible(hub, actor, job_id, record=False)
     except NotFound as exc:
         await hub.emit(Event("job_cancel", actor.name, None, f"cancel job {str(job_id)[:40]}", "denied",
                              via=actor.via, data={"job_id": str(job_id)[:40], "code": exc.code}))
@@ -663,13 +697,66 @@ async def sweep(hub) -> int:
             "UPDATE jobs SET state = 'interrupted', ended_at = :now, code = 'interrupted',"
             " error = 'the hub running this job stopped (or was killed) before the job ended; the output is what '"
             " || 'was captured until then' WHERE replica = :life AND state = 'running'"
-            " RETURNING id, owner, target, command, via, thread", {"now": isotime(), "life": life})
+            " RETURNING id, owner, target, command, via, thread, exec_tag", {"now": isotime(), "life": life})
         for job in ended:
             count += 1
             await hub.emit(Event("job", job["owner"], job["target"], job["command"], "error", via="hub",
                                  data={"job_id": job["id"], "state": "interrupted", "exit_code": None,
                                        "code": "interrupted", **({"thread": job["thread"]} if job["thread"] else {})}))
+            # only the replica whose UPDATE took the row gets it back: one reap per job
+            if job["exec_tag"]:
+                _background(hub, reap(hub, job["id"], job["target"], job["exec_tag"]))
     return count
+
+
+async def reap(hub, job_id: str, target: str, tag: str) -> int | None:
+    """End what an interrupted job's command left running in its node (``reap_exec``), then record it:
+    a sentence added to the job's ``error`` and a ``job_reap`` row. Returns how many processes were
+    ended (None: they could not be, or the node's backend cannot find them)."""
+    started = time.monotonic()
+    ended: int | None = None
+    why = ""
+    try:
+        async with asyncio.timeout(REAP_TIMEOUT):
+            # at startup the sweep runs before the backends have started
+            while not hub.started and not hub.stopping.is_set():
+                await asyncio.sleep(0.1)
+            node = await hub.nodes.get(target)
+            awaitable = hub.pm.hook.reap_exec(hub=hub, node=node, tag=tag) if node.backend != "hub" else None
+            if awaitable is None:
+                why = f"its {node.backend} backend cannot find the processes of an earlier command"
+            else:
+                ended = int(await awaitable)
+    except NotFound:
+        why = f"the hub has no node {target} any more"
+    except TimeoutError:
+        why = f"the node did not answer within {REAP_TIMEOUT:g}s"
+    except HubError as exc:
+        why = exc.message
+    except Exception as exc:  # noqa: BLE001 - recorded below, never raised into the sweep
+        log.exception("job %s: could not end its processes on %s", job_id, target)
+        why = f"{type(exc).__name__}: {exc}"
+    if ended is None:
+        sentence = (f"Its processes on {target} could not be ended after the hub restarted ({why}); "
+                    "check with ps and end them by hand.")
+        detail, result = f"job {job_id} on {target}: its processes could not be ended ({why})", "error"
+    elif ended:
+        plural = "es" if ended != 1 else ""
+        sentence = f"Its {ended} process{plural} still running on {target} were ended after the hub restarted."
+        detail, result = f"job {job_id} on {target}: {ended} process{plural} ended after the hub restarted", "ok"
+    else:
+        sentence = f"No process of it was left on {target} after the hub restarted."
+        detail, result = f"job {job_id} on {target}: no process of it was left after the hub restarted", "ok"
+    try:
+        await hub.db.execute("UPDATE jobs SET error = COALESCE(error, '') || :more WHERE id = :id",
+                             {"more": " " + sentence, "id": job_id})
+    except HubError as exc:
+        log.warning("job %s: could not record that its processes were ended: %s", job_id, exc.message)
+    await hub.emit(Event("job_reap", None, target, detail[:600], result, via="hub",
+                         data={"job_id": job_id, "processes": ended,
+                               "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                               **({"error": why[:400]} if ended is None else {})}))
+    return ended
 
 
 async def _sweep_forever(hub) -> None:

@@ -47,6 +47,9 @@ class Lxd(Backend):
     def execute(self, node, command, options):
         return self.runtime.execute(node, command, options)
 
+    def reap_exec(self, node, tag):
+        return self.runtime.reap(node, tag)
+
     def read_file(self, node, path, options):
         from . import files
 

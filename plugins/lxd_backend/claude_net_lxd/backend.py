@@ -64,6 +64,11 @@ log = logging.getLogger("claude_net_lxd")
 BACKEND = "lxd"
 CAPABILITIES = frozenset({"exec", "file_read", "file_write", "container"})
 MARKER_ENV = "CLAUDE_NET_EXEC"
+#: what a marker is (a uuid4 hex, or a job's ``ExecOptions.tag``): only a hub-made token ever
+#: reaches the kill script, never caller input
+MARKER = re.compile(r"[0-9a-f]{16,64}")
+#: seconds a reap (after a restart of the hub) may take in one container
+REAP_TIMEOUT = 10.0
 OP_RUNNING = 103
 OP_SUCCESS = 200
 #: the reasons a connection to LXD fails that are worth naming as such
@@ -477,8 +482,13 @@ class LxdBackend:
             shell = shell or probe.bash or "/bin/sh"
             guard = in_container and probe.guard
         env.update(options.env)
-        marker = uuid.uuid4().hex  # names this exec's processes, for the kill on timeout
+        # names this exec's processes, for the kill on timeout or cancel; a job's tag, so that a
+        # later life of the hub can find them too (reap)
+        marker = getattr(options, "tag", None) or uuid.uuid4().hex
+        if not MARKER.fullmatch(marker):
+            raise BadRequest("an exec tag is 16 to 64 lowercase hex characters", code="invalid_tag")
         if guard:  # the wrapper hands the marker to the command only (see scripts.EXEC_WRAPPER)
+            env.pop(MARKER_ENV, None)  # the caller's value would mark the wrapper's own processes
             argv = [scripts.SH, "-c", scripts.EXEC_WRAPPER, "claude-net", shell, command,
                     str(options.max_output + 1), marker]
         else:
@@ -648,15 +658,46 @@ class LxdBackend:
             return None
         return (op.get("metadata") or {}).get("return")
 
-    def kill_sync(self, name: str, marker: str) -> None:
-        """End every process of a timed-out exec (found by its marker variable)."""
+    def kill_sync(self, name: str, marker: str) -> bool:
+        """End every process of a timed-out exec (found by its marker variable); False if that failed."""
         try:
-            code, _out, err, _t = self.exec_raw(name, [scripts.SH, "-c", scripts.KILL, "claude-net-kill", marker],
-                                                timeout=KILL_GRACE)
-            if code != 0:
-                log.warning("killing timed-out exec in %s: exit %s %s", name, code, err[:200])
+            self.kill_marked(name, marker, KILL_GRACE)
+            return True
         except Exception as exc:  # noqa: BLE001 - the timeout is reported either way
             log.warning("could not kill timed-out exec in %s: %s", name, exc)
+            return False
+
+    def kill_marked(self, name: str, marker: str, timeout: float) -> int:
+        """Kill every process of ``name`` carrying ``marker`` (:data:`scripts.KILL`); how many."""
+        if not MARKER.fullmatch(marker):  # it becomes an argument of a script in the container
+            raise ValueError("not an exec marker")
+        code, out, err, timed_out = self.exec_raw(
+            name, [scripts.SH, "-c", scripts.KILL, "claude-net-kill", marker], timeout=timeout)
+        if timed_out or code != 0:
+            raise LxdError(f"the kill script in {name} "
+                           + ("did not finish in time" if timed_out else f"failed (exit {code}: "
+                              f"{err[:200].decode(errors='replace').strip()})"))
+        words = out.split()
+        return int(words[-1]) if words and words[-1].isdigit() else 0
+
+    async def reap(self, node: Node, tag: str) -> int:
+        """After a restart: end what an exec of an earlier life of the hub left running (``reap_exec``).
+
+        A stopped container has nothing left to end (0).
+        """
+        if not MARKER.fullmatch(tag):
+            raise BadRequest("an exec tag is 16 to 64 lowercase hex characters", code="invalid_tag")
+        try:
+            status = await self.run(self.instance_status, node.name, name=node.name)
+            if status != "Running":
+                return 0
+            return await self.run(self.kill_marked, node.name, tag, REAP_TIMEOUT, pool=self.waits, name=node.name)
+        except NotFound:  # deleted meanwhile: nothing of it runs
+            return 0
+        except Conflict as exc:
+            if exc.code == "not_running":  # stopped meanwhile: its processes went with it
+                return 0
+            raise
 
     @staticmethod
     def log_names(op: dict[str, Any], op_id: str) -> tuple[str, str]:

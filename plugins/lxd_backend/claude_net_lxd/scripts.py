@@ -32,21 +32,27 @@ echo "bash=$b"
 if command -v head >/dev/null 2>&1 && command -v cat >/dev/null 2>&1; then echo guard=1; else echo guard=0; fi
 """
 
-#: Kills every process whose environment holds ``CLAUDE_NET_EXEC=$1`` (the exec being timed out:
-#: its shell, pipes and any background children that kept the variable). Several passes catch
-#: processes forked while the previous pass ran.
+#: Kills every process whose environment holds ``CLAUDE_NET_EXEC=$1`` (an exec being timed out or
+#: cancelled, or, after a restart of the hub, a job's: its shell, pipes and any background children
+#: that kept the variable) and prints how many it killed. Several passes catch processes forked
+#: while the previous pass ran; a process already killed is not counted twice.
 KILL = r"""m="CLAUDE_NET_EXEC=$1"
+n=0; killed=" "
 for pass in 1 2 3 4; do
   found=
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
     [ "$p" = "$$" ] && continue
     if tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -qxF "$m"; then
-      kill -9 "$p" 2>/dev/null && found=1
+      if kill -9 "$p" 2>/dev/null; then
+        found=1
+        case "$killed" in *" $p "*) ;; *) killed="$killed$p "; n=$((n+1)) ;; esac
+      fi
     fi
   done
   [ -z "$found" ] && break
 done
+echo "$n"
 exit 0
 """
 

@@ -53,6 +53,9 @@ class Ssh(Backend):
     def execute(self, node, command, options):
         return self.runtime.execute(node.name, command, options)
 
+    def reap_exec(self, node, tag):
+        return self.runtime.reap_exec(node.name, tag)
+
     def read_file(self, node, path, options):
         return self.runtime.read_file(node.name, path, options)
 

@@ -32,6 +32,8 @@ log = logging.getLogger("claude_net_ssh")
 
 BACKEND = "ssh"
 CAPABILITIES = frozenset({"exec", "file_read", "file_write"})
+#: seconds the search for an earlier command's processes may take on one node (after a restart)
+REAP_TIMEOUT = 20.0
 
 
 class SshBackend:
@@ -90,6 +92,9 @@ class SshBackend:
         env: Mapping[str, str] = {**config.env, **options.env}
         return await execution.execute(node, command, options, shell=config.shell, cwd=options.cwd or config.cwd or None,
                                        env=env, kill_grace=self.settings.kill_grace, spawn=self._spawn)
+
+    async def reap_exec(self, name: str, tag: str) -> int:
+        return await execution.reap(self.node(name), tag, REAP_TIMEOUT)
 
     async def read_file(self, name: str, path: str, options: ReadOptions) -> bytes:
         node = self.node(name)

@@ -5,6 +5,11 @@ built from :func:`shlex.quote`d parts only. It first prints a marker line with i
 runs every session in a new session and process group whose id is that PID, so on a timeout the
 backend can end the whole process group from a second channel (``kill -s TERM -- -PID``, then
 KILL) — closing the channel alone would leave the command running.
+
+A background job's command also carries the job's tag (:attr:`ExecOptions.tag`): the login
+shell's command line holds ``CLAUDE_NET_EXEC=<tag>`` and every process it starts has that variable
+in its environment, so a hub restarted after a crash can find and end them (:data:`REAP`) although
+the PID it learnt died with it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import shlex
 import signal as signals
@@ -20,7 +26,7 @@ from typing import Any
 
 import asyncssh
 
-from claude_net import BadRequest, ExecOptions, ExecResult, Unavailable
+from claude_net import BadRequest, ExecOptions, ExecResult, NotSupported, Unavailable
 
 from .connection import NodeConnection
 from .settings import ENV_NAME
@@ -33,9 +39,52 @@ NO_CWD_MARKER = "claude-net-no-cwd:"
 NO_CWD_STATUS = 125
 #: output a login shell may print before the marker (motd-like noise from rc files) is kept up to this
 MAX_PREAMBLE = 64 * 1024
+#: the variable (and command-line word) that carries a job's tag
+TAG_ENV = "CLAUDE_NET_EXEC"
+TAG = re.compile(r"[0-9a-f]{16,64}")
+#: exit status of :data:`REAP` on a machine without Linux's /proc
+NO_PROC_STATUS = 3
+
+#: Kills every process of the login user carrying the tag ``$1``: in its environment (each process a
+#: job's command started) or, as ``CLAUDE_NET_EXEC=<tag>``, in its command line (the job's login
+#: shell, whose environment predates the export), with the process group such a process leads (the
+#: session sshd made for the job: children that dropped the variable go too). Needs Linux's /proc
+#: (exit 3 without it); prints how many processes it killed. The needle is only ever assembled
+#: here, so this script's own command line (which holds the tag as a separate word) never matches;
+#: ``case`` does the matching so that no helper process holds the needle in its arguments either.
+REAP = r"""m="CLAUDE_NET_EXEC=$1"
+[ -r /proc/self/environ ] || { echo "no /proc"; exit 3; }
+s=$(printf '\001')
+n=0; killed=" "
+for pass in 1 2 3 4; do
+  hits=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = "$$" ] && continue
+    [ "$p" = "$PPID" ] && continue
+    e=$(tr '\000' '\001' < "$d/environ" 2>/dev/null) || e=
+    case "$s$e$s" in
+      *"$s$m$s"*) hits="$hits $p" ;;
+      *) c=$(tr '\000' ' ' < "$d/cmdline" 2>/dev/null) || c=
+         case " $c " in *"$m"[!0-9a-f]*) hits="$hits $p" ;; esac ;;
+    esac
+  done
+  [ -z "$hits" ] && break
+  for p in $hits; do
+    g=
+    st=$(cat "/proc/$p/stat" 2>/dev/null) && { st=${st##*) }; set -- $st; g=$3; }
+    kill -s KILL "$p" 2>/dev/null
+    [ "$g" = "$p" ] && kill -s KILL -- "-$p" 2>/dev/null
+    case "$killed" in *" $p "*) ;; *) killed="$killed$p "; n=$((n+1)) ;; esac
+  done
+done
+echo "$n"
+exit 0
+"""
 
 
-def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[str, str], nonce: str = "") -> str:
+def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[str, str], nonce: str = "",
+                   tag: str | None = None) -> str:
     """The string the remote login shell runs: report its PID, cd, set env, run the command.
 
     A working directory that cannot be entered ends it before the command: the line
@@ -47,10 +96,18 @@ def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[st
     ``shell -c COMMAND`` as a child and exits with its status: not ``exec``, because bash lowers
     SHLVL when it execs, and a bash that sees SHLVL below 2 under sshd sources ~/.bashrc a second
     time. Every caller-supplied part is a single-quoted word.
+
+    ``tag`` (a job's :attr:`ExecOptions.tag`) is set last, as ``CLAUDE_NET_EXEC``, over any value
+    the caller gave that variable.
     """
     for key in env:
         if not ENV_NAME.fullmatch(key):
             raise BadRequest(f"env name {key!r} is not a valid variable name", code="invalid_field", field="env")
+    if tag is not None:
+        if not TAG.fullmatch(tag):
+            raise BadRequest("an exec tag is 16 to 64 lowercase hex characters", code="invalid_tag")
+        env = {key: value for key, value in env.items() if key != TAG_ENV}
+        env[TAG_ENV] = tag
     steps = ["echo claude-net-pid:$$"]
     if cwd:
         steps.append(f"{{ cd -- {shlex.quote(cwd)} 2>/dev/null || {{ echo {NO_CWD_MARKER}{nonce} >&2; "
@@ -64,6 +121,37 @@ def remote_command(shell: str, command: str, *, cwd: str | None, env: Mapping[st
         steps.append("export " + " ".join(assignments))
     steps.append(f"eval {shlex.quote(command)}")
     return " && ".join(steps)
+
+
+def reap_command(tag: str) -> str:
+    """The line that runs :data:`REAP` for ``tag`` (checked: hex only) under the login shell."""
+    if not TAG.fullmatch(tag):
+        raise BadRequest("an exec tag is 16 to 64 lowercase hex characters", code="invalid_tag")
+    return f"sh -c {shlex.quote(REAP)} claude-net-reap {tag}"
+
+
+async def reap(node: NodeConnection, tag: str, timeout: float) -> int:
+    """End every process of ``node``'s login user that carries ``tag``; how many (see :data:`REAP`)."""
+    line = reap_command(tag)
+    async with node.kill_channel:
+        try:
+            conn = await asyncio.wait_for(node.connection(), node.open_timeout)
+            done = await asyncio.wait_for(conn.run(line, encoding=None, stdin=asyncssh.DEVNULL), timeout)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"ending the processes of an earlier command on {node.name} did not finish within "
+                              f"{timeout:g}s", code="ssh_timeout") from None
+        except (OSError, asyncssh.Error) as exc:
+            raise Unavailable(f"the SSH connection to {node.name} failed: {type(exc).__name__}: {exc}",
+                              code="ssh_connection_lost") from None
+    out = bytes(done.stdout or b"").split()
+    if done.exit_status == NO_PROC_STATUS:
+        raise NotSupported(f"{node.name} has no Linux /proc: the hub cannot find the processes of an earlier "
+                           "command there (end them by hand)", code="no_proc")
+    if done.exit_status != 0 or not out or not out[-1].isdigit():
+        err = bytes(done.stderr or b"")[:200].decode(errors="replace").strip()
+        raise Unavailable(f"ending the processes of an earlier command on {node.name} failed (exit "
+                          f"{done.exit_status}: {err})", code="reap_failed")
+    return int(out[-1])
 
 
 def kill_command(pid: int, grace: float) -> str:
@@ -164,7 +252,8 @@ class ExecSession(asyncssh.SSHClientSession[bytes]):
 async def execute(node: NodeConnection, command: str, options: ExecOptions, *, shell: str, cwd: str | None,
                   env: Mapping[str, str], kill_grace: float, spawn: Callable[[Any], Any]) -> ExecResult:
     nonce = secrets.token_hex(8)
-    line = remote_command(shell, command, cwd=cwd, env=env, nonce=nonce)
+    tag = getattr(options, "tag", None)
+    line = remote_command(shell, command, cwd=cwd, env=env, nonce=nonce, tag=tag)
     try:
         line.encode("utf-8")
     except UnicodeEncodeError:
@@ -182,16 +271,17 @@ async def execute(node: NodeConnection, command: str, options: ExecOptions, *, s
                     await asyncio.shield(session.done)  # shielded: a timeout must not cancel the future itself
             except TimeoutError:
                 timed_out = True
-                await stop(node, session, kill_grace)
+                await stop(node, session, kill_grace, tag)
         except BaseException as exc:
             # Cancelled (the caller went away, the hub's deadline passed, a job was cancelled) or
             # broken: never leave the command running on the node. A cancel waits (bounded) until the
             # process group is gone, so a cancelled job's command is gone when the cancel answers.
-            if not session.done.done() and session.pid is not None:
-                kill = spawn(node.run_quiet(kill_command(session.pid, kill_grace), kill_grace + node.open_timeout))
+            if not session.done.done() and (session.pid is not None or tag is not None):
+                kill = spawn(end_command(node, session.pid, kill_grace, tag))
                 if isinstance(exc, asyncio.CancelledError) and kill is not None:
+                    bound = (kill_grace + node.open_timeout) * (2 if tag is not None else 1) + 1
                     with contextlib.suppress(BaseException):
-                        await asyncio.wait_for(asyncio.shield(kill), kill_grace + node.open_timeout + 1)
+                        await asyncio.wait_for(asyncio.shield(kill), bound)
             raise
         finally:
             channel.close()
@@ -209,10 +299,23 @@ async def execute(node: NodeConnection, command: str, options: ExecOptions, *, s
                       truncated=session.truncated, timed_out=timed_out, duration_ms=duration_ms)
 
 
-async def stop(node: NodeConnection, session: ExecSession, grace: float) -> None:
+async def end_command(node: NodeConnection, pid: int | None, grace: float, tag: str | None) -> None:
+    """End a command: its session's process group (TERM, then KILL after ``grace``); with a job's
+    ``tag``, then also every process still carrying it (those that left the session: ``setsid``,
+    daemons), which the process group does not reach."""
+    if pid is not None:
+        await node.run_quiet(kill_command(pid, grace), grace + node.open_timeout)
+    if tag is not None:
+        try:
+            await reap(node, tag, grace + node.open_timeout)
+        except (BadRequest, NotSupported, Unavailable) as exc:
+            log.warning("could not end what is left of a job's command on %s: %s", node.name, exc.message)
+
+
+async def stop(node: NodeConnection, session: ExecSession, grace: float, tag: str | None = None) -> None:
     """End a timed-out command's whole process group, then give its exit status a moment to arrive."""
-    if session.pid is not None:
-        await node.run_quiet(kill_command(session.pid, grace), grace + node.open_timeout)
+    if session.pid is not None or tag is not None:
+        await end_command(node, session.pid, grace, tag)
     else:
         log.warning("command on %s timed out before reporting its PID; closing its channel only", node.name)
     try:

@@ -139,3 +139,43 @@ async def test_a_hub_that_stops_ends_its_jobs_as_interrupted(hub_harness, run_id
     assert [e.data["job_id"] for e in finals.events] == [job["id"]]
     assert finals.events[0].data["state"] == "interrupted" and finals.events[0].transient["output_tail"] == "up\n"
     assert "sleep 3351" not in ps(box)
+
+
+@pytest.mark.parametrize("guard", ["hub", "container"])
+async def test_reap_ends_the_processes_carrying_the_tag_and_nothing_else(hub_harness, run_id, box, guard):
+    """``reap_exec`` (what a restarted hub calls for a job its dead life left running): every process of
+    the job's exec goes, another job's stay; a tag that matches nothing ends nothing and answers 0.
+    With either output guard (the in-container wrapper hands the tag to the command only)."""
+    from claude_net import BadRequest
+    from claude_net.builtin import jobs
+
+    async with hub_harness(plugins=[claude_net_lxd], lxd={"include": [f"{run_id}-*"], "shell": "/bin/sh",
+                                                          "output_guard": guard}) as h:
+        boss = await h.token("boss", admin=True)
+        # the caller's own CLAUDE_NET_EXEC does not replace the job's tag
+        job = await start_job(h, boss, box, "sleep 3361 & sleep 3362; wait", env={"CLAUDE_NET_EXEC": "0" * 32})
+        other = await start_job(h, boss, box, "sleep 3363")
+        await eventually(lambda: all(f"sleep 336{i}" in ps(box) for i in (1, 2, 3)), timeout=10)
+        node = await h.hub.nodes.get(box)
+        assert await h.hub.pm.hook.reap_exec(hub=h.hub, node=node, tag="0" * 32) == 0
+        assert await h.hub.pm.hook.reap_exec(hub=h.hub, node=node, tag="f" * 32) == 0
+        assert all(f"sleep 336{i}" in ps(box) for i in (1, 2, 3))
+        with pytest.raises(BadRequest):  # never reaches the container
+            await h.hub.pm.hook.reap_exec(hub=h.hub, node=node, tag="$(reboot)")
+        tag = jobs.state_of(h.hub).jobs[job["id"]].tag
+        ended = await h.hub.pm.hook.reap_exec(hub=h.hub, node=node, tag=tag)
+        assert ended >= 3, ended  # its shell and both sleeps
+        listing = ps(box)
+        assert "sleep 3361" not in listing and "sleep 3362" not in listing and "sleep 3363" in listing, listing
+        done = await wait_ended(h, boss, job["id"])
+        assert done["state"] == "exited" and done["exit_code"] == 137  # killed, as the job sees it
+        status, body = await h.call("POST", f"/api/jobs/{other['id']}/cancel", boss)
+        assert status == 200 and body["job"]["state"] == "cancelled"
+
+
+async def test_reap_on_a_stopped_container_ends_nothing(hub_harness, run_id, fresh_container):
+    name = fresh_container("reapstop")
+    lxc("stop", "--force", name)
+    async with jobs_hub(hub_harness, run_id) as h:
+        node = await h.hub.nodes.get(name)
+        assert await h.hub.pm.hook.reap_exec(hub=h.hub, node=node, tag="ab" * 16) == 0
