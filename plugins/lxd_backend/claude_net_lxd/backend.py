@@ -83,6 +83,9 @@ CHORE_THREADS = 4
 MAX_CHORES_BACKLOG = 256
 #: seconds granted, after a timeout, for the kill and the operation to wind down
 KILL_GRACE = 3.0
+#: seconds between two kills of a runaway exec that is still running (the first failed, or the
+#: command survived it): its output is still filling the host's disk
+RUNAWAY_RETRY = 2.0
 #: seconds between two looks at a running exec's recorded output when it is followed live
 TAIL_SECONDS = 0.1
 #: bytes of one stream read per look
@@ -120,6 +123,10 @@ class Running:
     started: float
     logs: tuple[str, str]
     runaway: bool = False
+    #: the kill the watchdog submitted last (while it runs, no other is sent) and when
+    kill: concurrent.futures.Future[Any] | None = None
+    killed_at: float = 0.0
+    kills: int = 0
 
 
 @dataclass(frozen=True)
@@ -664,7 +671,7 @@ class LxdBackend:
             self.kill_marked(name, marker, KILL_GRACE)
             return True
         except Exception as exc:  # noqa: BLE001 - the timeout is reported either way
-            log.warning("could not kill timed-out exec in %s: %s", name, exc)
+            log.warning("could not kill the processes of an exec in %s: %s", name, exc)
             return False
 
     def kill_marked(self, name: str, marker: str, timeout: float) -> int:
@@ -832,14 +839,31 @@ class LxdBackend:
         return sizes[0], sizes[1]
 
     def check_runaways(self) -> None:
+        """Stop execs whose recorded output passed ``max_log_bytes``; kill again, every
+        ``RUNAWAY_RETRY`` seconds, those still running after that (until the exec is over)."""
         limit = self.cfg.max_log_bytes
+        now = time.monotonic()
         for run in list(self.running.values()):
             if run.runaway:
+                if (run.kill is None or run.kill.done()) and now - run.killed_at >= RUNAWAY_RETRY:
+                    failed = (run.kill is None or run.kill.cancelled() or run.kill.exception() is not None
+                              or run.kill.result() is False)
+                    log.warning("exec in %s is still running %.1f s after its output passed %d bytes "
+                                "(kill %d %s); killing it again", run.name, now - run.killed_at, limit, run.kills,
+                                "failed" if failed else "did not end it")
+                    self.kill_runaway(run, now)
                 continue
             if max(self.log_sizes(run)) > limit:
                 run.runaway = True
                 log.warning("exec in %s passed %d bytes of output; stopping it", run.name, limit)
-                self.waits.submit(self.kill_sync, run.name, run.marker)
+                self.kill_runaway(run, now)
+
+    def kill_runaway(self, run: Running, now: float) -> None:
+        run.killed_at, run.kills = now, run.kills + 1
+        try:
+            run.kill = self.waits.submit(self.kill_sync, run.name, run.marker)
+        except RuntimeError:  # shutting down: close() kills what runs
+            run.kill = None
 
     async def watchdog(self) -> None:
         """Every 100 ms (local daemon) or second (remote), stop execs with runaway output."""

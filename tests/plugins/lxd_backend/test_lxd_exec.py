@@ -169,6 +169,38 @@ async def test_runaway_output_is_stopped_by_the_watchdog(hub_harness, run_id, bo
         assert "yes runaway" not in body["stdout"]
 
 
+async def test_a_runaway_that_survives_the_kill_is_killed_again_while_the_exec_runs(hub_harness, run_id, box,
+                                                                                  caplog):
+    """A command whose main process cleared its environment (``env -i``: the marker the kill looks for
+    is gone) survives the watchdog's kill while its output keeps growing: the watchdog kills again
+    every RUNAWAY_RETRY seconds, logging each attempt, for as long as the exec runs (here until its
+    timeout gives up on it too), and then stops."""
+    import logging
+    import secrets
+
+    from claude_net_lxd.backend import RUNAWAY_RETRY
+
+    word = f"runaway-escapes-{secrets.token_hex(4)}"
+    caplog.set_level(logging.WARNING, logger="claude_net_lxd")
+    try:
+        async with admin_hub(hub_harness, run_id, "hub", lxd={"max_log_bytes": 2000}) as h:
+            token = await h.token("boss", admin=True)
+            command = f"exec env -i /bin/sh -c 'while :; do echo {word}; sleep 0.02; done'"
+            status, body = await h.call("POST", "/api/exec", token, {"target": box, "command": command, "timeout": 7})
+            assert status == 504, body  # the timeout's own kill cannot find it either
+            retries = [r for r in caplog.records if "killing it again" in r.getMessage()]
+            assert len(retries) >= 2, [r.getMessage() for r in caplog.records]
+            assert all("did not end it" in r.getMessage() for r in retries)
+            gaps = [b.created - a.created for a, b in zip(retries, retries[1:])]
+            assert all(RUNAWAY_RETRY - 0.2 < gap < RUNAWAY_RETRY + 1.5 for gap in gaps), gaps
+            await asyncio.sleep(RUNAWAY_RETRY + 0.5)  # the exec is over: no more kills
+            assert len([r for r in caplog.records if "killing it again" in r.getMessage()]) == len(retries)
+    finally:  # it escaped every kill of the hub: end it by hand
+        lxc("exec", box, "--", "sh", "-c", f"for f in $(grep -l '[{word[0]}]{word[1:]}' /proc/[0-9]*/cmdline "
+            "2>/dev/null); do p=${f#/proc/}; kill -9 ${p%/cmdline}; done", check=False)
+    assert word not in lxc("exec", box, "--", "ps", "-o", "args").stdout
+
+
 @pytest.mark.parametrize("log_dir", ["", "/nonexistent"], ids=["local-files", "through-the-api"])
 async def test_exec_logs_are_deleted(hub_harness, run_id, box, log_dir):
     """Recorded output is read and deleted directly on the LXD host, or through the API when the
