@@ -354,9 +354,12 @@ class SlowDownload:
     """``GET /api/file/raw`` over a real socket, read ``part`` bytes every ``pause`` seconds."""
 
     def __init__(self, port: int, token: str, target: str, path: str, *, part: int = 64 * 1024,
-                 pause: float = 0.01, query: str = "") -> None:
+                 pause: float = 0.01, query: str = "", stall_after: int | None = None) -> None:
         self.port, self.token, self.target, self.path, self.query = port, token, target, path, query
         self.part, self.pause = part, pause
+        #: past this many bytes the client stops reading until ``resume`` is set
+        self.stall_after = stall_after
+        self.resume = asyncio.Event()
         self.received = 0
         self.size: int | None = None
         self.first_byte: float | None = None
@@ -384,6 +387,8 @@ class SlowDownload:
                     if self.first_byte is None:
                         self.first_byte = time.monotonic()
                     self.received += len(block)
+                    if self.stall_after is not None and self.received >= self.stall_after:
+                        await self.resume.wait()
                     await asyncio.sleep(self.pause)
                 self.eof_at = time.monotonic()
         finally:
@@ -429,6 +434,35 @@ async def test_a_running_download_is_stopped_by_a_revoke(hub_harness, boxes):
         status, body = await h.call("GET", f"/api/file/raw?target={h.hog_box}&path=/tmp/big-read", h.hog)
         assert status == 403 and body["code"] == "denied", body
         in_box(h.hog_box, "rm -f /tmp/big-read")
+
+
+async def test_a_download_whose_client_stopped_reading_is_stopped_by_a_revoke(hub_harness, boxes):
+    """The body is held still by a client that reads nothing: the revoke still ends it, and the
+    stream on the node, at once; the client, reading again, finds the connection cut."""
+    async with fair_hub(hub_harness, boxes) as h:
+        in_box(h.hog_box, f"head -c {BIG} /dev/zero > /tmp/stalled-read")
+        async with served(h.app) as port:
+            download = SlowDownload(port, h.hog, h.hog_box, "/tmp/stalled-read", stall_after=1024 * 1024)
+            reading = asyncio.ensure_future(download.run())
+            await eventually(lambda: download.received >= download.stall_after or reading.done(), timeout=15)
+            await asyncio.sleep(1.5)  # the hub's send is blocked: nothing moves
+            held = h.hub.plugin_state.get("claude_net.downloads")
+            assert held and not reading.done()
+            status, body = await h.call("POST", "/api/permit", h.boss,
+                                        {"source": "hog", "target": h.hog_box, "allow": False})
+            assert status == 200, body
+            revoked_at = time.monotonic()
+            await eventually(lambda: not h.hub.plugin_state.get("claude_net.downloads"), timeout=10, interval=0.01)
+            stopped_after = time.monotonic() - revoked_at
+            download.pause = 0
+            download.resume.set()
+            await reading
+        assert stopped_after < 2.5, f"the stalled download was held {stopped_after:.1f}s after the revoke"
+        assert 0 < download.received < BIG, download.received
+        rows = [r for r in await _rows(h.hub, type="file_read", from_machine="hog")
+                if r["detail"] == "/tmp/stalled-read" and r["result"] != "pending"]
+        assert [(r["result"], _data(r)["code"]) for r in rows] == [("denied", "revoked")], rows
+        in_box(h.hog_box, "rm -f /tmp/stalled-read")
 
 
 async def test_a_long_download_under_a_standing_grant_is_rechecked_and_ok(hub_harness, boxes):

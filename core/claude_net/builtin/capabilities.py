@@ -431,9 +431,10 @@ class GrantRecheck:
     """The checks a streamed transfer makes, while its bytes flow, that its grant still holds.
 
     ``check`` (an awaitable function: :meth:`Hub.reauthorize`, raising :class:`Forbidden` code
-    ``revoked`` once the grant is gone) starts from :meth:`poll`, which the transfer calls for each
-    chunk, at most every :data:`RECHECK_SECONDS` and in the background: the transfer never waits
-    for it. The first failure is kept in ``error`` (a check that could not be made, say the
+    ``revoked`` once the grant is gone) starts from :meth:`poll`, at most every
+    :data:`RECHECK_SECONDS` and in the background: the transfer never waits for it. An upload
+    polls for each chunk it takes (its client sets the pace); a download polls on a timer
+    (:meth:`start_timer`), since its client may stop reading and hold the body still. The first failure is kept in ``error`` (a check that could not be made, say the
     database failed, is ``recheck_failed``: the transfer fails closed) and handed to
     ``on_failure`` as soon as the check ends. ``count`` is the number of checks started.
     ``context``: the :mod:`contextvars` the checks run in (a download's are the guarded action's,
@@ -449,6 +450,7 @@ class GrantRecheck:
         self.count = 0
         self._checking: asyncio.Future | None = None
         self._next_check: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is not None:
@@ -495,7 +497,22 @@ class GrantRecheck:
             except Exception as exc:  # noqa: BLE001 - a revoke, or fail closed (recheck_failed)
                 self._fail(exc)
 
+    def start_timer(self) -> None:
+        """Poll now (the clock starts) and then a few times a second until :meth:`cancel` (a tick
+        costs one comparison; polling finer than the interval keeps the checks about a second apart)."""
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            self.poll()
+            if self.error is None:
+                self._timer = loop.call_later(RECHECK_SECONDS / 4, tick)
+
+        tick()
+
     def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._checking is not None and not self._checking.done():
             self._checking.cancel()
 
@@ -639,10 +656,11 @@ class Download:
     midway, the file changed size or the client went away.
 
     While the body flows, a :class:`GrantRecheck` checks every :data:`RECHECK_SECONDS` that the
-    ``file_read`` grant still holds. One that fails ends the response at once, wherever the body
-    is waiting (for the backend, or for the client to take the last chunk): the connection is
-    cut, the stream closed, and the action recorded ``denied`` with code ``revoked`` (or ``error``
-    with ``recheck_failed`` when the check could not be made).
+    ``file_read`` grant still holds, on a timer: a client that stopped reading holds the body
+    still, and a revoke must reach it too. One that fails ends the response at once, wherever the
+    body is waiting (for the backend, or for the client to take a chunk): the connection is cut,
+    the stream closed, and the action recorded ``denied`` with code ``revoked`` (or ``error`` with
+    ``recheck_failed`` when the check could not be made).
     """
 
     def __init__(self, hub, actor, target: str, path: str, threading=None, approval=None) -> None:
@@ -751,14 +769,14 @@ class Download:
         stream = self.opened.result()
         self.started.set_result(None)
         self._sender = asyncio.current_task()
-        checks = self.checks
+        checks = None if head else self.checks
+        if checks is not None:
+            checks.start_timer()
         size, sent = stream.size, 0
         try:
             async for chunk in (_nothing() if head else stream):
-                if checks is not None:
-                    if checks.error is not None:
-                        raise checks.error
-                    checks.poll()
+                if checks is not None and checks.error is not None:
+                    raise checks.error
                 sent += len(chunk)
                 self.sent = sent
                 if sent > self.limit or (size is not None and sent > size):
