@@ -434,11 +434,12 @@ class GrantRecheck:
     ``revoked`` once the grant is gone) starts from :meth:`poll`, at most every
     :data:`RECHECK_SECONDS` and in the background: the transfer never waits for it. An upload
     polls for each chunk it takes (its client sets the pace); a download polls on a timer
-    (:meth:`start_timer`), since its client may stop reading and hold the body still. The first failure is kept in ``error`` (a check that could not be made, say the
-    database failed, is ``recheck_failed``: the transfer fails closed) and handed to
-    ``on_failure`` as soon as the check ends. ``count`` is the number of checks started.
-    ``context``: the :mod:`contextvars` the checks run in (a download's are the guarded action's,
-    so an approved action's checks see its approval).
+    (:meth:`start_timer`), since its client may stop reading and hold the body still. The first
+    failure is kept in ``error`` (a check that could not be made, say the database failed, is
+    ``recheck_failed``: the transfer fails closed) and handed to ``on_failure`` as soon as the
+    check ends. ``count`` is the number of checks started. ``context``: the :mod:`contextvars`
+    the checks run in (a download's are the guarded action's, so an approved action's checks see
+    its approval).
     """
 
     def __init__(self, check, what: str, *, on_failure=None, context=None) -> None:
@@ -498,8 +499,8 @@ class GrantRecheck:
                 self._fail(exc)
 
     def start_timer(self) -> None:
-        """Poll now (the clock starts) and then a few times a second until :meth:`cancel` (a tick
-        costs one comparison; polling finer than the interval keeps the checks about a second apart)."""
+        """Poll now (the clock starts), then a few times a second until :meth:`cancel`: a tick costs
+        one comparison, and ticking finer than the interval keeps the checks about a second apart."""
         loop = asyncio.get_running_loop()
 
         def tick() -> None:
