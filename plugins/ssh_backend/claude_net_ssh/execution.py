@@ -55,17 +55,18 @@ NO_PROC_STATUS = 3
 REAP = r"""m="CLAUDE_NET_EXEC=$1"
 [ -r /proc/self/environ ] || { echo "no /proc"; exit 3; }
 s=$(printf '\001')
-n=0; killed=" "
+n=0; killed=" "; u=$(id -u)
 for pass in 1 2 3 4; do
   hits=
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
     [ "$p" = "$$" ] && continue
     [ "$p" = "$PPID" ] && continue
-    e=$(tr '\000' '\001' < "$d/environ" 2>/dev/null) || e=
+    [ "$u" = 0 ] || [ -O "$d" ] || continue
+    e=$(tr '\000' '\001' 2>/dev/null < "$d/environ") || e=
     case "$s$e$s" in
       *"$s$m$s"*) hits="$hits $p" ;;
-      *) c=$(tr '\000' ' ' < "$d/cmdline" 2>/dev/null) || c=
+      *) c=$(tr '\000' ' ' 2>/dev/null < "$d/cmdline") || c=
          case " $c " in *"$m"[!0-9a-f]*) hits="$hits $p" ;; esac ;;
     esac
   done
