@@ -327,8 +327,9 @@ async def test_the_interrupted_jobs_processes_are_ended_and_that_is_recorded(hub
         assert rows["00000000000000b1"]["processes"] == 2 and rows["00000000000000b2"]["processes"] == 0
         _, body = await h.call("GET", "/api/jobs/00000000000000b1", boss)
         assert body["job"]["state"] == "interrupted"
-        assert body["job"]["error"].endswith("Its 2 processes still running on box1 were ended after the hub "
-                                             "restarted."), body["job"]
+        assert body["job"]["error"] == ("the hub running this job stopped (or was killed) before the job ended; the "
+                                        "output is what was captured until then. Its 2 processes still running on "
+                                        "box1 were ended after the hub restarted."), body["job"]
         _, body = await h.call("GET", "/api/jobs/00000000000000b2", boss)
         assert "No process of it was left on box2" in body["job"]["error"]
         _, body = await h.call("GET", "/api/jobs/00000000000000b3", boss)

@@ -748,8 +748,8 @@ async def reap(hub, job_id: str, target: str, tag: str) -> int | None:
         sentence = f"No process of it was left on {target} after the hub restarted."
         detail, result = f"job {job_id} on {target}: no process of it was left after the hub restarted", "ok"
     try:
-        await hub.db.execute("UPDATE jobs SET error = COALESCE(error, '') || :more WHERE id = :id",
-                             {"more": " " + sentence, "id": job_id})
+        await hub.db.execute("UPDATE jobs SET error = COALESCE(error || '. ', '') || :more WHERE id = :id",
+                             {"more": sentence, "id": job_id})
     except HubError as exc:
         log.warning("job %s: could not record that its processes were ended: %s", job_id, exc.message)
     await hub.emit(Event("job_reap", None, target, detail[:600], result, via="hub",
