@@ -309,9 +309,11 @@ async def test_the_interrupted_jobs_processes_are_ended_and_that_is_recorded(hub
     end what is left; the job's error and a job_reap row say how many processes were ended."""
     from claude_net.builtin import jobs
 
+    import claude_net_activity
+
     tag_a, tag_b = "a1" * 16, "b2" * 16
     reaper, rec = Reaper(alive={tag_a: 2}), Recorder()
-    async with hub_harness(plugins=[box, reaper, rec]) as h:
+    async with hub_harness(plugins=[box, reaper, rec, claude_net_activity]) as h:
         boss = await h.token("boss", admin=True)
         await _dead_life_job(h, "00000000000000b1", "box1", tag_a)
         await _dead_life_job(h, "00000000000000b2", "box2", tag_b)
@@ -336,9 +338,12 @@ async def test_the_interrupted_jobs_processes_are_ended_and_that_is_recorded(hub
         assert "after the hub restarted" not in body["job"]["error"]
         # what an admin reads in the feed
         _, feed = await h.call("GET", "/api/activity?hours=1&type=job_reap", boss)
-        if feed.get("events") is not None:  # the activity plugin is loaded
-            details = [e["detail"] for e in feed["events"]]
-            assert "job 00000000000000b1 on box1: 2 processes ended after the hub restarted" in details
+        stored = {e["data"]["job_id"]: e for e in feed["events"]}
+        assert stored["00000000000000b1"]["detail"] == "job 00000000000000b1 on box1: 2 processes ended after the " \
+                                                       "hub restarted"
+        assert stored["00000000000000b1"]["from"] is None and stored["00000000000000b1"]["target"] == "box1"
+        assert stored["00000000000000b2"]["detail"] == "job 00000000000000b2 on box2: no process of it was left " \
+                                                       "after the hub restarted"
         assert all(r == "ok" for t, r, d in rec.details if t == "job_reap")
 
 
