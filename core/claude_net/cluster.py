@@ -105,7 +105,8 @@ class PgBus(Bus):
                 while not self._listener.is_closed():
                     await asyncio.sleep(1)
                     # a cheap round trip notices a dead server (is_closed lags behind)
-                    await asyncio.wait_for(self._listener.execute("SELECT 1"), 10)
+                    async with asyncio.timeout(10):
+                        await self._listener.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep listening whatever happened
@@ -212,7 +213,8 @@ async def singleton(hub: Any, name: str, work: Callable[[], Awaitable[None]], *,
                 while not task.done():
                     await asyncio.wait({task}, timeout=retry)
                     if not task.done():
-                        await asyncio.wait_for(conn.execute("SELECT 1"), 10)  # still holding?
+                        async with asyncio.timeout(10):  # still holding? (not wait_for: it can swallow a cancel)
+                            await conn.execute("SELECT 1")
                 if not task.cancelled() and task.exception() is not None:
                     raise WorkFailed() from task.exception()
                 task.result()

@@ -298,6 +298,12 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
+            while not task.done():
+                # a cancellation can be lost (Python 3.11's wait_for returns a result that was ready
+                # at the same moment and swallows it): cancel again until the task really ends
+                await asyncio.wait({task}, timeout=0.5)
+                if not task.done():
+                    task.cancel()
             with contextlib.suppress(BaseException):
                 await task
         with contextlib.suppress(Exception):

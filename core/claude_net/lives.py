@@ -109,13 +109,15 @@ class Life:
             try:
                 conn = await asyncpg.connect(asyncpg_dsn(self.hub.settings.core.database_url), timeout=10,
                                              server_settings={"application_name": f"claude-net life pid {os.getpid()}"})
-                await asyncio.wait_for(conn.execute("SELECT pg_advisory_lock($1)", key), 10)
+                async with asyncio.timeout(10):  # not wait_for: on 3.11 it can swallow a cancellation
+                    await conn.execute("SELECT pg_advisory_lock($1)", key)
                 self._conn, self.held = conn, True
                 if not ready.done():
                     ready.set_result(None)
                 while not conn.is_closed():
                     await asyncio.sleep(2)
-                    await asyncio.wait_for(conn.execute("SELECT 1"), 10)
+                    async with asyncio.timeout(10):
+                        await conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep holding it
