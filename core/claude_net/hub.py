@@ -267,9 +267,13 @@ class Hub:
         await self.bus.start()
         try:
             await self.life.hold()
-        except Exception as exc:  # noqa: BLE001 - the hub serves; only the crash sweep loses its proof
-            log.warning("could not take this process's life lock (%s: %s): rows it leaves pending if it is "
-                        "killed will not be closed by the next hub", type(exc).__name__, exc)
+        except Exception as exc:
+            # without it, another process would take this one's running work for a dead hub's
+            await self.bus.stop()
+            await self.db.disconnect()
+            raise Unavailable(f"cannot take this hub process's life lock ({type(exc).__name__}: {exc}); "
+                              "for SQLite the folder of the database file must be writable (it keeps "
+                              "<database>.lives/ there)", code="life_unavailable") from exc
         limits = self.settings.limits
         self._exec_slots = FairShares(limits.exec_concurrency, per_source=limits.exec_concurrency_per_source,
                                       per_target=limits.exec_concurrency_per_target,

@@ -12,9 +12,9 @@ publishes a wake-up on the bus (LISTEN/NOTIFY) after each batch, and the followe
 every second in case a notification was lost. A cancel that reaches another replica is passed
 on the same way (and through the row's ``cancel_requested``, checked on every flush).
 
-Each replica marks the jobs it runs with the id of its current life and, on PostgreSQL, holds
-an advisory lock named after that id for as long as it lives. A job still ``running`` whose
-life is over (the lock is free; on SQLite: any other life, since one process owns the file) is
+Each replica marks the jobs it runs with the id of its hub process's life
+(:mod:`claude_net.lives`: a PostgreSQL advisory lock, or a ``flock`` next to the SQLite file,
+that the process holds for as long as it lives). A job still ``running`` whose life is over is
 marked ``interrupted``, with the output captured until then, at startup and every
 ``SWEEP_SECONDS``: a hub killed mid-job never leaves a job silently running forever. Jobs are
 not reattached (LXD's recorded output and SSH channels do not survive the process that opened
@@ -35,7 +35,6 @@ import logging
 import re
 import secrets
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -278,19 +277,19 @@ def _job_json(row) -> dict[str, Any]:
 
 
 class JobsState:
-    def __init__(self) -> None:
-        self.life = uuid.uuid4().hex
+    def __init__(self, life: str) -> None:
+        #: the hub process's life (claude_net.lives), which marks the jobs it runs
+        self.life = life
         self.jobs: dict[str, Job] = {}
         self.admission = asyncio.Lock()
         self.background: set[asyncio.Task[Any]] = set()
-        self.life_conn: Any = None
         self.closing = False
 
 
 def state_of(hub) -> JobsState:
     state = hub.plugin_state.get(KEY)
     if state is None:
-        state = hub.plugin_state[KEY] = JobsState()
+        state = hub.plugin_state[KEY] = JobsState(hub.life.id)
     return state
 
 
@@ -650,34 +649,6 @@ async def _listen_cancels(hub) -> None:
 # -- replicas that died mid-job, retention ----------------------------------------------------------
 
 
-async def _hold_life(hub) -> None:
-    """PostgreSQL: hold the advisory lock that says this replica's life goes on (see the module doc)."""
-    import asyncpg
-
-    from claude_net.cluster import asyncpg_dsn, lock_key
-
-    state = state_of(hub)
-    while True:
-        conn = None
-        try:
-            conn = await asyncpg.connect(asyncpg_dsn(hub.settings.core.database_url), timeout=10)
-            await asyncio.wait_for(conn.execute("SELECT pg_advisory_lock($1)", lock_key(f"job-life:{state.life}")), 10)
-            state.life_conn = conn
-            while not conn.is_closed():
-                await asyncio.sleep(2)
-                await asyncio.wait_for(conn.execute("SELECT 1"), 10)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - keep holding it
-            log.warning("jobs: lost the connection that marks this replica alive (%s); reconnecting", exc)
-            await asyncio.sleep(1)
-        finally:
-            state.life_conn = None
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    conn.terminate()
-
-
 async def sweep(hub) -> int:
     """Mark ``interrupted`` the running jobs of replicas that are gone; returns how many."""
     from claude_net.cluster import lock_key
@@ -688,11 +659,12 @@ async def sweep(hub) -> int:
     count = 0
     for row in rows:
         life = row["replica"]
-        if not hub.db.is_sqlite:
+        if not await hub.life.gone(life):
+            continue
+        if not hub.db.is_sqlite:  # a replica of an earlier version marked its life with this lock instead
             async with hub.db.transaction() as tx:
-                gone = await tx.fetch_val("SELECT pg_try_advisory_xact_lock(:k)", {"k": lock_key(f"job-life:{life}")})
-            if not gone:
-                continue
+                if not await tx.fetch_val("SELECT pg_try_advisory_xact_lock(:k)", {"k": lock_key(f"job-life:{life}")}):
+                    continue
         ended = await hub.db.fetch_all(
             "UPDATE jobs SET state = 'interrupted', ended_at = :now, code = 'interrupted',"
             " error = 'the hub running this job stopped (or was killed) before the job ended; the output is what '"
@@ -796,13 +768,7 @@ async def _prune_forever(hub) -> None:
 
 @hookimpl
 async def startup(hub):
-    state = state_of(hub)
-    if not hub.db.is_sqlite:
-        hub.spawn(lambda: _hold_life(hub), name="jobs-life")
-        for _ in range(100):  # the lock first: another replica's sweep must not take our jobs for dead
-            if state.life_conn is not None:
-                break
-            await asyncio.sleep(0.05)
+    state_of(hub)  # the hub holds its life before plugins start: no sweep takes our jobs for dead
     try:  # before serving: a restarted hub answers with its dead life's jobs already interrupted
         await asyncio.wait_for(sweep(hub), 10)
     except (HubError, asyncio.TimeoutError) as exc:
