@@ -455,7 +455,7 @@ class Hub:
         if info is None:
             return None
         self._last_seen[info.name] = time.time()  # formatted only when read or flushed
-        return Actor(name=info.name, admin=info.admin or self.is_admin(info.name), via=via)
+        return Actor(name=info.name, admin=info.admin or self.is_admin(info.name), via=via, token_id=info.id)
 
     def seen(self, name: str) -> None:
         self._last_seen[name] = time.time()
@@ -733,6 +733,10 @@ class Hub:
         """
         held = APPROVED.get()
         approved = held is not None and held == (actor.name, action, target)
+        if actor.token_id is not None and not await self.db.fetch_val(
+                "SELECT 1 FROM tokens WHERE id = :id AND revoked_at IS NULL", {"id": actor.token_id}):
+            raise Forbidden(f"denied: the token {actor.name} acted with was revoked {why}", code="revoked",
+                            action=action)
         if not await self.authorize(actor, action, target, detail or {}, approved=approved):
             raise Forbidden(f"{deny_sentence(actor, action, target)} (the grant was revoked {why})",
                             code="revoked", action=action)

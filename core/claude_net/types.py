@@ -84,6 +84,9 @@ class Actor:
     via: str = "http"
     #: True only for legacy v1 messaging accepted without a token (opt-in, messaging only)
     unauthenticated: bool = False
+    #: the public id of the token that authenticated this actor (None: the CLI, Telegram, v1):
+    #: work admitted earlier checks that it still holds (:meth:`Hub.reauthorize`)
+    token_id: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

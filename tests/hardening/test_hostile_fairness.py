@@ -399,7 +399,11 @@ class SlowDownload:
 BIG = 48 * 1024 * 1024
 
 
-async def test_a_running_download_is_stopped_by_a_revoke(hub_harness, boxes):
+@pytest.mark.parametrize("revoked", ["grant", "token"])
+async def test_a_running_download_is_stopped_by_a_revoke(hub_harness, boxes, revoked):
+    """Revoking the pathway, or the token that started the download (an agent cut off), ends it."""
+    from claude_net.auth import revoke_tokens
+
     async with fair_hub(hub_harness, boxes) as h:
         in_box(h.hog_box, f"head -c {BIG} /dev/zero > /tmp/big-read")
         async with served(h.app) as port:
@@ -408,9 +412,12 @@ async def test_a_running_download_is_stopped_by_a_revoke(hub_harness, boxes):
             await eventually(lambda: download.first_byte is not None or reading.done(), timeout=15)
             await asyncio.sleep(1.3)  # past the first re-check, which passes
             assert not reading.done() and download.received < BIG
-            status, body = await h.call("POST", "/api/permit", h.boss,
-                                        {"source": "hog", "target": h.hog_box, "allow": False})
-            assert status == 200, body
+            if revoked == "grant":
+                status, body = await h.call("POST", "/api/permit", h.boss,
+                                            {"source": "hog", "target": h.hog_box, "allow": False})
+                assert status == 200, body
+            else:
+                assert await revoke_tokens(h.hub.db, "hog") >= 1
             revoked_at = time.monotonic()
 
             async def final_row():
@@ -429,10 +436,14 @@ async def test_a_running_download_is_stopped_by_a_revoke(hub_harness, boxes):
         assert len(rows) == 1 and rows[0]["result"] == "denied", rows
         data = _data(rows[0])
         assert data["code"] == "revoked" and "revoked during the download" in data["error"], data
-        # the LXD side is released: the hub holds no download open, and the agent is simply denied now
+        assert ("the token hog acted with" in data["error"]) == (revoked == "token"), data
+        # the LXD side is released: the hub holds no download open, and the agent is simply refused now
         assert not h.hub.plugin_state.get("claude_net.downloads")
         status, body = await h.call("GET", f"/api/file/raw?target={h.hog_box}&path=/tmp/big-read", h.hog)
-        assert status == 403 and body["code"] == "denied", body
+        if revoked == "grant":
+            assert status == 403 and body["code"] == "denied", body
+        else:
+            assert status == 401 and body["code"] == "invalid_token", body
         in_box(h.hog_box, "rm -f /tmp/big-read")
 
 

@@ -43,9 +43,11 @@ class Session:
     name: str
     csrf: str
     expires_at: str
+    #: the admin token the session was opened with (revoking it ends the session and its work)
+    token_id: str | None = None
 
     def actor(self) -> Actor:
-        return Actor(name=self.name, admin=True, via="dashboard")
+        return Actor(name=self.name, admin=True, via="dashboard", token_id=self.token_id)
 
 
 async def open_session(hub, actor: Actor, token: str, address: str) -> tuple[str, Session]:
@@ -79,13 +81,13 @@ async def find_session(hub, session_id: str | None) -> Session | None:
     if not session_id or len(session_id) > 128:
         return None
     row = await hub.db.fetch_one(
-        "SELECT s.id, s.name, s.csrf, s.expires_at, t.admin FROM dashboard_sessions s"
+        "SELECT s.id, s.name, s.csrf, s.expires_at, s.token_id, t.admin FROM dashboard_sessions s"
         " JOIN tokens t ON t.id = s.token_id"
         " WHERE s.id = :id AND s.ended_at IS NULL AND s.expires_at > :now AND t.revoked_at IS NULL",
         {"id": _digest(session_id), "now": isotime()})
     if row is None or not (row["admin"] or hub.is_admin(row["name"])):
         return None
-    return Session(row["id"], row["name"], row["csrf"], row["expires_at"])
+    return Session(row["id"], row["name"], row["csrf"], row["expires_at"], row["token_id"])
 
 
 async def end_session(hub, session: Session) -> None:
