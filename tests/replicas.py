@@ -31,6 +31,18 @@ def call(hub: HubProcess, method: str, path: str, token: str, body: Any = None, 
         return exc.code, json.loads(exc.read())
 
 
+def wait_for(check, timeout: float = 15.0, interval: float = 0.1):
+    """Poll ``check()`` until it returns something true, and return that; AssertionError after
+    ``timeout`` seconds (the blocking twin of ``claude_net.testing.eventually``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout:g} s")
+
+
 async def _singleton_holders(database_url: str, name: str) -> list[str]:
     import asyncpg
 

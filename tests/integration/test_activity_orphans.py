@@ -12,39 +12,14 @@ import signal
 import threading
 import time
 
-import pytest
-
-from claude_net.testing import HubProcess, require_component
-from claude_net_ssh.testserver import PrivateSshd, sshd_available
-from tests.replicas import call
-
-
-@pytest.fixture
-def sshd(tmp_path):
-    ok, why = sshd_available()
-    require_component("OpenSSH sshd", ok, why)
-    server = PrivateSshd(tmp_path / "sshd")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from claude_net.testing import HubProcess
+from tests.replicas import call, wait_for
 
 
 def exec_rows(hub, token, marker):
     status, body = call(hub, "GET", "/api/activity?type=exec&hours=1", token)
     assert status == 200, body
     return [row for row in body["events"] if marker in row["detail"]]
-
-
-def wait_for(check, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError("condition not met")
 
 
 def test_a_row_left_pending_by_a_killed_hub_is_closed_by_the_next_one(database_url, tmp_path, sshd):

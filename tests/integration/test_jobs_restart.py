@@ -8,51 +8,17 @@ import json
 import signal
 import subprocess
 import time
-import urllib.request
 
 import pytest
 
 from claude_net.testing import HubProcess, require_component
-from claude_net_ssh.testserver import PrivateSshd, sshd_available
 
+from tests.replicas import call, wait_for
 from tests.plugins.lxd_backend.conftest import RUN_ID, Containers, _lxd_state, lxc
 
 #: seconds after a restart by which an interrupted job's processes are gone: the sweep (at once on
 #: SQLite, within a few seconds on PostgreSQL) and then one kill script per node
 REAP_BOUND = 30.0
-
-
-def call(hub, method, path, token, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(hub.url + path, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-@pytest.fixture
-def sshd(tmp_path):
-    ok, why = sshd_available()
-    require_component("OpenSSH sshd", ok, why)
-    server = PrivateSshd(tmp_path / "sshd")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def wait_for(check, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError("condition not met")
 
 
 @pytest.fixture
