@@ -66,30 +66,24 @@ class CliContext:
 
     # -- HTTP client for the verbs that talk to a running hub ----------------------------------
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None):
+    def _open(self, method: str, path: str, body: dict[str, Any] | None, timeout: float,
+              errors_with_body: bool = False):
+        """Send one request to the hub: the open response, or (``errors_with_body``) an error
+        answer's JSON body with ``status`` added; any other failure exits with one sentence."""
+        import urllib.error
         import urllib.request
+
+        from .text import printable
 
         url = os.environ.get("CLAUDE_NET_URL", "http://127.0.0.1:8765").rstrip("/") + path
         token = os.environ.get("CLAUDE_NET_TOKEN")
         if not token:
             raise SystemExit("error: set CLAUDE_NET_TOKEN (create one with `claude-net token create NAME`)")
         data = json.dumps(body).encode() if body is not None else None
-        return url, urllib.request.Request(url, data=data, method=method, headers={
+        req = urllib.request.Request(url, data=data, method=method, headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 70,
-            errors_with_body: bool = False) -> dict:
-        """Call the hub; an error answer exits with its sentence, or (``errors_with_body``) is
-        returned as its JSON body with ``status`` added (an exec's error carries its output)."""
-        import urllib.error
-        import urllib.request
-
-        from .text import printable
-
-        url, req = self._request(method, path, body)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read())
+            return urllib.request.urlopen(req, timeout=timeout)
         except urllib.error.HTTPError as exc:
             try:
                 err = json.loads(exc.read())
@@ -103,25 +97,23 @@ class CliContext:
         except TimeoutError:
             raise SystemExit(f"error: the hub at {url} did not answer within {timeout:g} s") from None
 
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None, *, timeout: float = 70,
+            errors_with_body: bool = False) -> dict:
+        """Call the hub; an error answer exits with its sentence, or (``errors_with_body``) is
+        returned as its JSON body with ``status`` added (an exec's error carries its output)."""
+        resp = self._open(method, path, body, timeout, errors_with_body)
+        if isinstance(resp, dict):
+            return resp
+        with resp:
+            try:
+                return json.loads(resp.read())
+            except TimeoutError:
+                raise SystemExit(f"error: the hub did not answer {path} within {timeout:g} s") from None
+
     def stream(self, path: str, *, timeout: float = 60):
         """Server-sent events from the hub: yields ``(event, data)`` with ``data`` parsed JSON.
         The hub sends a keepalive every 15 s, so ``timeout`` seconds of silence mean it is gone."""
-        import urllib.error
-        import urllib.request
-
-        from .text import printable
-
-        url, req = self._request("GET", path, None)
-        try:
-            resp = urllib.request.urlopen(req, timeout=timeout)
-        except urllib.error.HTTPError as exc:
-            try:
-                err = json.loads(exc.read())
-            except ValueError:
-                err = {"error": f"HTTP {exc.code}"}
-            raise SystemExit(f"error: {printable(err.get('error'))} ({printable(err.get('code', exc.code))})") from None
-        except urllib.error.URLError as exc:
-            raise SystemExit(f"error: cannot reach the hub at {url}: {exc.reason}") from None
+        resp = self._open("GET", path, None, timeout)
         event, data = "message", []
         with resp:
             try:
@@ -136,7 +128,7 @@ class CliContext:
                     elif line.startswith("data:"):
                         data.append(line[5:].lstrip(" "))
             except TimeoutError:
-                raise SystemExit(f"error: the hub at {url} went silent for {timeout:g} s") from None
+                raise SystemExit(f"error: the hub went silent on {path} for {timeout:g} s") from None
 
 
 def run_async(coro) -> Any:
