@@ -21,9 +21,7 @@ def hub(package_db_kind, tmp_path_factory):
 
     ok, why = sshd_available()
     require_component("OpenSSH sshd", ok, why)
-    sshd = PrivateSshd(tmp_path_factory.mktemp("cli-sshd"))
-    sshd.start()
-    try:
+    with PrivateSshd(tmp_path_factory.mktemp("cli-sshd")) as sshd:
         node = "".join(f"{k} = {json.dumps(v)}\n" for k, v in sshd.node_config().items())
         config = ('[plugins]\nallow = ["ssh", "activity", "permissions"]\n'
                   f"[ssh.nodes.cli-a]\n{node}[ssh.nodes.cli-b]\n{node}[ssh.nodes.cli-c]\n{node}")
@@ -33,8 +31,6 @@ def hub(package_db_kind, tmp_path_factory):
                 process.cli("permit", "cliagent", "cli-a")
                 process.cli("permit", "cliagent", "cli-b")
                 yield process
-    finally:
-        sshd.stop()
 
 
 def cn(hub, *args, timeout=60):

@@ -14,9 +14,5 @@ def sshd(tmp_path):
 
     ok, why = sshd_available()
     require_component("OpenSSH sshd", ok, why)
-    server = PrivateSshd(tmp_path / "sshd")
-    server.start()
-    try:
+    with PrivateSshd(tmp_path / "sshd") as server:
         yield server
-    finally:
-        server.stop()
