@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 import re
@@ -50,8 +51,9 @@ class Life:
 
     # -- the SQLite side ----------------------------------------------------------------------
 
+    @functools.cached_property
     def _folder(self) -> str | None:
-        """Where SQLite lives are kept (None: an in-memory database)."""
+        """Where SQLite lives are kept (None: an in-memory database); the URL is parsed once."""
         import databases
 
         path = databases.DatabaseURL(self.hub.settings.core.database_url).database
@@ -60,7 +62,7 @@ class Life:
         return os.path.abspath(path) + ".lives"
 
     def _hold_file(self) -> None:
-        folder = self._folder()
+        folder = self._folder
         if folder is None:
             self.held = True
             return
@@ -74,7 +76,7 @@ class Life:
         self._fd, self.held = fd, True
 
     def _file_gone(self, life: str) -> bool:
-        folder = self._folder()
+        folder = self._folder
         if folder is None:
             return True
         path = os.path.join(folder, life)
@@ -163,7 +165,7 @@ class Life:
                 await self._holder
             self._holder = None
         if self._fd is not None:
-            folder = self._folder()
+            folder = self._folder
             with contextlib.suppress(OSError):
                 if folder is not None:
                     os.unlink(os.path.join(folder, self.id))
